@@ -62,7 +62,7 @@ def test_lr_applied_after_momentum_differs_from_optax_lars():
   # With a changing lr the reference ordering differs from optax.lars (lr before momentum).
   params, grads = _setup()
   lrs = [0.1, 1.0, 3.0]
-  sched = lambda step: jnp.asarray(lrs)[step]  # noqa: E731
+  sched = lambda step: jnp.asarray(lrs)[step]
   ours, theirs = lars(sched, trust_coefficient=0.01), optax.lars(sched, trust_coefficient=0.01)
   p = jax.tree.map(jnp.asarray, params)
   s1, s2 = ours.init(p), theirs.init(p)

@@ -16,13 +16,14 @@ The step counter starts at 0, so ``learning_rate(0)`` is the lr of the first upd
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-ScalarOrSchedule = Union[float, Callable[[jax.Array], jax.Array]]
+ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
 
 class LarsState(NamedTuple):
