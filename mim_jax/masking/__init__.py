@@ -10,10 +10,18 @@ prints the names and ``--show NAME --out FILE.png`` draws sample masks.
 """
 
 from mim_jax.masking.core import Grid, MaskInfo, mask_from_boolean, mask_from_scores, num_visible
-from mim_jax.masking.registry import build, names, register, get
 from mim_jax.masking.random import RandomMask
+from mim_jax.masking.registry import build, get, names, register
 
 __all__ = [
-    'Grid', 'MaskInfo', 'mask_from_boolean', 'mask_from_scores', 'num_visible', 'build', 'names',
-    'register', 'get', 'RandomMask',
+    'Grid',
+    'MaskInfo',
+    'RandomMask',
+    'build',
+    'get',
+    'mask_from_boolean',
+    'mask_from_scores',
+    'names',
+    'num_visible',
+    'register',
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _REGISTRY: dict[str, type] = {}
 
@@ -21,6 +22,7 @@ def _load_all() -> None:
   # Import every generator module so that its @register runs. Kept lazy to avoid import cycles.
   import importlib
   import pkgutil
+
   import mim_jax.masking as pkg
   for info in pkgutil.iter_modules(pkg.__path__):
     if info.name not in ('core', 'registry', '__main__'):

@@ -1,0 +1,157 @@
+"""Finding and opening prepared tfds ArrayRecord datasets without TensorFlow.
+
+A dataset is named like tfds names them: `name`, `name/config` or either with `:version`. It is looked up under the
+data dir (config `data_dir`, else env `MIM_JAX_DATA_DIR`, else `~/.cache/mim_jax/tensorflow_datasets`) as
+`DATA_DIR/name[/config]/<version>/` and opened from its files with `tfds.builder_from_directory`, so it needs neither
+the builder's code nor the network. The bundled `mim_digits` is built on first use.
+
+Image features stored as encoded bytes (`tfds.features.Image`) are read undecoded (`SkipDecoding`), so the pipeline
+decodes them itself with PIL (at reduced size when the crop allows it); uint8 `Tensor` images are read as arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from mim_jax.data import digits
+
+ENV_DATA_DIR = 'MIM_JAX_DATA_DIR'
+DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'mim_jax', 'tensorflow_datasets')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PREPARE_HINT = (
+  'prepare it with `python -m mim_jax.data.prepare --src IMAGE_FOLDER --out {data_dir} --name {name}` '
+  '(see docs/data.md; for ImageNet use launch/prepare_imagenet.sh), or point data_dir / $' + ENV_DATA_DIR + ' at '
+  'the folder that holds it'
+)
+
+
+def resolve_data_dir(data_dir: str | None = None) -> str:
+  """Config value, else $MIM_JAX_DATA_DIR, else ~/.cache/mim_jax/tensorflow_datasets (user-expanded, absolute)."""
+  path = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+  return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+  return tuple(int(x) for x in v.split('.'))
+
+
+def find_dataset_dir(name: str, data_dir: str | None = None) -> str:
+  """Returns `DATA_DIR/name[/config]/version` of a prepared dataset, building the bundled digits if needed."""
+  root = resolve_data_dir(data_dir)
+  if not name or not isinstance(name, str):
+    raise ValueError(f'data.name must be a non-empty dataset name, got {name!r}')
+  base, _, version = name.partition(':')
+  if base == digits.NAME and version in ('', digits.VERSION):
+    return digits.ensure_digits(root)
+  ds_root = os.path.join(root, *base.split('/'))
+  if not os.path.isdir(root):
+    raise FileNotFoundError(
+      f'dataset {name!r} not found: data dir {root} does not exist; ' + PREPARE_HINT.format(data_dir=root, name=base)
+    )
+  if version:
+    candidates = [version]
+  else:
+    candidates = []
+    if os.path.isdir(ds_root):
+      candidates = sorted(
+        (v for v in os.listdir(ds_root) if re.fullmatch(r'\d+\.\d+\.\d+', v)), key=_version_key, reverse=True
+      )
+  for v in candidates:
+    path = os.path.join(ds_root, v)
+    if os.path.exists(os.path.join(path, 'dataset_info.json')):
+      return path
+  found = sorted(d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
+  raise FileNotFoundError(
+    f'dataset {name!r} not found under {root} (no {base}/<version>/dataset_info.json'
+    + (f' for version {version}' if version else '')
+    + f'; datasets there: {found or "none"}); '
+    + PREPARE_HINT.format(data_dir=root, name=base)
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedDataset:
+  """What the pipeline needs to know about a prepared dataset."""
+
+  path: str
+  name: str
+  splits: dict[str, int]  # split name -> number of examples
+  image_key: str
+  label_key: str | None
+  image_encoded: bool  # True: records hold encoded bytes (JPEG/PNG); False: uint8 arrays
+  image_shape: tuple[Any, ...] | None  # stored shape, None entries for variable sizes
+  num_classes: int | None
+  metadata: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=64)
+def _builder(path: str):
+  return tfds.builder_from_directory(path)
+
+
+def open_dataset(name: str, data_dir: str | None = None, image_key: str = 'image',
+                 label_key: str | None = 'label') -> OpenedDataset:
+  path = find_dataset_dir(name, data_dir)
+  builder = _builder(path)
+  info = builder.info
+  file_format = str(getattr(info.file_format, 'value', info.file_format) or '')
+  if file_format and 'array_record' not in file_format:
+    raise ValueError(
+      f'dataset {name!r} at {path} is stored as {file_format}, which needs TensorFlow to read. Convert it to '
+      'ArrayRecord once (see docs/data.md, "ImageNet from tfds TFRecords": launch/prepare_imagenet.sh --from-tfds).'
+    )
+  features = info.features
+  if image_key not in features:
+    raise KeyError(f'dataset {name!r} has no feature {image_key!r} (features: {list(features.keys())}); '
+                   'set data.image_key')
+  image_feature = features[image_key]
+  if isinstance(image_feature, tfds.features.Image):
+    encoded = True
+  elif isinstance(image_feature, tfds.features.Tensor) and str(image_feature.dtype) == 'uint8':
+    encoded = False
+  else:
+    raise TypeError(f'feature {image_key!r} of {name!r} is {type(image_feature).__name__}; expected an Image '
+                    'feature (encoded bytes) or a uint8 Tensor [H, W, C]')
+  num_classes = None
+  if label_key is not None and label_key in features:
+    label_feature = features[label_key]
+    num_classes = getattr(label_feature, 'num_classes', None)
+  else:
+    label_key = None
+  metadata = dict(info.metadata) if info.metadata else {}
+  splits = {k: int(v.num_examples) for k, v in info.splits.items()}
+  return OpenedDataset(
+    path=path, name=name, splits=splits, image_key=image_key, label_key=label_key, image_encoded=encoded,
+    image_shape=tuple(image_feature.shape), num_classes=num_classes, metadata=metadata,
+  )
+
+
+def check_split(ds: OpenedDataset, split: str) -> None:
+  if not isinstance(split, str) or not split:
+    raise ValueError(f'split must be a non-empty string, got {split!r}')
+  base = re.split(r'[\[+]', split, maxsplit=1)[0]
+  if base not in ds.splits:
+    raise ValueError(f'split {split!r} does not exist in dataset {ds.name!r} ({ds.path}); available splits: '
+                     f'{sorted(ds.splits)}')
+
+
+def split_size(ds: OpenedDataset, split: str) -> int:
+  check_split(ds, split)
+  if split in ds.splits:
+    return ds.splits[split]
+  return len(data_source(ds, split))
+
+
+def data_source(ds: OpenedDataset, split: str):
+  """A random-access source (len, __getitem__, __getitems__) of raw records for `split`."""
+  check_split(ds, split)
+  decoders = {ds.image_key: tfds.decode.SkipDecoding()} if ds.image_encoded else None
+  return _builder(ds.path).as_data_source(split=split, decoders=decoders)

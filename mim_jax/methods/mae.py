@@ -1,0 +1,80 @@
+"""MAE (He et al., 2022): visible-only ViT encoder, light transformer decoder, pixel (norm-pix) MSE on
+masked patches only."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mim_jax import masking
+from mim_jax.losses import masked_mean, mse_per_token
+from mim_jax.methods.base import Method, check_images, register
+from mim_jax.models.decoders import MAEDecoder
+from mim_jax.models.vit import ViTEncoder, dtype_from_name, encoder_from_config
+from mim_jax.targets import denormalize_prediction, pixel_target, unpatchify
+
+
+class MAEModel(nn.Module):
+  encoder: ViTEncoder
+  decoder: MAEDecoder
+
+  def __call__(self, images: jax.Array, info: masking.MaskInfo) -> tuple[jax.Array, jax.Array]:
+    latent = self.encoder(images, ids_keep=info.ids_keep)
+    return latent, self.decoder(latent, info.ids_restore)
+
+
+@register('mae')
+class MAE(Method):
+
+  def __init__(self, config, image_shape):
+    super().__init__(config, image_shape)
+    m = config.model
+    dtype = dtype_from_name(config.get('compute_dtype', 'float32'))
+    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'einsum'), remat=config.get('remat', False))
+    self.encoder = encoder_from_config(m.encoder, **common)
+    h, w, c = image_shape
+    self.grid_hw = self.encoder.grid((h, w))
+    p = self.encoder.patch_size
+    self.decoder = MAEDecoder(width=m.decoder.width, depth=m.decoder.depth, num_heads=m.decoder.num_heads,
+                              mlp_ratio=m.decoder.get('mlp_ratio', 4.0), out_dim=p * p * c,
+                              grid_hw=self.grid_hw, **common)
+    self.model = MAEModel(self.encoder, self.decoder)
+    self.masker = masking.build(config.mask.name, masking.Grid(*self.grid_hw),
+                                **{k: v for k, v in config.mask.items() if k != 'name'})
+    self.norm_pix = bool(config.get('norm_pix_loss', True))
+
+  def encoder_module(self):
+    return self.encoder
+
+  def init(self, rng, images):
+    check_images(images, self.image_shape)
+    info = self.masker(jax.random.key(0), images.shape[0])
+    return self.model.init(rng, images, info)['params'], {}
+
+  def forward(self, params, images: jax.Array, info: masking.MaskInfo) -> dict[str, jax.Array]:
+    """Everything the reference's forward returns: latent, pred, per-token loss, loss (masked mean)."""
+    check_images(images, self.image_shape)
+    latent, pred = self.model.apply({'params': params}, images, info)
+    target = pixel_target(images, self.encoder.patch_size, self.norm_pix)
+    per_token = mse_per_token(pred, target)
+    return {'latent': latent, 'pred': pred, 'target': target, 'loss_per_token': per_token,
+            'loss': masked_mean(per_token, info.mask)}
+
+  def loss_fn(self, params, extras, batch, rng, step):
+    images = batch['image']
+    info = self.masker(rng, images.shape[0])
+    out = self.forward(params, images, info)
+    return out['loss'], ({'loss': out['loss']}, extras)
+
+  def reconstruct(self, params, images, rng, noise: jax.Array | None = None):
+    info = self.masker.from_noise(noise) if noise is not None else self.masker(rng, images.shape[0])
+    out = self.forward(params, images, info)
+    pred = out['pred'].astype(jnp.float32)
+    if self.norm_pix:
+      pred = denormalize_prediction(pred, images, self.encoder.patch_size)
+    c = images.shape[-1]
+    p = self.encoder.patch_size
+    pred_images = unpatchify(pred, p, self.grid_hw, c)
+    mask_images = unpatchify(jnp.repeat(info.mask[..., None], p * p * c, axis=-1), p, self.grid_hw, c)
+    return {'pred_images': pred_images, 'mask_images': mask_images, 'loss': out['loss']}

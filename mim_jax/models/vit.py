@@ -1,0 +1,256 @@
+"""Vision Transformer parts with the MAE reference semantics (DESIGN.md §3).
+
+* Patch embedding is a linear map of each flattened ``(p, q, c)`` patch (identical to the reference's
+  stride-p convolution, and a plain matmul on every backend).
+* Positions are the fixed 2D sin-cos table; the CLS token's position row is zeros.
+* Blocks are pre-norm (LayerNorm eps 1e-6), fused qkv with bias, MLP ratio 4, exact GELU.
+* Init: xavier-uniform linear kernels (the fused qkv is one [D, 3D] matrix, as in the reference), zero
+  biases, LayerNorm (1, 0), CLS / mask tokens normal(0.02).
+
+Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'patch', ...) so that a config's
+sharding rules can map them to mesh axes (data-parallel or FSDP) without touching the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mim_jax.targets import patchify
+
+Dtype = Any
+
+# Logical axis names used in parameter and activation annotations.
+BATCH, LENGTH, EMBED, MLP, HEADS, PATCH = 'batch', 'length', 'embed', 'mlp', 'heads', 'patch'
+
+
+def sincos_2d_table(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """The MAE reference's fixed 2D sin-cos position table, ``[grid_h * grid_w, embed_dim]`` float32.
+
+  The first half of the channels encodes the column index and the second half the row index (the
+  reference builds its grid with ``meshgrid(grid_w, grid_h)``). Each half is ``[sin(pos * w), cos(pos * w)]``
+  with ``w_k = 1 / 10000 ** (k / K)``, ``K = D / 4``; computed in float64 then cast, which reproduces the
+  reference's values bit for bit.
+  """
+  if embed_dim % 4:
+    raise ValueError(f'sin-cos positions need a width divisible by 4, got {embed_dim}.')
+  k = embed_dim // 4
+  omega = 1.0 / 10000 ** (np.arange(k, dtype=np.float64) / k)
+  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64),
+                           indexing='ij')
+
+  def encode(pos):
+    out = np.einsum('m,d->md', pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  return np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
+
+
+def _param_init(init: Callable, names: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(init, names)
+
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+ones = nn.initializers.ones
+token_init = nn.initializers.normal(stddev=0.02)
+
+
+def dense(features: int, names: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, kernel_init=_param_init(xavier, names),
+                  bias_init=_param_init(zeros, (names[1],)), name=name)
+
+
+def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
+  # Statistics in float32 whatever the compute dtype: this is where bf16 training goes unstable.
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                      scale_init=_param_init(ones, (EMBED,)), bias_init=_param_init(zeros, (EMBED,)),
+                      name=name, use_fast_variance=False)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  return nn.with_logical_constraint(x, names)
+
+
+class Attention(nn.Module):
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  attention_impl: str = 'einsum'  # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention backends)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    if d % self.num_heads:
+      raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
+    hd = d // self.num_heads
+    qkv = dense(3 * d, (EMBED, HEADS), self.dtype, 'qkv')(x)
+    # The fused output is ordered (3, heads, head_dim), as in the reference's [3D, D] weight.
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, hd), 2, 0)
+    if self.attention_impl == 'einsum':
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    elif self.attention_impl in ('xla', 'cudnn'):
+      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    else:
+      raise ValueError(f"attention_impl must be 'einsum', 'xla' or 'cudnn', got {self.attention_impl!r}.")
+    return dense(d, (HEADS, EMBED), self.dtype, 'proj')(out.reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    h = dense(self.hidden, (EMBED, MLP), self.dtype, 'fc1')(x)
+    h = nn.gelu(h, approximate=False)
+    return dense(d, (MLP, EMBED), self.dtype, 'fc2')(h)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the residual branch per example (used in fine-tuning)."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    flag = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    return jnp.where(flag, x / keep, 0).astype(x.dtype)
+
+
+class Block(nn.Module):
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  attention_impl: str = 'einsum'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    d = x.shape[-1]
+    x = constrain(x, (BATCH, LENGTH, EMBED))
+    y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x))
+    x = x + DropPath(self.drop_path, name='drop_path1')(y, deterministic)
+    y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm2')(x))
+    return x + DropPath(self.drop_path, name='drop_path2')(y, deterministic)
+
+
+def block_class(remat: bool) -> type[Block]:
+  # Rematerialize a whole block in the backward pass: trades ~1/3 more compute for activation memory.
+  return nn.remat(Block, static_argnums=(2,)) if remat else Block
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSize:
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+
+
+# Named encoder sizes (width, depth, heads) as in ViT/DeiT/MAE.
+VIT_SIZES: dict[str, ViTSize] = {
+    'tiny': ViTSize(192, 12, 3),
+    'small': ViTSize(384, 12, 6),
+    'base': ViTSize(768, 12, 12),
+    'large': ViTSize(1024, 24, 16),
+    'huge': ViTSize(1280, 32, 16),
+}
+
+
+def parse_variant(variant: str) -> tuple[ViTSize, int]:
+  """'base/16' -> (ViTSize for base, patch 16). Sizes: tiny, small, base, large, huge."""
+  try:
+    size, patch = variant.split('/')
+    return VIT_SIZES[size], int(patch)
+  except (ValueError, KeyError):
+    raise ValueError(f'unknown ViT variant {variant!r}; use NAME/PATCH with NAME in {sorted(VIT_SIZES)}, '
+                     'e.g. base/16, or set width/depth/num_heads explicitly.') from None
+
+
+class ViTEncoder(nn.Module):
+  """ViT encoder on images ``[B, H, W, C]``.
+
+  ``ids_keep`` (MAE): encode only those tokens (visible-only encoder, E1).
+  ``mask`` (SimMIM-style, E2): replace masked tokens with a learned mask token (needs ``use_mask_token``).
+  Neither: all tokens (feature extraction / fine-tuning).
+  Returns ``[B, 1 + K, D]`` after the final norm; token 0 is CLS.
+  """
+
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  use_mask_token: bool = False
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  attention_impl: str = 'einsum'
+  remat: bool = False
+
+  def grid(self, images_hw: tuple[int, int]) -> tuple[int, int]:
+    h, w = images_hw
+    if h % self.patch_size or w % self.patch_size:
+      raise ValueError(f'image size {h}x{w} is not divisible by the patch size {self.patch_size}.')
+    return h // self.patch_size, w // self.patch_size
+
+  @nn.compact
+  def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None,
+               mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    if images.ndim != 4:
+      raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
+    gh, gw = self.grid(images.shape[1:3])
+    patches = patchify(images, self.patch_size)
+    x = dense(self.width, (PATCH, EMBED), self.dtype, 'patch_embed')(patches.astype(self.dtype))
+    if mask is not None:
+      if not self.use_mask_token:
+        raise ValueError('this encoder was built without a mask token (use_mask_token=False).')
+      token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
+      x = jnp.where(mask[..., None] > 0.5, token.astype(x.dtype), x)
+    x = x + sincos_2d_table(self.width, gh, gw)[None].astype(x.dtype)
+    if ids_keep is not None:
+      x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+    cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
+    block = block_class(self.remat)
+    rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
+                name=f'blocks_{i}')(x, deterministic)
+    return layer_norm(self.dtype, 'norm')(x)
+
+
+def encoder_from_config(cfg, **overrides) -> ViTEncoder:
+  """Builds a :class:`ViTEncoder` from a config block with either ``variant`` ('base/16') or explicit sizes."""
+  fields = dict(cfg)
+  variant = fields.pop('variant', None)
+  if variant:
+    size, patch = parse_variant(variant)
+    fields = {'patch_size': patch, 'width': size.width, 'depth': size.depth, 'num_heads': size.num_heads,
+              'mlp_ratio': size.mlp_ratio, **{k: v for k, v in fields.items() if v is not None}}
+  fields.update(overrides)
+  known = {f.name for f in dataclasses.fields(ViTEncoder)} - {'parent', 'name'}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'unknown encoder setting(s) {unknown}; known: {sorted(known)}.')
+  return ViTEncoder(**fields)
+
+
+def dtype_from_name(name: str) -> Dtype:
+  try:
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
+  except KeyError:
+    raise ValueError(f"compute dtype must be 'float32', 'bfloat16' or 'float16', got {name!r}.") from None
+

@@ -1,0 +1,50 @@
+"""Pixel targets: patchify / unpatchify in the MAE reference order, per-patch normalized pixels."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+  """``[B, H, W, C]`` -> ``[B, (H/p)*(W/p), p*p*C]``: tokens in row-major order, each patch as (p, q, c)."""
+  b, h, w, c = images.shape
+  p = patch_size
+  if h % p or w % p:
+    raise ValueError(f'image size {h}x{w} is not divisible by the patch size {p}.')
+  x = images.reshape(b, h // p, p, w // p, p, c)
+  x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, grid_hw: tuple[int, int], channels: int) -> jax.Array:
+  """Inverse of :func:`patchify`."""
+  b = patches.shape[0]
+  gh, gw = grid_hw
+  p = patch_size
+  if patches.shape[1:] != (gh * gw, p * p * channels):
+    raise ValueError(f'patches of shape {patches.shape} do not match a {gh}x{gw} grid of '
+                     f'{p}x{p}x{channels} patches.')
+  x = patches.reshape(b, gh, gw, p, p, channels)
+  x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+  return x.reshape(b, gh * p, gw * p, channels)
+
+
+def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """MAE's ``norm_pix_loss`` target: per patch, subtract the mean and divide by sqrt(unbiased var + eps)."""
+  mean = patches.mean(axis=-1, keepdims=True)
+  var = patches.var(axis=-1, keepdims=True, ddof=1)
+  return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def pixel_target(images: jax.Array, patch_size: int, norm_pix: bool) -> jax.Array:
+  target = patchify(images.astype(jnp.float32), patch_size)
+  return normalize_patches(target) if norm_pix else target
+
+
+def denormalize_prediction(pred: jax.Array, images: jax.Array, patch_size: int) -> jax.Array:
+  """Maps a norm-pix prediction back to pixel space with each patch's own mean/std (for figures)."""
+  target = patchify(images.astype(jnp.float32), patch_size)
+  mean = target.mean(axis=-1, keepdims=True)
+  std = jnp.sqrt(target.var(axis=-1, keepdims=True, ddof=1) + 1e-6)
+  return pred * std + mean
