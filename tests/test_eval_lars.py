@@ -52,7 +52,9 @@ def test_lars_matches_hand_computed_reference_with_changing_lr():
     updates, state = step(jax.tree.map(jnp.asarray, g), state, p)
     p = optax.apply_updates(p, updates)
     for k in params:
-      np.testing.assert_allclose(np.asarray(p[k]), expected[t][k], rtol=1e-5, atol=1e-6, err_msg=f'{k} step {t}')
+      np.testing.assert_allclose(
+        np.asarray(p[k]), expected[t][k], rtol=1e-5, atol=1e-6, err_msg=f'{k} step {t}'
+      )
   assert int(state.count) == len(grads)
   # The zero-norm tensor moved (q = 1 on step 1, later it is non-zero and gets a trust ratio).
   assert np.abs(np.asarray(p['z'])).sum() > 0
