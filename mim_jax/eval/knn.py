@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax.eval.features import extract_features
 from mim_jax.eval.linear_probe import topk_accuracy
 
 
@@ -46,18 +47,13 @@ def knn_scores(
   if labels.shape != (train.shape[0],):
     raise ValueError(f'train_labels must have shape ({train.shape[0]},), got {labels.shape}')
   k = min(k, train.shape[0])
-  queries = np.asarray(eval_features, np.float32)
-  n = queries.shape[0]
-  batch_size = max(1, min(batch_size, n))
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = queries[start : start + batch_size]
-    valid = chunk.shape[0]
-    if valid < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - valid, chunk.shape[1]), chunk.dtype)])
-    votes = _votes(chunk, train, labels, k=k, temperature=temperature, num_classes=num_classes)
-    out.append(np.asarray(votes)[:valid])
-  return np.concatenate(out)
+  return extract_features(
+    lambda q: _votes(q, train, labels, k=k, temperature=temperature, num_classes=num_classes),
+    np.asarray(eval_features, np.float32),
+    batch_size,
+    jit=False,
+    desc='knn',
+  )
 
 
 def knn_classify(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mim_jax.eval.features import extract_features
 from mim_jax.eval.lars import lars
 
 
@@ -144,25 +145,11 @@ def make_probe_train_step(
   return step
 
 
-def _batched_apply(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, batch_size: int) -> np.ndarray:
-  """Run ``fn`` over ``x`` in fixed-size batches (the last one zero-padded, then stripped)."""
-  n = x.shape[0]
-  batch_size = max(1, min(batch_size, n))
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = x[start : start + batch_size]
-    valid = chunk.shape[0]
-    if valid < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(fn(chunk))[:valid])
-  return np.concatenate(out)
-
-
 def probe_logits(head: LinearProbeHead, state: ProbeState, features: np.ndarray, batch_size: int = 4096):
   """Eval-mode logits (BatchNorm with running statistics), batched."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  fn = jax.jit(lambda x: head.apply(variables, x, train=False))
-  return _batched_apply(fn, np.asarray(features, np.float32), batch_size)
+  fn = jax.jit(lambda v, x: head.apply(v, x, train=False))
+  return extract_features(lambda x: fn(variables, x), np.asarray(features, np.float32), batch_size, jit=False)
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
