@@ -1,12 +1,13 @@
-"""The bundled `mim_digits` dataset: scikit-learn's 1797 real 8x8 handwritten digits as a tfds ArrayRecord dataset.
+"""The bundled `mim_digits` dataset: scikit-learn's 1797 real 8x8 handwritten digits, as tfds ArrayRecord.
 
-The images come from `sklearn.datasets.load_digits()` (shipped inside scikit-learn, so building never touches the
-network). Values 0..16 are rescaled to uint8 0..255 and stored raw as a `[8, 8, 1]` uint8 tensor (no image codec: at
-this size decoding would cost more than the pixels). The split is fixed: 1437 train / 360 test, stratified by label
-with a fixed seed, so every machine builds byte-identical data.
+The images come from `sklearn.datasets.load_digits()` (shipped inside scikit-learn, so building never touches
+the network). Values 0..16 are rescaled to uint8 0..255 and stored raw as a `[8, 8, 1]` uint8 tensor (no image
+codec: at this size decoding would cost more than the pixels). The split is fixed: 1437 train / 360 test,
+stratified by label with a fixed seed, so every machine builds byte-identical data.
 
-`ensure_digits(data_dir)` builds the dataset once (under a file lock, so racing processes build it only once; tfds
-itself writes into an `incomplete.*` folder and renames it when complete) and returns the dataset directory.
+`ensure_digits(data_dir)` builds the dataset once (under a file lock, so racing processes build it only once;
+tfds itself writes into an `incomplete.*` folder and renames it when complete) and returns the dataset
+directory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mim_jax.data.builders import LocalBuilder
 
 NAME = 'mim_digits'
 VERSION = '1.0.0'
@@ -42,16 +45,15 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
   return images, labels, {'train': np.sort(train_idx), 'test': np.sort(test_idx)}
 
 
-class MimDigits(tfds.core.GeneratorBasedBuilder):
+class MimDigits(LocalBuilder):
   """scikit-learn digits (8x8 grayscale, 10 classes), fixed stratified 1437/360 split."""
 
   VERSION = tfds.core.Version(VERSION)
-  RELEASE_NOTES = {VERSION: 'Initial release.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
       builder=self,
-      description='scikit-learn load_digits(): 1797 8x8 grayscale handwritten digits rescaled to uint8 0..255.',
+      description='scikit-learn load_digits(): 1797 8x8 grayscale handwritten digits as uint8 0..255.',
       features=tfds.features.FeaturesDict({
         'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
         'label': tfds.features.ClassLabel(num_classes=10),

@@ -1,0 +1,361 @@
+"""The input pipeline the trainer and evaluators call: dataset facts, an endless resumable train iterator,
+and in-memory eval arrays.
+
+Train pipeline (grain Dataset API), identical on every host given the same seed:
+
+  ArrayRecord source (all examples of the split)
+    -> repeat forever, each epoch globally shuffled (numpy permutation seeded with (seed, epoch))
+    -> random_map(decode + augment), per-record rng from grain, keyed on (seed, global position) -> uint8 HWC
+    -> [process_index::process_count] (each host takes every N-th example of the global order)
+    -> batch(batch_size_per_host, drop_remainder) -> normalize (vectorized numpy)
+    -> to_iter_dataset (read_threads prepare whole batches ahead) -> mp_prefetch(num_workers) if > 0
+
+Every host runs the same shuffle, so within an epoch the hosts see disjoint examples whose union is the epoch.
+The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` and `grain.checkpoint.CheckpointSave/
+CheckpointRestore` (orbax) restore it exactly, so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from mim_jax.data import digits, sources, transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  image_shape: tuple[int, int, int]  # (H, W, C) of the images the pipeline yields
+  num_train: int
+  num_eval: int
+  num_classes: int | None
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  name: str = ''
+  splits: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  def steps_per_epoch(self, global_batch_size: int) -> int:
+    """Optimizer steps in one pass over the train split at this global batch size (drop-remainder)."""
+    return max(1, self.num_train // int(global_batch_size))
+
+
+def default_data_config(name: str = digits.NAME) -> ml_collections.ConfigDict:
+  """Data config with presets for `name`: light digit-friendly augmentation for mim_digits, else MAE's."""
+  is_digits = name.partition(':')[0] == digits.NAME
+  c = ml_collections.ConfigDict()
+  c.name = name
+  # None -> $MIM_JAX_DATA_DIR -> ~/.cache/mim_jax/tensorflow_datasets
+  c.data_dir = config_dict.placeholder(str)
+  c.train_split = 'train'
+  c.eval_split = 'test' if is_digits else 'validation'
+  c.image_key = 'image'
+  c.label_key = 'label'
+  c.image_size = 16 if is_digits else 224
+  c.channels = config_dict.placeholder(int)  # None -> the dataset's own (1 for digits, 3 for RGB photos)
+  # Train augmentation: 'rrc_flip' (RandomResizedCrop [+ flip], MAE/SimMIM pre-training) or 'none' (eval
+  # transform).
+  c.augment = 'rrc_flip'
+  c.crop_scale = (0.6, 1.0) if is_digits else (0.2, 1.0)
+  c.crop_ratio = (3 / 4, 4 / 3)
+  c.crop_subpixel = is_digits  # real-valued crop boxes: more distinct crops of tiny images
+  c.hflip = not is_digits  # never flip digits
+  c.interpolation = 'bicubic'
+  # 0.875: resize 256 + center crop 224 (scaled with image_size); 1.0: plain resize of square images
+  c.eval_crop_pct = 1.0 if is_digits else 0.875
+  c.fast_decode = True  # JPEG draft decoding at reduced scale when the crop allows it
+  c.mean = config_dict.placeholder(tuple)  # None -> dataset metadata, digits' known values, else ImageNet's
+  c.std = config_dict.placeholder(tuple)
+  c.cache = 'auto'  # keep raw-array splits (digits) in memory: True / False / 'auto' (<= 256 MiB)
+  c.shuffle = True
+  c.return_index = False  # also yield 'index' (int64 [b]): each example's position in its split
+  c.num_workers = 0  # 0: in-process; >0: grain worker processes (mp_prefetch)
+  c.worker_buffer_size = 2  # batches each worker prepares ahead
+  # Threads decoding/augmenting records in each process (0: none, fastest for tiny images).
+  c.read_threads = 0 if is_digits else 8
+  c.prefetch_batches = 2  # batches prepared ahead in each process (at least read_threads)
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config checks and dataset facts
+
+
+def _check_cfg(cfg) -> None:
+  def fail(msg):
+    raise ValueError(f'bad data config: {msg}')
+
+  if not isinstance(cfg.image_size, int) or cfg.image_size <= 0:
+    fail(f'image_size must be a positive int, got {cfg.image_size!r}')
+  for key in ('crop_scale', 'crop_ratio'):
+    v = cfg.get(key)
+    if v is None or len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or not 0 < v[0] <= v[1]:
+      fail(f'{key} must be a pair (min, max) with 0 < min <= max, got {v!r}')
+  if cfg.crop_scale[1] > 1:
+    fail(f'crop_scale max must be <= 1, got {cfg.crop_scale!r}')
+  if not 0 < cfg.eval_crop_pct <= 1:
+    fail(f'eval_crop_pct must be in (0, 1], got {cfg.eval_crop_pct!r}')
+  if cfg.channels not in (None, 1, 3):
+    fail(f'channels must be None, 1 or 3, got {cfg.channels!r}')
+  if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+    fail(f'num_workers must be an int >= 0, got {cfg.num_workers!r}')
+  if cfg.interpolation not in transforms.INTERPOLATIONS:
+    fail(f'interpolation must be one of {sorted(transforms.INTERPOLATIONS)}, got {cfg.interpolation!r}')
+  for key in ('mean', 'std'):
+    v = cfg.get(key)
+    if v is not None and (len(v) not in (1, 3) or (key == 'std' and min(v) <= 0)):
+      fail(f'{key} must have 1 or 3 entries{" > 0" if key == "std" else ""}, got {v!r}')
+
+
+def _open(cfg) -> sources.OpenedDataset:
+  _check_cfg(cfg)
+  return sources.open_dataset(cfg.name, cfg.data_dir, image_key=cfg.get('image_key', 'image'),
+                              label_key=cfg.get('label_key', 'label'))
+
+
+def _channels(cfg, ds: sources.OpenedDataset) -> int:
+  if cfg.channels is not None:
+    return int(cfg.channels)
+  native = ds.image_shape[-1] if ds.image_shape and len(ds.image_shape) == 3 else None
+  return 1 if native == 1 else 3
+
+
+def _mean_std(cfg, ds: sources.OpenedDataset, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  if cfg.mean is not None and cfg.std is not None:
+    mean, std = cfg.mean, cfg.std
+  elif 'mean' in ds.metadata and 'std' in ds.metadata:
+    mean, std = ds.metadata['mean'], ds.metadata['std']
+  elif ds.name.partition(':')[0] == digits.NAME:
+    mean, std = digits.MEAN, digits.STD
+  else:
+    mean, std = sources.IMAGENET_MEAN, sources.IMAGENET_STD
+  if cfg.mean is not None:
+    mean = cfg.mean
+  if cfg.std is not None:
+    std = cfg.std
+
+  def fit(v, what):
+    v = tuple(float(x) for x in v)
+    if len(v) == channels:
+      return v
+    if len(v) == 1:
+      return v * channels
+    if channels == 1:  # RGB statistics for grayscale images: luma weights (ITU-R 601, like convert('L')).
+      return (0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2],)
+    raise ValueError(f'data.{what} has {len(v)} entries but images have {channels} channels')
+
+  return fit(mean, 'mean'), fit(std, 'std')
+
+
+def dataset_info(data_cfg) -> DatasetInfo:
+  """Facts for building the model: shapes after transforms, split sizes, classes, mean/std."""
+  ds = _open(data_cfg)
+  channels = _channels(data_cfg, ds)
+  mean, std = _mean_std(data_cfg, ds, channels)
+  return DatasetInfo(
+    image_shape=(data_cfg.image_size, data_cfg.image_size, channels),
+    num_train=sources.split_size(ds, data_cfg.train_split),
+    num_eval=sources.split_size(ds, data_cfg.eval_split),
+    num_classes=ds.num_classes,
+    mean=mean,
+    std=std,
+    name=data_cfg.name,
+    splits=dict(ds.splits),
+  )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Record and batch functions (module-level classes so grain worker processes can unpickle them)
+
+
+class _RecordTransform:
+  """Raw tfds record -> {'image': uint8 [H, W, C], 'label': int32} with the given image transform."""
+
+  def __init__(self, transform: transforms.Compose, image_key: str, label_key: str | None):
+    self.transform = transform
+    self.image_key = image_key
+    self.label_key = label_key
+
+  def __call__(self, record: dict[str, Any] | tuple[int, dict[str, Any]],
+               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    index = None
+    if isinstance(record, tuple):  # (source index, record) when data.return_index is set
+      index, record = record
+    image = self.transform(record[self.image_key], rng)
+    label = record[self.label_key] if self.label_key is not None else -1
+    out = {'image': image, 'label': np.int32(label)}
+    if index is not None:
+      out['index'] = np.int64(index)
+    return out
+
+
+class _WithIndex:
+  def __call__(self, index: int, record: Any) -> tuple[int, Any]:
+    return int(index), record
+
+
+class _EpochShuffle(grain.MapDataset):
+  """Endless repetition of `parent`, each epoch in its own seeded random order (numpy permutation per epoch).
+
+  Element i of this dataset is parent[perm_e[i mod n]] with e = i // n and perm_e = permutation from
+  `np.random.default_rng([seed, e])`; independent of the host/worker that asks, so all hosts agree on the
+  global order. A permutation is computed once per epoch and process (~30 ms for 1.3M examples), which is far
+  cheaper per element than a stateless index shuffle.
+  """
+
+  def __init__(self, parent: grain.MapDataset, seed: int, shuffle: bool = True):
+    super().__init__(parent)
+    self._n = len(parent)
+    self._seed = int(seed)
+    self._shuffle = bool(shuffle)
+    self._perms: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f'EpochShuffle(seed={self._seed}, shuffle={self._shuffle})'
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    perm = self._perms.get(epoch)
+    if perm is None:
+      perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
+      if len(self._perms) >= 2:  # Keep the current and the next epoch (workers straddle the boundary).
+        for old in sorted(self._perms)[:-1]:
+          self._perms.pop(old, None)
+      self._perms[epoch] = perm
+    return perm
+
+  def index(self, index: int) -> int:
+    """The parent index of element `index`."""
+    epoch, pos = divmod(int(index), self._n)
+    return int(self._perm(epoch)[pos]) if self._shuffle else pos
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.index(index)]
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    state['_perms'] = {}
+    return state
+
+
+class _Normalize:
+  def __init__(self, mean, std):
+    self.mean = tuple(mean)
+    self.std = tuple(std)
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = dict(batch)
+    out['image'] = transforms.normalize(batch['image'], self.mean, self.std)
+    out['label'] = batch['label'].astype(np.int32)
+    return out
+
+
+def _read_options(cfg) -> grain.ReadOptions:
+  threads = max(0, int(cfg.get('read_threads', 8)))
+  return grain.ReadOptions(num_threads=threads,
+                           prefetch_buffer_size=max(threads, int(cfg.get('prefetch_batches', 2))))
+
+
+def _mark_absl_flags_parsed() -> None:
+  """grain workers read absl flags; outside absl.app (tests, notebooks) mark them parsed (defaults)."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """The train pipeline as a grain IterDataset (see the module docstring); `train_iterator` iterates it."""
+  if not isinstance(batch_size_per_host, (int, np.integer)) or batch_size_per_host <= 0:
+    raise ValueError(f'batch_size_per_host must be a positive int, got {batch_size_per_host!r}')
+  if not (isinstance(process_count, (int, np.integer)) and process_count >= 1
+          and isinstance(process_index, (int, np.integer)) and 0 <= process_index < process_count):
+    raise ValueError(f'need 0 <= process_index < process_count, got {process_index!r}, {process_count!r}')
+  ds_info = _open(data_cfg)
+  channels = _channels(data_cfg, ds_info)
+  mean, std = _mean_std(data_cfg, ds_info, channels)
+  source = sources.data_source(ds_info, data_cfg.train_split, data_cfg.get('cache', 'auto'))
+  n = len(source)
+  if n < process_count * batch_size_per_host:
+    raise ValueError(f'split {data_cfg.train_split!r} of {data_cfg.name!r} has {n} examples, fewer than one '
+                     f'global batch ({process_count} hosts x {batch_size_per_host})')
+  seed = int(seed)
+  ds = grain.MapDataset.source(source)
+  if data_cfg.get('return_index', False):
+    ds = ds.map_with_index(_WithIndex())
+  ds = _EpochShuffle(ds, seed, shuffle=data_cfg.shuffle)
+  record_fn = _RecordTransform(transforms.build_train_transform(data_cfg, channels), ds_info.image_key,
+                               ds_info.label_key)
+  # Seeded by (seed, global index): the augmentation of an example depends neither on the host count nor on
+  # the number of workers, and differs between epochs.
+  ds = ds.random_map(record_fn, seed=seed + 1)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  # Batching the MapDataset (not the IterDataset) makes batches the unit of work for read threads and worker
+  # processes: batch k always holds the same examples, whatever num_workers / read_threads are.
+  ds = ds.batch(int(batch_size_per_host), drop_remainder=True).map(_Normalize(mean, std))
+  it = ds.to_iter_dataset(_read_options(data_cfg))
+  if data_cfg.num_workers > 0:
+    _mark_absl_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=int(data_cfg.num_workers),
+      per_worker_buffer_size=int(data_cfg.get('worker_buffer_size', 2))))
+  return it
+
+
+def train_iterator(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Endless iterator of dict(image=float32 [b, H, W, C] normalized, label=int32 [b]) for this host.
+
+  All hosts must pass the same `seed`. The result supports `get_state()` / `set_state()` and grain's orbax
+  checkpoint args (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
+  """
+  return iter(train_dataset(data_cfg, batch_size_per_host, seed, process_index, process_count))
+
+
+def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = None) -> dict[str, np.ndarray]:
+  """A whole (or the first `max_examples` of an) eval split, eval-transformed and normalized, in memory.
+
+  Returns dict(image=float32 [N, H, W, C], label=int32 [N]) in the split's stored order.
+  """
+  ds_info = _open(data_cfg)
+  split = data_cfg.eval_split if split is None else split
+  channels = _channels(data_cfg, ds_info)
+  mean, std = _mean_std(data_cfg, ds_info, channels)
+  source = sources.data_source(ds_info, split, data_cfg.get('cache', 'auto'))
+  n = len(source)
+  if max_examples is not None:
+    if int(max_examples) <= 0:
+      raise ValueError(f'max_examples must be positive or None, got {max_examples!r}')
+    n = min(n, int(max_examples))
+  record_fn = _RecordTransform(transforms.build_eval_transform(data_cfg, channels), ds_info.image_key,
+                               ds_info.label_key)
+  ds = grain.MapDataset.source(source)[:n]
+  if data_cfg.get('return_index', False):
+    ds = ds.map_with_index(_WithIndex())
+  ds = ds.map(record_fn).batch(256).map(_Normalize(mean, std))
+  images = np.empty((n, data_cfg.image_size, data_cfg.image_size, channels), np.float32)
+  labels = np.empty((n,), np.int32)
+  indices = []
+  pos = 0
+  for batch in ds.to_iter_dataset(_read_options(data_cfg)):
+    b = len(batch['label'])
+    images[pos:pos + b] = batch['image']
+    labels[pos:pos + b] = batch['label']
+    if 'index' in batch:
+      indices.append(batch['index'])
+    pos += b
+  out = {'image': images, 'label': labels}
+  if indices:
+    out['index'] = np.concatenate(indices)
+  return out
