@@ -95,14 +95,19 @@ def _decay_mask(params):
 
 
 def probe_optimizer(
-  name: str, learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9, weight_decay: float = 0.0
+  name: str,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.9,
+  weight_decay: float = 0.0,
+  trust_coefficient: float = 0.001,
 ) -> optax.GradientTransformation:
   """'lars' (the reference), 'sgd' (momentum, lr after momentum like torch) or 'adamw'.
 
   Weight decay never applies to 1-D params (the bias).
   """
   if name == 'lars':
-    return lars(learning_rate, momentum=momentum, weight_decay=weight_decay)
+    return lars(learning_rate, momentum, weight_decay, trust_coefficient)
   if name == 'sgd':
     return optax.chain(
       optax.masked(optax.add_decayed_weights(weight_decay), _decay_mask),
@@ -187,7 +192,10 @@ def train_linear_probe(
   seed: int = 0,
   optimizer: str = 'lars',
   momentum: float = 0.9,
+  trust_coefficient: float = 0.001,
   min_lr: float = 0.0,
+  bn_epsilon: float = 1e-6,
+  head_init_std: float = 0.01,
   min_steps_per_epoch: int = 4,
   eval_batch_size: int = 4096,
 ) -> dict[str, float]:
@@ -196,7 +204,8 @@ def train_linear_probe(
   ``batch_size`` is clipped by :func:`clip_batch_size`; the learning rate is ``base_lr * batch / 256`` of the
   clipped batch. Each epoch sees a fresh permutation (seeded, so reruns give the same numbers) and drops the
   incomplete last batch, like the reference's ``drop_last=True`` loader. A whole epoch runs as one jitted
-  ``lax.scan``; the training features live on the default device.
+  ``lax.scan``; the training features live on the default device. The keyword names match the fields of
+  ``configs/eval/linear_probe.py``'s ``linear_probe`` block, so ``**config.linear_probe`` can be passed.
   """
   x_train = jnp.asarray(np.asarray(train_features, np.float32))
   y_train = jnp.asarray(np.asarray(train_labels, np.int32))
@@ -206,8 +215,10 @@ def train_linear_probe(
   batch = clip_batch_size(batch_size, n, min_steps_per_epoch)
   steps_per_epoch = n // batch
   schedule = probe_schedule(base_lr, batch, steps_per_epoch, epochs, warmup_epochs, min_lr)
-  tx = probe_optimizer(optimizer, schedule, momentum=momentum, weight_decay=weight_decay)
-  head = LinearProbeHead(num_classes)
+  tx = probe_optimizer(
+    optimizer, schedule, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient
+  )
+  head = LinearProbeHead(num_classes, bn_epsilon=bn_epsilon, init_std=head_init_std)
   state = init_probe(head, tx, dim, seed)
   step = make_probe_train_step(head, tx)
 
