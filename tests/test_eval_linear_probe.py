@@ -38,7 +38,7 @@ def test_bn_uses_batch_stats_in_train_mode_and_running_stats_in_eval():
   variables = head.init(jax.random.PRNGKey(0), x, train=False)
   head_params = {'kernel': jnp.eye(5, 3), 'bias': jnp.zeros(3)}
   ident = {'params': {'head': head_params}, 'batch_stats': variables['batch_stats']}
-  out_train, mutated = head.apply(ident, x, train=True, mutable=['batch_stats'])
+  out_train, mutated = jax.jit(lambda v, x: head.apply(v, x, train=True, mutable=['batch_stats']))(ident, x)
   # Train mode: normalized by this batch's (biased) statistics, eps 1e-6.
   expected = (x - x.mean(0)) / jnp.sqrt(x.var(0) + 1e-6)
   np.testing.assert_allclose(np.asarray(out_train), np.asarray(expected[:, :3]), rtol=1e-4, atol=1e-4)
@@ -46,7 +46,7 @@ def test_bn_uses_batch_stats_in_train_mode_and_running_stats_in_eval():
   new_mean = np.asarray(mutated['batch_stats']['bn']['mean'])
   np.testing.assert_allclose(new_mean, 0.1 * np.asarray(x.mean(0)), rtol=1e-5)
   # Eval mode with the initial running stats (mean 0, var 1) is the identity up to eps.
-  out_eval = head.apply(ident, x, train=False)
+  out_eval = jax.jit(lambda v, x: head.apply(v, x, train=False))(ident, x)
   np.testing.assert_allclose(np.asarray(out_eval), np.asarray(x[:, :3]) / math.sqrt(1 + 1e-6), rtol=1e-5)
 
 
@@ -74,7 +74,7 @@ def test_lars_probe_on_digits_pixels(digits):
   # LARS at the paper's base_lr 0.1 barely moves a 0.01-std head in a few hundred steps (the trust ratio makes
   # each step ~lr * 0.01 of the weight norm); small data needs a larger base_lr. See docs/evaluation.md.
   res = lp.train_linear_probe(
-    xtr, ytr, xte, yte, num_classes=10, epochs=30, batch_size=256, base_lr=10.0, warmup_epochs=3
+    xtr, ytr, xte, yte, num_classes=10, epochs=20, batch_size=256, base_lr=10.0, warmup_epochs=2
   )
   assert set(res) == {'top1', 'top5'}
   assert res['top1'] > 0.9, res
