@@ -1,0 +1,12 @@
+"""MAE ViT-Huge/14 pre-training on ImageNet-1k, 1600 epochs (the paper's recipe; see mim_jax/recipes.py).
+
+  python -m mim_jax.main --config=configs/mae/vit_huge_in1k.py --workdir=gs://.../mae_huge \
+      --config.data.data_dir=/path/to/tensorflow_datasets
+  python -m mim_jax.main --config=configs/mae/vit_huge_in1k.py:cpu --workdir=/tmp/mae_huge_cpu   # a few local steps
+"""
+
+from mim_jax.recipes import mae_in1k
+
+
+def get_config(arg: str | None = None):
+  return mae_in1k('huge/14', 1600.0, arg)

@@ -1,0 +1,108 @@
+"""The shared config skeleton and its validation.
+
+Every recipe in ``configs/`` starts from :func:`base_config` and overrides what the paper sets. Field
+reference (defaults in parentheses):
+
+  method ('mae')            registered method name (mim_jax.methods.method_names())
+  seed (0)                  init, masks and data order all derive from it
+  batch_size                global batch over all devices and hosts
+  epochs / warmup_epochs    schedule length in passes over the train split...
+  total_steps / warmup_steps  ...or explicit step counts (> 0 / >= 0 take precedence)
+  stop_after_steps (-1)     stop early without changing the schedule (for tests / time-boxed runs)
+  optimizer                 name ('adamw'), base_lr (lr = base_lr * batch / 256), b1, b2, weight_decay, min_lr,
+                            grad_clip_norm (None)
+  model.encoder             variant ('base/16') or patch_size/width/depth/num_heads/mlp_ratio
+  model.decoder             width, depth, num_heads (MAE decoder)
+  mask                      name (a mim_jax.masking generator) and its settings, e.g. ratio
+  norm_pix_loss (True)      per-patch normalized pixel target
+  compute_dtype ('float32') 'bfloat16' for mixed precision (params stay float32)
+  attention_impl ('einsum') 'xla' / 'cudnn' use jax.nn.dot_product_attention
+  remat (False)             rematerialize each transformer block in the backward pass
+  mesh                      data (-1 = all devices), fsdp (1), rules (None = the default logical rules)
+  data                      see mim_jax.data.pipeline.default_data_config
+  checkpoint                every_steps, keep, async_save
+  log_every                 steps between progress lines / metrics rows
+  nonfinite ('stop')        'stop': raise on a non-finite loss; 'skip': skip that update and count it
+  eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from mim_jax.data.pipeline import default_data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'mae'
+  c.seed = 0
+  c.batch_size = 4096
+  c.epochs = 800.0
+  c.warmup_epochs = 40.0
+  c.total_steps = -1
+  c.warmup_steps = -1
+  c.stop_after_steps = -1
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw', base_lr=1.5e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, min_lr=0.0))
+  c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = ml_collections.ConfigDict(dict(variant='base/16', mlp_ratio=4.0))
+  c.model.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16, mlp_ratio=4.0))
+  c.mask = ml_collections.ConfigDict(dict(name='random', ratio=0.75))
+  c.norm_pix_loss = True
+  c.compute_dtype = 'float32'
+  c.attention_impl = 'einsum'
+  c.remat = False
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.mesh.rules = config_dict.placeholder(tuple)
+  c.data = default_data_config('imagenet2012')
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  c.log_every = 100
+  c.nonfinite = 'stop'
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.enabled = True
+  c.eval.feature = 'cls'  # 'cls' (the MAE linear-probe protocol) or 'pooled' (mean of patch tokens)
+  c.eval.max_train_examples = 20000  # cap on the probe's train features (frozen-feature evaluation)
+  c.eval.max_eval_examples = 10000
+  c.eval.linear_probe = ml_collections.ConfigDict(dict(epochs=90, batch_size=256, base_lr=0.1, warmup_epochs=10))
+  c.eval.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
+  c.eval.random_init_baseline = True
+  c.eval.figure = True
+  return c
+
+
+_CHOICES = {
+    'compute_dtype': ('float32', 'bfloat16', 'float16'),
+    'attention_impl': ('einsum', 'xla', 'cudnn'),
+    'nonfinite': ('stop', 'skip'),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the bad field and what would fix it."""
+  from mim_jax import masking, methods
+
+  for key, choices in _CHOICES.items():
+    value = config.get(key)
+    if value not in choices:
+      raise ValueError(f'config.{key}={value!r} is not one of {choices}.')
+  if config.method not in methods.method_names():
+    raise ValueError(f'config.method={config.method!r} is unknown; registered: {methods.method_names()}.')
+  if config.mask.name not in masking.names():
+    raise ValueError(f'config.mask.name={config.mask.name!r} is unknown; available: {masking.names()}.')
+  if not isinstance(config.batch_size, int) or config.batch_size < 1:
+    raise ValueError(f'config.batch_size must be a positive int, got {config.batch_size!r}.')
+  if config.optimizer.base_lr <= 0:
+    raise ValueError(f'config.optimizer.base_lr must be > 0, got {config.optimizer.base_lr}.')
+  if config.log_every < 1:
+    raise ValueError(f'config.log_every must be >= 1, got {config.log_every}.')
+  if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
+    raise ValueError('config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.')
+  if config.eval.feature not in ('cls', 'pooled'):
+    raise ValueError(f"config.eval.feature must be 'cls' or 'pooled', got {config.eval.feature!r}.")

@@ -1,0 +1,198 @@
+"""The pre-training loop: sharded init, resume, jitted steps, logging, checkpoints.
+
+``train(config, workdir)`` is importable (the end-to-end tests call it) and is what ``mim_jax.main`` runs.
+Re-running with the same workdir resumes from the latest checkpoint (model state and data iterator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mim_jax import config as config_lib
+from mim_jax import methods
+from mim_jax.data import pipeline
+from mim_jax.train import checkpoint as ckpt_lib
+from mim_jax.train import metrics as metrics_lib
+from mim_jax.train import optim
+from mim_jax.train import sharding as shd
+from mim_jax.train import state as state_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: state_lib.TrainState
+  method: methods.Method
+  data_info: pipeline.DatasetInfo
+  mesh: Any
+  total_steps: int
+  resumed_from: Optional[int]
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def resolve_steps(config, info: pipeline.DatasetInfo) -> tuple[int, int]:
+  """(total_steps, warmup_steps) from explicit steps or from epochs over the train split."""
+  per_epoch = info.steps_per_epoch(config.batch_size)
+  total = config.total_steps if config.get('total_steps', -1) > 0 else int(round(config.epochs * per_epoch))
+  warm = config.get('warmup_steps', -1)
+  warm = warm if warm >= 0 else int(round(config.warmup_epochs * per_epoch))
+  if total < 1:
+    raise ValueError('the run has no steps: set config.total_steps > 0 or config.epochs > 0.')
+  return total, min(warm, total)
+
+
+def build_optimizer(config, info: pipeline.DatasetInfo):
+  total, warmup = resolve_steps(config, info)
+  peak = optim.scaled_lr(config.optimizer.base_lr, config.batch_size)
+  schedule = optim.warmup_cosine(peak, total, warmup, config.optimizer.get('min_lr', 0.0))
+  return optim.make_optimizer(config.optimizer, schedule), schedule, total, warmup, peak
+
+
+def param_count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  save_config(config, workdir)
+  info = pipeline.dataset_info(config.data)
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+  rules = shd.rules_from_config(config.mesh.get('rules', None))
+  shd.check_batch_divisible(config.batch_size, mesh)
+  method = methods.build(config, info.image_shape)
+  tx, schedule, total_steps, warmup_steps, peak_lr = build_optimizer(config, info)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, base_rng = jax.random.split(rng)
+  example = jnp.zeros((2, *info.image_shape), jnp.float32)
+  init_fn = state_lib.make_init_fn(method, tx, example)
+  state, shardings = state_lib.create_sharded_state(init_fn, init_rng, mesh, rules)
+
+  per_host = config.batch_size // jax.process_count()
+  iterator = pipeline.train_iterator(config.data, per_host, seed=config.seed,
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+  ck = config.checkpoint
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=ck.every_steps,
+                                       keep=ck.keep, async_save=ck.get('async_save', True))
+  resumed_from = checkpointer.latest_step()
+  if resumed_from is not None:
+    state = checkpointer.restore(resumed_from, ckpt_lib.abstract_like(state, shardings), iterator)
+    log(f'Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)}).')
+
+  log(f'{config.method}: encoder {param_count(method.encoder_params(state.params)) / 1e6:.2f}M params, '
+      f'total {param_count(state.params) / 1e6:.2f}M | data {info.name} {info.num_train} train images '
+      f'{info.image_shape} | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices')
+  log(f'lr = base_lr {config.optimizer.base_lr:g} x batch {config.batch_size} / 256 = {peak_lr:.3e}; '
+      f'{total_steps} steps ({total_steps / info.steps_per_epoch(config.batch_size):.1f} epochs), '
+      f'{warmup_steps} warmup')
+
+  step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
+  writer = metrics_lib.MetricWriter(workdir)
+  start = int(state.step)
+  stop_at = min(total_steps, config.get('stop_after_steps', -1)) if config.get('stop_after_steps', -1) > 0 \
+      else total_steps
+  progress = metrics_lib.Progress(total_steps, config.batch_size, start)
+  pending: list[dict] = []
+  policy = config.get('nonfinite', 'stop')
+  t0 = time.perf_counter()
+  try:
+    for step in range(start, stop_at):
+      batch = shd.global_batch(next(iterator), mesh)
+      state, m = step_fn(state, batch, base_rng)
+      pending.append(m)
+      done = step + 1
+      if done % config.log_every == 0 or done == stop_at or done == start + 1:
+        rows = jax.device_get(pending)
+        pending = []
+        avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        avg['train/nonfinite_steps'] = int(rows[-1]['train/nonfinite_steps'])
+        img_s, steps_s = progress.rate(done)
+        avg['perf/images_per_s'] = img_s
+        writer.write(done, avg)
+        log(progress.line(done, avg, img_s, steps_s))
+        _check_finite(avg['train/nonfinite_steps'], policy, done)
+      if checkpointer.manager.should_save(done) and done != stop_at:
+        _check_finite(int(state.nonfinite_steps), policy, done)
+        checkpointer.save(done, state, iterator)
+    _check_finite(int(state.nonfinite_steps), policy, stop_at)
+    if start < stop_at:
+      checkpointer.save(stop_at, state, iterator, force=True)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+    writer.close()
+  log(f'Trained steps {start}..{stop_at} in {time.perf_counter() - t0:.1f}s; checkpoints in {checkpointer.directory}')
+  return TrainResult(state, method, info, mesh, total_steps, resumed_from)
+
+
+def _check_finite(nonfinite_steps: int, policy: str, step: int) -> None:
+  if nonfinite_steps and policy == 'stop':
+    raise NonFiniteLossError(
+        f'non-finite loss or gradient at or before step {step}: the update was skipped and no checkpoint '
+        'holds it. Lower optimizer.base_lr, enable optimizer.grad_clip_norm, or use compute_dtype=float32; '
+        "set config.nonfinite='skip' to skip such steps and keep training.")
+
+
+def load_params(workdir: str, config: ml_collections.ConfigDict, step: Optional[int] = None):
+  """Params of a finished (or interrupted) run, on the default device, for evaluation and export."""
+  info = pipeline.dataset_info(config.data)
+  method = methods.build(config, info.image_shape)
+  tx, *_ = build_optimizer(config, info)
+  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *info.image_shape), jnp.float32))
+  mesh = shd.make_mesh(-1, 1)
+  abstract = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
+  rep = shd.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=1)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}; train first.')
+    state = checkpointer.restore(step, abstract)
+  finally:
+    checkpointer.close()
+  return method, state.params, step, info
+
+
+def summary_path(workdir: str) -> str:
+  return os.path.join(workdir, 'summary.json')
+
+
+def update_summary(workdir: str, values: dict) -> dict:
+  """Merges ``values`` into the workdir's flat ``summary.json`` (process 0 writes)."""
+  path = summary_path(workdir)
+  summary = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      summary = json.load(f)
+  summary.update(values)
+  if jax.process_index() == 0:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  return summary

@@ -1,0 +1,88 @@
+"""Run outputs: metrics.jsonl, TensorBoard events, and the progress line on stdout (process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(v: Any) -> float | int:
+  v = np.asarray(v)
+  return v.item() if v.size == 1 else float(v.mean())
+
+
+class MetricWriter:
+  """Appends ``{"step": s, key: value, ...}`` lines to ``metrics.jsonl`` and scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    for k, v in row.items():
+      if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
+        self._tb.add_scalar(k, v, int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """Step, loss, lr, images/s and ETA every ``log_every`` steps, measured between log points."""
+
+  def __init__(self, total_steps: int, global_batch: int, start_step: int):
+    self.total = total_steps
+    self.batch = global_batch
+    self._t = time.perf_counter()
+    self._step = start_step
+    self.enabled = jax.process_index() == 0
+
+  def rate(self, step: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    dt = max(now - self._t, 1e-9)
+    steps = step - self._step
+    self._t, self._step = now, step
+    return steps * self.batch / dt, steps / dt
+
+  def line(self, step: int, metrics: Mapping[str, float], images_per_s: float, steps_per_s: float) -> str:
+    eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('inf')
+    parts = [f'step {step:>{len(str(self.total))}}/{self.total}']
+    for key, fmt in (('train/loss', '.4f'), ('train/lr', '.2e'), ('train/grad_norm', '.3f')):
+      if key in metrics:
+        parts.append(f'{key.split("/")[1]} {metrics[key]:{fmt}}')
+    parts.append(f'{images_per_s:,.0f} img/s')
+    parts.append(f'ETA {format_seconds(eta)}')
+    return ' | '.join(parts)
+
+
+def format_seconds(s: float) -> str:
+  if not math.isfinite(s):
+    return '?'
+  s = int(s)
+  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'
