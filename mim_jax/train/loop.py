@@ -21,6 +21,7 @@ import numpy as np
 from mim_jax import config as config_lib
 from mim_jax import methods
 from mim_jax.data import pipeline
+from mim_jax.eval import monitors as monitors_lib
 from mim_jax.train import checkpoint as ckpt_lib
 from mim_jax.train import metrics as metrics_lib
 from mim_jax.train import optim
@@ -112,6 +113,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
   writer = metrics_lib.MetricWriter(workdir)
+  monitors = monitors_lib.build(config.get('monitors', None), method=method, config=config, workdir=workdir)
   start = int(state.step)
   stop_at = min(total_steps, config.get('stop_after_steps', -1)) if config.get('stop_after_steps', -1) > 0 \
       else total_steps
@@ -135,6 +137,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         writer.write(done, avg)
         log(progress.line(done, avg, img_s, steps_s))
         _check_finite(avg['train/nonfinite_steps'], policy, done)
+      for monitor in monitors:
+        if done % monitor.every_steps == 0 or done == stop_at:
+          values = monitor(done, state.params)
+          writer.write(done, {f'monitor/{monitor.name}/{k}': v for k, v in values.items()})
       if checkpointer.manager.should_save(done) and done != stop_at:
         _check_finite(int(state.nonfinite_steps), policy, done)
         checkpointer.save(done, state, iterator)
