@@ -6,22 +6,35 @@ Usage::
     info = gen(rng, batch_size)          # MaskInfo(mask, ids_keep, ids_restore), static gen.len_keep
 
 Each generator class is registered under a name with :func:`register`; ``python -m mim_jax.masking --list``
-prints the names and ``--show NAME --out FILE.png`` draws sample masks.
+prints the names and ``--show NAME --out FILE.png`` draws sample masks. Generators: ``random`` (MAE),
+``block`` (BEiT), ``coarse`` (SimMIM), ``colormae`` (ColorMAE filtered noise), ``gmml`` (GMML groups);
+docs/masking.md describes them.
 """
 
+from mim_jax.masking.block import BlockMask
+from mim_jax.masking.coarse import CoarseMask
+from mim_jax.masking.colormae import ColorNoiseMask
 from mim_jax.masking.core import Grid, MaskInfo, mask_from_boolean, mask_from_scores, num_visible
+from mim_jax.masking.gmml import GroupMask
+from mim_jax.masking.ops import exact_count, neighbour_agreement
 from mim_jax.masking.random import RandomMask
 from mim_jax.masking.registry import build, get, names, register
 
 __all__ = [
+    'BlockMask',
+    'CoarseMask',
+    'ColorNoiseMask',
     'Grid',
+    'GroupMask',
     'MaskInfo',
     'RandomMask',
     'build',
+    'exact_count',
     'get',
     'mask_from_boolean',
     'mask_from_scores',
     'names',
+    'neighbour_agreement',
     'num_visible',
     'register',
 ]
