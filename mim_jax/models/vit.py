@@ -199,6 +199,9 @@ class ViTEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   attention_impl: str = 'einsum'
   remat: bool = False
+  # False: return the last block's output unnormalized. MAE fine-tuning with global pooling drops the final norm
+  # and normalizes the pooled feature instead (fc_norm).
+  final_norm: bool = True
 
   def grid(self, images_hw: tuple[int, int]) -> tuple[int, int]:
     h, w = images_hw
@@ -229,7 +232,7 @@ class ViTEncoder(nn.Module):
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
                 name=f'blocks_{i}')(x, deterministic)
-    return layer_norm(self.dtype, 'norm')(x)
+    return layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
 
 
 def encoder_from_config(cfg, **overrides) -> ViTEncoder:
