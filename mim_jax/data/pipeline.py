@@ -68,7 +68,8 @@ def default_data_config(name: str = digits.NAME) -> ml_collections.ConfigDict:
   c.interpolation = 'bicubic'
   # 0.875: resize 256 + center crop 224 (scaled with image_size); 1.0: plain resize of square images
   c.eval_crop_pct = 1.0 if is_digits else 0.875
-  c.fast_decode = True  # JPEG draft decoding at reduced scale when the crop allows it
+  # JPEG decoding: 'auto' (simplejpeg if installed, else 'pil'), 'simplejpeg', 'pil' (draft), 'pil_full'.
+  c.decoder = 'auto'
   c.mean = config_dict.placeholder(tuple)  # None -> dataset metadata, digits' known values, else ImageNet's
   c.std = config_dict.placeholder(tuple)
   c.cache = 'auto'  # keep raw-array splits (digits) in memory: True / False / 'auto' (<= 256 MiB)
@@ -104,6 +105,10 @@ def _check_cfg(cfg) -> None:
     fail(f'channels must be None, 1 or 3, got {cfg.channels!r}')
   if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
     fail(f'num_workers must be an int >= 0, got {cfg.num_workers!r}')
+  if cfg.get('augment', 'rrc_flip') not in transforms.AUGMENTS:
+    fail(f'augment must be one of {sorted(transforms.AUGMENTS)}, got {cfg.augment!r}')
+  if cfg.get('decoder', 'auto') not in transforms.DECODERS:
+    fail(f'decoder must be one of {transforms.DECODERS}, got {cfg.decoder!r}')
   if cfg.interpolation not in transforms.INTERPOLATIONS:
     fail(f'interpolation must be one of {sorted(transforms.INTERPOLATIONS)}, got {cfg.interpolation!r}')
   for key in ('mean', 'std'):
@@ -247,15 +252,28 @@ class _EpochShuffle(grain.MapDataset):
     return state
 
 
-class _Normalize:
+class _CollateNormalize:
+  """grain batch_fn: list of {'image': uint8 [H, W, C], 'label', ...} -> one dict with float32 normalized images.
+
+  Each image is normalized straight into its slot of the batch array (cache-sized passes, no uint8 stack).
+  """
+
   def __init__(self, mean, std):
     self.mean = tuple(mean)
     self.std = tuple(std)
+    self._normalizers: dict[tuple[int, ...], transforms.Normalizer] = {}
 
-  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = dict(batch)
-    out['image'] = transforms.normalize(batch['image'], self.mean, self.std)
-    out['label'] = batch['label'].astype(np.int32)
+  def __call__(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    first = records[0]['image']
+    images = np.empty((len(records),) + first.shape, np.float32)
+    norm = self._normalizers.get(first.shape)
+    if norm is None:
+      norm = self._normalizers[first.shape] = transforms.Normalizer(self.mean, self.std, first.shape)
+    for i, r in enumerate(records):
+      norm(r['image'], out=images[i])
+    out = {'image': images, 'label': np.asarray([r['label'] for r in records], np.int32)}
+    if 'index' in records[0]:
+      out['index'] = np.asarray([r['index'] for r in records], np.int64)
     return out
 
 
@@ -303,7 +321,7 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
     ds = ds[process_index::process_count]
   # Batching the MapDataset (not the IterDataset) makes batches the unit of work for read threads and worker
   # processes: batch k always holds the same examples, whatever num_workers / read_threads are.
-  ds = ds.batch(int(batch_size_per_host), drop_remainder=True).map(_Normalize(mean, std))
+  ds = ds.batch(int(batch_size_per_host), drop_remainder=True, batch_fn=_CollateNormalize(mean, std))
   it = ds.to_iter_dataset(_read_options(data_cfg))
   if data_cfg.num_workers > 0:
     _mark_absl_flags_parsed()
@@ -343,7 +361,7 @@ def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = N
   ds = grain.MapDataset.source(source)[:n]
   if data_cfg.get('return_index', False):
     ds = ds.map_with_index(_WithIndex())
-  ds = ds.map(record_fn).batch(256).map(_Normalize(mean, std))
+  ds = ds.map(record_fn).batch(256, batch_fn=_CollateNormalize(mean, std))
   images = np.empty((n, data_cfg.image_size, data_cfg.image_size, channels), np.float32)
   labels = np.empty((n,), np.int32)
   indices = []

@@ -3,15 +3,15 @@
 A record's image arrives either as encoded bytes (JPEG/PNG from an ArrayRecord dataset) or as a uint8 array
 `[H, W, C]`. It is wrapped in a `LazyImage`, whose size is known from the file header before any pixel is
 decoded; a crop op (`RandomResizedCrop`, `ResizeCenterCrop`) picks its box on that size and then decodes only
-as much as it needs: for JPEGs, `Image.draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling,
-nearly free) whenever the crop box still covers the output size at that scale; the box is then cropped and
-resized in one PIL call.
+as much as it needs: JPEGs are decoded at the smallest DCT scale that keeps the crop box at least as large as
+the output (libjpeg-turbo scales by M/8 through simplejpeg, or by 1/2, 1/4, 1/8 through PIL's `draft`), and
+the box is cropped and resized in one PIL call. See `LazyImage` and `data.decoder`.
 
 An op is any callable `op(img, rng) -> img` where `img` is a `LazyImage` or a `PIL.Image.Image` and `rng` a
 numpy `Generator` (the per-record generator grain hands to `random_map`; deterministic given the pipeline
-seed). Ops that need pixels call `as_pil(img)`. `Compose(ops, channels)` runs them and returns uint8 `[size,
-size, channels]`. Adding an augmentation (SimMIM, fine-tune RandAugment, color jitter, ...) = writing one such
-callable and adding it to a recipe in `build_train_transform` / `build_eval_transform`.
+seed). Ops that need pixels call `as_pil(img)`. `Compose(ops, channels)` runs them and returns uint8
+`[size, size, channels]`. A new augmentation recipe (SimMIM, fine-tune RandAugment, color jitter, ...) is a
+function `cfg -> [ops]` registered with `@register_augment('name')` and chosen with `data.augment='name'`.
 
 Crop boxes follow torchvision's `RandomResizedCrop.get_params` (10 tries, then a center crop with the ratio
 clamped) and `Resize(int(size / crop_pct))` + `CenterCrop(size)` for evaluation, with PIL's antialiased
@@ -53,15 +53,49 @@ def _mode(channels: int) -> str:
   raise ValueError(f'channels must be 1 or 3, got {channels!r}')
 
 
+try:  # Optional: libjpeg-turbo with every M/8 DCT scale (PIL's draft only has 1/2, 1/4, 1/8).
+  import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - depends on the environment
+  _simplejpeg = None
+
+DECODERS = ('auto', 'simplejpeg', 'pil', 'pil_full')
+
+
+def resolve_decoder(name: str) -> str:
+  """'auto' -> 'simplejpeg' when installed, else 'pil'. Raises for unknown names or a missing simplejpeg."""
+  if name not in DECODERS:
+    raise ValueError(f'unknown decoder {name!r}; choose one of {DECODERS}')
+  if name == 'auto':
+    return 'simplejpeg' if _simplejpeg is not None else 'pil'
+  if name == 'simplejpeg' and _simplejpeg is None:
+    raise ValueError("decoder 'simplejpeg' needs `pip install simplejpeg` (or use decoder='auto' / 'pil')")
+  return name
+
+
+def _is_jpeg(data: bytes) -> bool:
+  return data[:3] == b'\xff\xd8\xff'
+
+
 class LazyImage:
-  """An image not yet decoded: encoded bytes or a uint8 [H, W, C] array, to be read as PIL mode `mode`."""
+  """An image not yet decoded: encoded bytes or a uint8 [H, W, C] array, to be read as PIL mode `mode`.
 
-  __slots__ = ('data', 'mode', '_pil')
+  `decoder` chooses how JPEG bytes become pixels when a crop is requested:
+    'pil_full'   PIL, full resolution (what a plain PyTorch/PIL loader does);
+    'pil'        PIL with `draft`: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the box stays >= the output;
+    'simplejpeg' libjpeg-turbo via simplejpeg at the smallest of the 16 M/8 scales that keeps the box >= the
+                 output (e.g. 6/8 for a 300 px box resized to 224), then the same PIL resize on fewer pixels.
+  Reduced-scale decoding low-passes in the DCT domain before the bicubic resize; it never upsamples the crop.
+  Non-JPEG bytes and anything simplejpeg rejects (CMYK, corrupt data) fall back to PIL.
+  """
 
-  def __init__(self, data: bytes | np.ndarray, mode: str):
+  __slots__ = ('data', 'mode', 'decoder', '_pil', '_size')
+
+  def __init__(self, data: bytes | np.ndarray, mode: str, decoder: str = 'pil'):
     self.data = data
     self.mode = mode
+    self.decoder = decoder
     self._pil = None
+    self._size = None
 
   def _open(self) -> Image.Image:
     if self._pil is None:
@@ -77,25 +111,54 @@ class LazyImage:
   @property
   def size(self) -> tuple[int, int]:
     """(width, height), from the header only for encoded images."""
-    if isinstance(self.data, np.ndarray):
-      return int(self.data.shape[1]), int(self.data.shape[0])
-    return self._open().size
+    if self._size is None:
+      if isinstance(self.data, np.ndarray):
+        self._size = int(self.data.shape[1]), int(self.data.shape[0])
+      elif self.decoder == 'simplejpeg' and self._pil is None and _is_jpeg(self.data):
+        try:
+          h, w, _, _ = _simplejpeg.decode_jpeg_header(self.data)
+          self._size = int(w), int(h)
+        except ValueError:
+          self._size = self._open().size
+      else:
+        self._size = self._open().size
+    return self._size
 
-  def crop_resize(self, box: Sequence[float], out_size: tuple[int, int], resample: Image.Resampling,
-                  draft: bool = True) -> Image.Image:
+  def _decode_reduced(self, scale: float) -> tuple[Image.Image, float, float] | None:
+    """Decodes at >= `scale` of full size with the configured decoder; None when not applicable."""
+    w, h = self.size
+    need_w, need_h = max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+    if self.decoder == 'simplejpeg' and _is_jpeg(self.data):
+      try:
+        arr = _simplejpeg.decode_jpeg(self.data, colorspace='GRAY' if self.mode == 'L' else 'RGB',
+                                      min_width=need_w, min_height=need_h)
+      except ValueError:
+        return None  # e.g. CMYK or a damaged stream: let PIL handle it
+      img = Image.fromarray(arr[..., 0] if self.mode == 'L' else arr)
+      return img, img.size[0] / w, img.size[1] / h
+    if self.decoder == 'pil' and scale <= 0.5:
+      img = self._open()
+      if img.format == 'JPEG':
+        img.draft(self.mode if self.mode in ('RGB', 'L') else None, (need_w, need_h))
+        return img, img.size[0] / w, img.size[1] / h
+    return None
+
+  def crop_resize(self, box: Sequence[float], out_size: tuple[int, int],
+                  resample: Image.Resampling) -> Image.Image:
     """Crops `box` (left, upper, right, lower in full-size pixels) and resizes it to `out_size` (w, h)."""
-    img = self._open()
-    left, upper, right, lower = box
-    if draft and img.format == 'JPEG':
-      # Smallest DCT scale at which the box still has at least out_size pixels.
-      s = max(out_size[0] / max(right - left, 1e-6), out_size[1] / max(lower - upper, 1e-6))
-      if s < 0.5:
-        w, h = img.size
-        img.draft(self.mode if self.mode in ('RGB', 'L') else None, (math.ceil(w * s), math.ceil(h * s)))
-        sx, sy = img.size[0] / w, img.size[1] / h
-        box = (left * sx, upper * sy, right * sx, lower * sy)
-    img = _convert(img, self.mode)
-    return img.resize(out_size, resample, box=tuple(float(b) for b in box))
+    left, upper, right, lower = (float(b) for b in box)
+    if not isinstance(self.data, np.ndarray) and self.decoder != 'pil_full':
+      # The smallest scale at which the box still has at least out_size pixels.
+      scale = max(out_size[0] / max(right - left, 1e-6), out_size[1] / max(lower - upper, 1e-6))
+      reduced = self._decode_reduced(scale) if scale < 1 else None
+      if reduced is None and self.decoder == 'simplejpeg' and _is_jpeg(self.data):
+        reduced = self._decode_reduced(1.0)  # full size, still via libjpeg-turbo's faster path
+      if reduced is not None:
+        img, sx, sy = reduced
+        img = _convert(img, self.mode)
+        return img.resize(out_size, resample, box=(left * sx, upper * sy, right * sx, lower * sy))
+    img = _convert(self._open(), self.mode)
+    return img.resize(out_size, resample, box=(left, upper, right, lower))
 
   def pil(self) -> Image.Image:
     return _convert(self._open(), self.mode)
@@ -119,9 +182,9 @@ def as_pil(img: ImageLike) -> Image.Image:
   return img.pil() if isinstance(img, LazyImage) else img
 
 
-def _crop_resize(img: ImageLike, box, out_size, resample, draft) -> Image.Image:
+def _crop_resize(img: ImageLike, box, out_size, resample) -> Image.Image:
   if isinstance(img, LazyImage):
-    return img.crop_resize(box, out_size, resample, draft)
+    return img.crop_resize(box, out_size, resample)
   return img.resize(out_size, resample, box=tuple(float(b) for b in box))
 
 
@@ -141,7 +204,7 @@ class RandomResizedCrop:
   """
 
   def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = 'bicubic',
-               subpixel: bool = False, draft: bool = True):
+               subpixel: bool = False):
     self.size = _size2(size)
     self.scale = (float(scale[0]), float(scale[1]))
     self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -151,7 +214,6 @@ class RandomResizedCrop:
       raise ValueError(f'crop ratio must satisfy 0 < min <= max, got {ratio!r}')
     self.resample = resample_filter(interpolation)
     self.subpixel = subpixel
-    self.draft = draft
 
   def get_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[float, float, float, float]:
     area = width * height
@@ -185,7 +247,7 @@ class RandomResizedCrop:
   def __call__(self, img: ImageLike, rng: np.random.Generator) -> Image.Image:
     w, h = img.size
     box = self.get_box(w, h, rng)
-    return _crop_resize(img, box, (self.size[1], self.size[0]), self.resample, self.draft)
+    return _crop_resize(img, box, (self.size[1], self.size[0]), self.resample)
 
 
 class ResizeCenterCrop:
@@ -195,13 +257,12 @@ class ResizeCenterCrop:
   side to `size` and crops the center square (a plain resize for square images).
   """
 
-  def __init__(self, size, crop_pct: float = 0.875, interpolation: str = 'bicubic', draft: bool = True):
+  def __init__(self, size, crop_pct: float = 0.875, interpolation: str = 'bicubic'):
     self.size = _size2(size)
     if not 0 < crop_pct <= 1:
       raise ValueError(f'eval crop_pct must be in (0, 1], got {crop_pct!r}')
     self.crop_pct = float(crop_pct)
     self.resample = resample_filter(interpolation)
-    self.draft = draft
 
   def get_box(self, width: int, height: int) -> tuple[float, float, float, float]:
     out_h, out_w = self.size
@@ -216,7 +277,7 @@ class ResizeCenterCrop:
   def __call__(self, img: ImageLike, rng: np.random.Generator | None = None) -> Image.Image:
     del rng
     w, h = img.size
-    return _crop_resize(img, self.get_box(w, h), (self.size[1], self.size[0]), self.resample, self.draft)
+    return _crop_resize(img, self.get_box(w, h), (self.size[1], self.size[0]), self.resample)
 
 
 
@@ -234,13 +295,14 @@ class RandomHorizontalFlip:
 class Compose:
   """Runs `ops` on a record's raw image and returns a uint8 array [H, W, channels]."""
 
-  def __init__(self, ops: Sequence[Op], channels: int):
+  def __init__(self, ops: Sequence[Op], channels: int, decoder: str = 'auto'):
     self.ops = list(ops)
     self.channels = int(channels)
     self.mode = _mode(self.channels)
+    self.decoder = resolve_decoder(decoder)
 
   def __call__(self, raw: bytes | np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    img: ImageLike = LazyImage(raw, self.mode)
+    img: ImageLike = LazyImage(raw, self.mode, self.decoder)
     for op in self.ops:
       img = op(img, rng)
     img = as_pil(img)
@@ -250,38 +312,74 @@ class Compose:
     return np.frombuffer(img.tobytes(), np.uint8).reshape(h, w, self.channels)
 
 
+class Normalizer:
+  """uint8 [H, W, C] -> float32 (x / 255 - mean) / std, as one multiply-add over contiguous rows."""
+
+  def __init__(self, mean: Sequence[float], std: Sequence[float], shape: tuple[int, ...]):
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    self.shape = tuple(shape)
+    width = self.shape[-2] * self.shape[-1]  # W * C, channels interleaved
+    reps = width // len(mean)
+    self.scale = np.tile((1.0 / (255.0 * std)).astype(np.float32), reps)
+    self.offset = np.tile((-mean / std).astype(np.float32), reps)
+
+  def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    rows = image.reshape(-1, self.scale.shape[0])
+    if out is None:
+      out = np.empty(image.shape, np.float32)
+    out_rows = out.reshape(rows.shape)
+    np.multiply(rows, self.scale, out=out_rows, dtype=np.float32)
+    out_rows += self.offset
+    return out
+
+
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-  """uint8 [..., C] -> float32 (x / 255 - mean) / std, vectorized over a whole batch."""
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-  scale = (1.0 / (255.0 * std)).astype(np.float32)
-  offset = (-mean / std).astype(np.float32)
-  out = images.astype(np.float32)
-  out *= scale
-  out += offset
-  return out
+  """uint8 [..., H, W, C] -> float32 (x / 255 - mean) / std (vectorized over any leading dims)."""
+  return Normalizer(mean, std, images.shape[-3:])(images)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Augmentation recipes: name -> function(cfg) returning the ops. Register new ones (SimMIM, fine-tune
+# RandAugment, ...) with @register_augment('name') and select them with data.augment = 'name'.
+
+AUGMENTS: dict[str, Callable[..., list[Op]]] = {}
+
+
+def register_augment(name: str):
+  def deco(fn):
+    if name in AUGMENTS:
+      raise ValueError(f'augment {name!r} is already registered')
+    AUGMENTS[name] = fn
+    return fn
+
+  return deco
+
+
+@register_augment('rrc_flip')
+def _rrc_flip(cfg) -> list[Op]:
+  """MAE / SimMIM pre-training: RandomResizedCrop(scale, ratio, bicubic) + optional horizontal flip."""
+  ops: list[Op] = [RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
+                                     interpolation=cfg.interpolation,
+                                     subpixel=cfg.get('crop_subpixel', False))]
+  if cfg.hflip:
+    ops.append(RandomHorizontalFlip(0.5))
+  return ops
+
+
+@register_augment('none')
+def _eval_ops(cfg) -> list[Op]:
+  """No augmentation: the eval resize + center crop."""
+  return [ResizeCenterCrop(cfg.image_size, crop_pct=cfg.eval_crop_pct, interpolation=cfg.interpolation)]
 
 
 def build_train_transform(cfg, channels: int) -> Compose:
-  """The pre-training augmentation `cfg.augment`: 'rrc_flip' (MAE/SimMIM) or 'none' (= eval transform)."""
+  """The train transform named by `cfg.augment` (see AUGMENTS), decoding with `cfg.decoder`."""
   name = cfg.get('augment', 'rrc_flip')
-  if name == 'none':
-    return build_eval_transform(cfg, channels)
-  if name != 'rrc_flip':
-    raise ValueError(f"unknown data.augment {name!r}; available: 'rrc_flip', 'none'")
-  ops: list[Op] = [
-    RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
-                      interpolation=cfg.interpolation, subpixel=cfg.get('crop_subpixel', False),
-                      draft=cfg.get('fast_decode', True)),
-  ]
-  if cfg.hflip:
-    ops.append(RandomHorizontalFlip(0.5))
-  return Compose(ops, channels)
+  if name not in AUGMENTS:
+    raise ValueError(f'unknown data.augment {name!r}; registered: {sorted(AUGMENTS)}')
+  return Compose(AUGMENTS[name](cfg), channels, decoder=cfg.get('decoder', 'auto'))
 
 
 def build_eval_transform(cfg, channels: int) -> Compose:
-  return Compose(
-    [ResizeCenterCrop(cfg.image_size, crop_pct=cfg.eval_crop_pct, interpolation=cfg.interpolation,
-                      draft=cfg.get('fast_decode', True))],
-    channels,
-  )
+  return Compose(_eval_ops(cfg), channels, decoder=cfg.get('decoder', 'auto'))

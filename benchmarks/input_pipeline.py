@@ -1,0 +1,211 @@
+"""Input-pipeline throughput: decoded + augmented images per second per core at 224x224, ours vs a plain PIL loop.
+
+    python benchmarks/input_pipeline.py [--num-images 300] [--image-size 224] [--repeats 3] [--json out.json]
+
+1. Makes `--num-images` realistic JPEGs (real photos shipped with scikit-learn / scikit-image / matplotlib,
+   randomly cropped to ImageNet-typical sizes around 500x375 and re-encoded at quality 75-95; no network).
+2. Converts them with `python -m mim_jax.data.prepare` into a tfds ArrayRecord dataset.
+3. Times, in this one process and on the same files:
+   - baseline: what a PyTorch user's loader does per image in a plain Python loop, written with PIL/numpy:
+     `Image.open(path).convert('RGB')`, torchvision's RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic)
+     as crop + resize, random horizontal flip, ToTensor (CHW float32 / 255), Normalize(mean, std), then the
+     default collate (np.stack) into batches;
+   - ours: `mim_jax.data.pipeline.train_iterator` on the ArrayRecord dataset (same crop/flip/normalize recipe,
+     batches of float32), single process and single thread (`num_workers=0, read_threads=0`), for each JPEG
+     decoder: 'pil_full' (PIL, full size), 'pil' (PIL draft), 'simplejpeg' (if installed; M/8 DCT scaling).
+   Per-core throughput = images / CPU seconds of this process (robust when other jobs share the cores); wall
+   time is reported too. Each variant runs `--repeats` times over `--passes` epochs and the best run counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The baseline: a per-image Python loop as torchvision's transforms would run it (written with PIL + numpy).
+
+
+def _rrc_params(width, height, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
+  area = width * height
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * random.uniform(*scale)
+    aspect = math.exp(random.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return random.randint(0, height - h), random.randint(0, width - w), h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def baseline_transform(path: str, size: int) -> np.ndarray:
+  img = Image.open(path).convert('RGB')
+  i, j, h, w = _rrc_params(*img.size)
+  img = img.crop((j, i, j + w, i + h)).resize((size, size), Image.Resampling.BICUBIC)
+  if random.random() < 0.5:
+    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  # ToTensor: uint8 HWC -> CHW float / 255; Normalize: (x - mean) / std per channel (torchvision's order of
+  # ops).
+  x = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32) / 255.0
+  return (x - MEAN[:, None, None]) / STD[:, None, None]
+
+
+class Baseline:
+  """Per-image PIL/numpy loop, batches collated with np.stack (a torch DataLoader with num_workers=0)."""
+
+  def __init__(self, files: list[str], size: int, batch: int):
+    self.files, self.size, self.batch, self.pos = files, size, batch, 0
+    random.seed(0)
+
+  def step(self, num_images: int) -> int:
+    done = 0
+    while done < num_images:
+      n = min(self.batch, num_images - done)
+      np.stack([baseline_transform(self.files[(self.pos + k) % len(self.files)], self.size) for k in range(n)])
+      self.pos += n
+      done += n
+    return done
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Ours
+
+
+class Ours:
+  """`train_iterator` batches (float32, normalized), single process and single thread."""
+
+  def __init__(self, cfg, batch: int):
+    from mim_jax.data import pipeline
+
+    self.it = pipeline.train_iterator(cfg, batch, seed=0)
+    self.size = cfg.image_size
+
+  def step(self, num_images: int) -> int:
+    done = 0
+    while done < num_images:
+      b = next(self.it)
+      assert b['image'].shape[1:] == (self.size, self.size, 3) and b['image'].dtype == np.float32
+      done += len(b['label'])
+    return done
+
+
+def measure(variants: dict, images_per_round: int, rounds: int) -> dict[str, dict[str, float]]:
+  """Runs the variants in turn, round after round, so that they share the machine's load alike."""
+  rows: dict[str, list[tuple[int, float, float]]] = {k: [] for k in variants}
+  for v in variants.values():
+    v.step(64)  # warm-up: caches, the first epoch's permutation, lazy imports
+  for _ in range(rounds):
+    for name, v in variants.items():
+      w0, c0 = time.perf_counter(), time.process_time()
+      n = v.step(images_per_round)
+      rows[name].append((n, time.process_time() - c0, time.perf_counter() - w0))
+  out = {}
+  for name, r in rows.items():
+    cpu = np.array([c / n for n, c, _ in r])
+    wall = np.array([w / n for n, _, w in r])
+    out[name] = {'images': int(sum(n for n, _, _ in r)), 'rounds': len(r),
+                 'img_per_s_per_core': float(1 / np.median(cpu)), 'img_per_s_per_core_best': float(1 / cpu.min()),
+                 'img_per_s_wall': float(1 / np.median(wall))}
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--num-images', type=int, default=300, help='distinct JPEG files to generate')
+  p.add_argument('--image-size', type=int, default=224)
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--rounds', type=int, default=8, help='timed rounds; each variant runs once per round')
+  p.add_argument('--images-per-round', type=int, default=128)
+  p.add_argument('--decoders', default=None,
+                 help='comma-separated decoders for our pipeline (default: pil_full,pil[,simplejpeg])')
+  p.add_argument('--workdir', default=None, help='where to put the JPEGs and dataset (default: a temp dir)')
+  p.add_argument('--json', default=None, help='also write the results to this JSON file')
+  args = p.parse_args(argv)
+
+  import tensorflow_datasets as tfds
+
+  from mim_jax.data import pipeline, prepare, sample_images, transforms
+
+  tfds.disable_progress_bar()
+  tmp = None
+  workdir = args.workdir or (tmp := tempfile.mkdtemp(prefix='mim_jax_bench_'))
+  try:
+    jpeg_dir = os.path.join(workdir, 'jpegs')
+    t0 = time.perf_counter()
+    if not os.path.isdir(jpeg_dir) or len(os.listdir(jpeg_dir)) != args.num_images:
+      shutil.rmtree(jpeg_dir, ignore_errors=True)
+      sample_images.write_jpeg_folder(jpeg_dir, args.num_images, seed=0)
+    files = sorted(os.path.join(jpeg_dir, f) for f in os.listdir(jpeg_dir))
+    sizes = np.array([Image.open(f).size for f in files])
+    nbytes = np.array([os.path.getsize(f) for f in files])
+    data_dir = os.path.join(workdir, 'tfds')
+    prepare.prepare(jpeg_dir, data_dir, name='bench_photos', val_fraction=0.0, progress=False,
+                    options=prepare.Options(compute_stats=False))
+    print(f'{len(files)} JPEGs, mean size {sizes[:, 0].mean():.0f}x{sizes[:, 1].mean():.0f}, '
+          f'mean {nbytes.mean() / 1024:.0f} KiB; setup {time.perf_counter() - t0:.1f} s; '
+          f'{args.rounds} rounds x {args.images_per_round} images per variant, output {args.image_size}px')
+
+    if args.decoders:
+      decoders = args.decoders.split(',')
+    else:
+      decoders = ['pil_full', 'pil'] + (['simplejpeg'] if transforms.resolve_decoder('auto') == 'simplejpeg' else [])
+    variants = {'baseline: PIL loop (open+convert, RRC, flip, ToTensor, normalize)':
+                Baseline(files, args.image_size, args.batch)}
+    for dec in decoders:
+      cfg = pipeline.default_data_config('bench_photos')
+      cfg.data_dir = data_dir
+      cfg.image_size = args.image_size
+      cfg.num_workers = 0
+      cfg.read_threads = 0
+      cfg.decoder = dec
+      cfg.mean, cfg.std = tuple(MEAN.tolist()), tuple(STD.tolist())
+      variants[f'mim_jax train_iterator, decoder={dec}'] = Ours(cfg, args.batch)
+    results = measure(variants, args.images_per_round, args.rounds)
+  finally:
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
+
+  base = next(iter(results.values()))['img_per_s_per_core']
+  width = max(len(k) for k in results)
+  print(f"\n{'variant':{width}s}  {'img/s/core':>10s}  {'wall img/s':>10s}  {'speedup':>7s}")
+  for k, r in results.items():
+    r['speedup_vs_baseline'] = r['img_per_s_per_core'] / base
+    print(f"{k:{width}s}  {r['img_per_s_per_core']:10.0f}  {r['img_per_s_wall']:10.0f}  "
+          f"{r['speedup_vs_baseline']:6.2f}x")
+  print('(img/s/core: images per CPU-second of this process, median over rounds; speedup: per core vs baseline)')
+  if args.json:
+    meta = {'command': 'python benchmarks/input_pipeline.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+            'num_images': args.num_images, 'image_size': args.image_size, 'batch': args.batch,
+            'rounds': args.rounds, 'images_per_round': args.images_per_round, 'python': sys.version.split()[0],
+            'machine': platform.machine(), 'cpu_count': os.cpu_count(), 'pillow': Image.__version__,
+            'mean_image_size': sizes.mean(0).round().tolist(), 'mean_kib': round(float(nbytes.mean() / 1024), 1)}
+    with open(args.json, 'w') as f:
+      json.dump({'meta': meta, 'results': results}, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
