@@ -1,0 +1,83 @@
+"""End to end: the CLI entry point on the bundled data, resume equality, clear errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config
+from mim_jax import main as main_lib
+from mim_jax.train import loop
+
+
+def _params(result):
+  return jax.tree.map(np.asarray, jax.device_get(result.state.params))
+
+
+def test_quick_run_writes_everything(tmp_path):
+  config = load_config('configs/mae/digits.py', 'tiny')
+  summary = main_lib.run(config, str(tmp_path))
+  for name in ('config.json', 'metrics.jsonl', 'summary.json', 'reconstruction.png'):
+    assert (tmp_path / name).exists(), name
+  assert (tmp_path / 'tensorboard').is_dir() and os.listdir(tmp_path / 'tensorboard')
+  assert sorted(os.listdir(tmp_path / 'checkpoints'))[-1] == '6'
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert rows[-1]['step'] == 6 and np.isfinite(rows[-1]['train/loss'])
+  on_disk = json.load(open(tmp_path / 'summary.json'))
+  assert on_disk == summary
+  for key in ('linear_probe/top1', 'random_init/linear_probe/top1', 'knn/top1', 'random_init/knn/top1',
+              'raw_pixels/logreg/top1'):
+    assert 0.0 <= on_disk[key] <= 1.0, key
+  assert on_disk['checkpoint_step'] == 6 and on_disk['method'] == 'mae'
+
+
+def test_resume_after_interruption_is_bitwise_identical(tmp_path, tiny_config):
+  full = loop.train(tiny_config, str(tmp_path / 'full'))
+  interrupted = tiny_config.copy_and_resolve_references()
+  interrupted.stop_after_steps = 3
+  first = loop.train(interrupted, str(tmp_path / 'resumed'))
+  assert int(first.state.step) == 3 and first.resumed_from is None
+  second = loop.train(tiny_config, str(tmp_path / 'resumed'))  # the same command again: resumes at step 3
+  assert second.resumed_from == 3 and int(second.state.step) == 6
+  a, b = _params(full), _params(second)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  # Re-running a finished run trains nothing and keeps the parameters.
+  third = loop.train(tiny_config, str(tmp_path / 'resumed'))
+  assert third.resumed_from == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(_params(third))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_bad_image_shape_is_a_clear_error(tiny_config):
+  from mim_jax import methods
+  method = methods.build(tiny_config, (16, 16, 1))
+  params, _ = method.init(jax.random.key(0), jnp.zeros((2, 16, 16, 1)))
+  with pytest.raises(ValueError, match=r'expected images of shape \[batch, 16, 16, 1\].*NHWC'):
+    method.loss_fn(params, {}, {'image': jnp.zeros((2, 1, 16, 16))}, jax.random.key(0), 0)
+  with pytest.raises(ValueError, match='not divisible by the patch size'):
+    methods.build(tiny_config, (18, 18, 1))
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'mim_jax.main', *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_cli_rejects_unknown_config_key(tmp_path):
+  proc = _cli('--config=configs/mae/digits.py:tiny', f'--workdir={tmp_path}', '--config.optimizer.base_lrr=1.0')
+  assert proc.returncode != 0
+  assert 'base_lrr' in proc.stderr
+
+
+def test_cli_rejects_bad_config_value(tmp_path):
+  proc = _cli('--config=configs/mae/digits.py:tiny', f'--workdir={tmp_path}', '--config.compute_dtype=float8')
+  assert proc.returncode == 2
+  assert "config.compute_dtype='float8'" in proc.stderr
+  proc = _cli('--config=configs/mae/digits.py:tiny', f'--workdir={tmp_path}', '--config.mask.name=blob')
+  assert proc.returncode == 2 and 'config.mask.name' in proc.stderr
