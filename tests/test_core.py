@@ -49,7 +49,7 @@ def test_mask_generator_is_deterministic_and_rejects_bad_settings():
   np.testing.assert_array_equal(a.mask, b.mask)
   assert not np.array_equal(a.mask, gen(jax.random.key(1), 4).mask)
   with pytest.raises(ValueError, match='mask_ratio'):
-    masking.build('random', masking.Grid(4, 4), ratio=1.0).len_keep
+    _ = masking.build('random', masking.Grid(4, 4), ratio=1.0).len_keep
   with pytest.raises(ValueError, match='unknown mask generator'):
     masking.build('nope', masking.Grid(4, 4))
   with pytest.raises(ValueError, match='noise must be'):
