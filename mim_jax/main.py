@@ -4,6 +4,11 @@
 
 Re-running the same command resumes from the latest checkpoint in --workdir. ``--mode=eval`` only evaluates
 the latest checkpoint; ``--mode=train`` skips the evaluation.
+
+Evaluation configs set ``config.task`` ('linear_probe', 'knn', 'finetune'; see mim_jax.eval.tasks):
+
+  python -m mim_jax.main --config=configs/eval/linear_probe.py:digits --config.init=workdirs/mae_digits \
+      --workdir=workdirs/eval_digits/mae
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ def run(config, workdir: str, mode: str = 'train_eval') -> dict:
   from mim_jax.eval.pretrain_eval import evaluate_pretrained
   from mim_jax.train import loop
 
+  if config.get('task', 'pretrain') != 'pretrain':  # evaluation configs (configs/eval/): --mode does not apply
+    from mim_jax.eval import tasks
+    return tasks.run(config, workdir)
   summary: dict = {}
   if mode in ('train_eval', 'train'):
     result = loop.train(config, workdir)

@@ -1,0 +1,19 @@
+"""MAE end-to-end fine-tuning on ImageNet-1k,
+ViT-B/16: 100 epochs, base_lr 5e-4, layer decay 0.65, drop path 0.1
+(He et al. 2022, A.3).
+
+  python -m mim_jax.main --config=configs/eval/finetune_vit_base.py --config.init=<pretrain workdir> \
+      --workdir=<eval workdir>
+  python -m mim_jax.main --config=configs/eval/finetune_vit_base.py:cpu --config.init=<vit_base_in1k.py:cpu workdir> \
+      --workdir=/tmp/ft_cpu   # a few local steps; or --config.random_init=True without an init
+
+Batch 1024, AdamW (0.9, 0.999), weight decay 0.05, 5 warmup epochs, cosine to 1e-6, mixup 0.8, cutmix 1.0,
+label smoothing 0.1, global-average-pool + fc_norm head. Not yet in the data pipeline: RandAugment and random
+erasing (see docs/evaluation.md). The recipe is mim_jax.eval.configs.finetune.
+"""
+
+from mim_jax.eval import configs
+
+
+def get_config(arg: str | None = None):
+  return configs.finetune('base', arg)

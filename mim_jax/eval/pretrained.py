@@ -1,0 +1,186 @@
+"""What an evaluation starts from: the pre-trained encoder named by ``config.init`` (or a random one).
+
+``config.init`` may be
+
+* a pre-training workdir (``config.json`` + ``checkpoints/``): its method, model and data config are read from
+  ``config.json`` and the params of the latest (or ``config.init_step``) checkpoint are restored;
+* a converted checkpoint file, ``.npz`` or ``.safetensors``, holding official-MAE state-dict names (optionally
+  prefixed ``param/``, as in the parity fixtures) or mim_jax names joined by ``/`` (``encoder/blocks_0/...``).
+  A file carries no architecture: it comes from the eval config's ``model.encoder`` (e.g. ``variant='base/16'``).
+
+With ``config.random_init=True`` the same architecture is built with freshly initialised weights (the
+baseline that shows what pre-training adds); ``init`` then only supplies the architecture and data config and
+may be omitted when the eval config names ``model.encoder`` and ``data.name`` itself.
+
+The data config of the evaluation is the pre-training one with every non-None field of the eval config's
+``data`` block on top (so a probe can switch off augmentation or change the split without repeating the rest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mim_jax import config as config_lib
+from mim_jax import methods
+from mim_jax.data import pipeline
+from mim_jax.utils import tree_paths
+
+CHECKPOINT_SUFFIXES = ('.npz', '.safetensors')
+
+
+@dataclasses.dataclass
+class Pretrained:
+  config: ml_collections.ConfigDict  # the pre-training config (method, model, ...) with the eval's data config
+  method: methods.Method
+  params: Any  # host arrays: the method's params, or at least {'encoder': ...} for converted files
+  step: int | None  # checkpoint step; None for files and random init
+  source: str  # the init path, or 'random'
+  info: pipeline.DatasetInfo
+
+  def encoder_params(self):
+    return self.method.encoder_params(self.params)
+
+
+def _tuples(value):
+  """JSON lists back to tuples (configs hold tuples: crop_scale, mean, mesh rules)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_pretrain_config(workdir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` a pre-training run wrote, with base_config defaults for fields it predates."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir!r} has no config.json: config.init must be a pre-training workdir (the '
+                            f'--workdir of `python -m mim_jax.main --config=configs/mae/...`) or a converted '
+                            f'checkpoint file ({", ".join(CHECKPOINT_SUFFIXES)}).')
+  with open(path) as f:
+    stored = _tuples(json.load(f))
+  config = config_lib.base_config().to_dict()
+  config.update(stored)
+  return ml_collections.ConfigDict(config)
+
+
+def merge_data_config(base: ml_collections.ConfigDict | dict | None, overrides) -> ml_collections.ConfigDict:
+  """The pre-training data config (or a dataset's defaults) with the eval config's non-None fields on top."""
+  overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+  base = dict(base or {})
+  name = overrides.get('name', base.get('name'))
+  if name is None:
+    raise ValueError('no dataset to evaluate on: set config.init to a pre-training workdir or config.data.name '
+                     "(e.g. --config.data.name=mim_digits).")
+  data = pipeline.default_data_config(name).to_dict()
+  if base.get('name') == name:  # same dataset: keep what pre-training used (image size, splits, stats, ...)
+    data.update(base)
+  data.update(overrides)
+  return ml_collections.ConfigDict(_tuples(data))
+
+
+def _encoder_overrides(eval_config) -> dict:
+  block = eval_config.get('model', None)
+  encoder = block.get('encoder', None) if block is not None else None
+  return {k: v for k, v in dict(encoder or {}).items() if v is not None}
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def load_checkpoint_file(path: str) -> dict:
+  """``{'encoder': ...[, 'decoder': ...]}`` host arrays from an ``.npz`` / ``.safetensors`` file."""
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file
+    arrays = load_file(path)
+  elif path.endswith('.npz'):
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  else:
+    raise ValueError(f'unsupported checkpoint file {path!r}; expected one of {CHECKPOINT_SUFFIXES} or a workdir.')
+  if any(k.startswith('param/') for k in arrays):  # the parity fixtures' layout: only the params
+    arrays = {k[len('param/'):]: v for k, v in arrays.items() if k.startswith('param/')}
+  if any(k.startswith('encoder/') for k in arrays):
+    return _unflatten({k: np.asarray(v, np.float32) for k, v in arrays.items()})
+  from mim_jax.interop.official_mae import from_official
+  return from_official(arrays)
+
+
+def check_same_structure(loaded, expected, what: str) -> None:
+  got = {tree_paths.path_str(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
+  want = {tree_paths.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+  missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  wrong = sorted(k for k in set(got) & set(want) if tuple(got[k]) != want[k])
+  if missing or unexpected or wrong:
+    detail = '; '.join(filter(None, [
+      f'missing {missing[:5]}' if missing else '',
+      f'unexpected {unexpected[:5]}' if unexpected else '',
+      'shape mismatch ' + ', '.join(f'{k}: file {got[k]} vs model {want[k]}' for k in wrong[:5]) if wrong else '',
+    ]))
+    raise ValueError(f'{what} does not fit the configured encoder ({detail}). Set config.model.encoder to the '
+                     "checkpoint's architecture (e.g. --config.model.encoder.variant=large/16).")
+
+
+def _pretrain_config_for(eval_config) -> tuple[ml_collections.ConfigDict, str | None]:
+  init = eval_config.get('init', None)
+  if init and os.path.isdir(init):
+    pre = read_pretrain_config(init)
+  else:
+    if init and not os.path.exists(init):
+      raise FileNotFoundError(f'config.init={init!r} does not exist: pass a pre-training workdir or a converted '
+                              f'checkpoint file ({", ".join(CHECKPOINT_SUFFIXES)}).')
+    if not init and not eval_config.get('random_init', False):
+      raise ValueError('config.init is not set: pass --config.init=<pre-training workdir or checkpoint file>, '
+                       'or --config.random_init=True for the random-init baseline.')
+    pre = config_lib.base_config()
+    pre.data = ml_collections.ConfigDict()
+    pre.model.encoder = ml_collections.ConfigDict()
+  encoder = _encoder_overrides(eval_config)
+  if init and os.path.isdir(init):
+    encoder = {}  # the workdir's own architecture is authoritative
+  if encoder:
+    pre.model.encoder = ml_collections.ConfigDict(encoder)
+  if not dict(pre.model.encoder):
+    raise ValueError('no architecture: set config.init to a pre-training workdir or config.model.encoder '
+                     "(e.g. --config.model.encoder.variant=base/16).")
+  pre.data = merge_data_config(pre.data, eval_config.get('data', None))
+  return pre, init
+
+
+def load(eval_config) -> Pretrained:
+  """The encoder an evaluation starts from (see the module docstring)."""
+  pre, init = _pretrain_config_for(eval_config)
+  info = pipeline.dataset_info(pre.data)
+  random_init = bool(eval_config.get('random_init', False))
+  if init and os.path.isdir(init) and not random_init:
+    from mim_jax.train import loop
+    method, params, step, _ = loop.load_params(init, pre, eval_config.get('init_step', None))
+    return Pretrained(pre, method, jax.device_get(params), int(step), os.path.abspath(init), info)
+  method = methods.build(pre, info.image_shape)
+  example = jnp.zeros((2, *info.image_shape), jnp.float32)
+  seed = int(eval_config.get('seed', 0))
+  if random_init:
+    # A different stream from the pre-training init (seed + 1, as the end-of-pretraining baseline uses).
+    params, _ = jax.jit(method.init)(jax.random.PRNGKey(seed + 1), example)
+    return Pretrained(pre, method, jax.device_get(nn.meta.unbox(params)), None, 'random', info)
+  loaded = load_checkpoint_file(init)
+  expected = nn.meta.unbox(jax.eval_shape(method.init, jax.random.PRNGKey(0), example)[0])
+  check_same_structure(loaded['encoder'], method.encoder_params(expected), f'the encoder in {init!r}')
+  return Pretrained(pre, method, {'encoder': loaded['encoder']}, None, os.path.abspath(init), info)

@@ -1,0 +1,54 @@
+"""Evaluation tasks run from the command line: ``config.task`` picks one, ``run(config, workdir)`` runs it.
+
+  python -m mim_jax.main --config=configs/eval/linear_probe.py:digits --config.init=workdirs/mae_digits \\
+      --workdir=workdirs/eval_digits/mae
+
+Tasks: ``linear_probe`` (and k-NN on the same features when ``config.knn.enabled``), ``knn``, ``finetune``.
+Each writes its config to ``<task>_config.json`` and merges its numbers into the workdir's flat
+``summary.json``: accuracies (fractions in [0, 1]) under ``<task>/...``, plus ``<task>/config_hash``,
+``<task>/checkpoint_step`` (the pre-training step evaluated; null for a converted file or random init),
+``<task>/init`` and, at the top level, ``method``, ``init`` and ``checkpoint_step``. Several tasks may share
+one workdir, so ``python -m mim_jax.report`` shows one row per evaluated encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import jax
+
+
+def _tasks() -> dict[str, Callable]:
+  from mim_jax.eval import finetune, frozen
+  return {'linear_probe': frozen.run_linear_probe, 'knn': frozen.run_knn, 'finetune': finetune.run}
+
+
+TASK_NAMES = ('linear_probe', 'knn', 'finetune')
+
+
+def run(config, workdir: str) -> dict:
+  """Runs ``config.task`` and returns the values it merged into ``summary.json``."""
+  from mim_jax.eval.pretrain_eval import config_hash
+  from mim_jax.train.loop import update_summary
+
+  task = config.get('task', None)
+  tasks = _tasks()
+  if task not in tasks:
+    raise ValueError(f'config.task={task!r} is not an evaluation task; choose one of {sorted(tasks)} '
+                     "(or 'pretrain').")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'{task}_config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  values = tasks[task](config, workdir)
+  provenance = {f'{task}/config_hash': config_hash(config), f'{task}/checkpoint_step': values.get('checkpoint_step'),
+                f'{task}/init': values.get('init')}
+  summary = {**values, **provenance}
+  update_summary(workdir, summary)
+  if jax.process_index() == 0:
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+    print(f'{task} results (written to {os.path.join(workdir, "summary.json")}):\n'
+          f'{json.dumps(shown, indent=2, sort_keys=True)}', flush=True)
+  return summary
