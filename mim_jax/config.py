@@ -24,6 +24,9 @@ reference (defaults in parentheses):
   log_every                 steps between progress lines / metrics rows
   nonfinite ('stop')        'stop': raise on a non-finite loss; 'skip': skip that update and count it
   eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval)
+  monitors ({})             online evaluators every N steps, by name: kind knn / least_squares / reconstruction /
+                            val_loss (see mim_jax.eval.monitors)
+  task ('pretrain')         evaluation configs (configs/eval/) set 'linear_probe' / 'knn' / 'finetune'
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
   c.eval.random_init_baseline = True
   c.eval.figure = True
+  c.task = 'pretrain'
+  # e.g. dict(knn=dict(every_steps=100), val_loss=dict(every_steps=100), reconstruction=dict(every_steps=500))
+  c.monitors = ml_collections.ConfigDict()
   return c
 
 
