@@ -1,6 +1,6 @@
 """Input-pipeline throughput: decoded + augmented images per second per core at 224x224, ours vs a plain PIL loop.
 
-    python benchmarks/input_pipeline.py [--num-images 300] [--image-size 224] [--repeats 3] [--json out.json]
+    python benchmarks/input_pipeline.py [--num-images 300] [--image-size 224] [--json out.json]
 
 1. Makes `--num-images` realistic JPEGs (real photos shipped with scikit-learn / scikit-image / matplotlib,
    randomly cropped to ImageNet-typical sizes around 500x375 and re-encoded at quality 75-95; no network).
@@ -13,8 +13,9 @@
    - ours: `mim_jax.data.pipeline.train_iterator` on the ArrayRecord dataset (same crop/flip/normalize recipe,
      batches of float32), single process and single thread (`num_workers=0, read_threads=0`), for each JPEG
      decoder: 'pil_full' (PIL, full size), 'pil' (PIL draft), 'simplejpeg' (if installed; M/8 DCT scaling).
-   Per-core throughput = images / CPU seconds of this process (robust when other jobs share the cores); wall
-   time is reported too. Each variant runs `--repeats` times over `--passes` epochs and the best run counts.
+   Per-core throughput = images / CPU seconds of this process (robust when other jobs share the cores), the
+   median over `--rounds` rounds in which the variants take turns (so they see the machine's load alike); wall
+   time is reported too.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--num-images', type=int, default=300, help='distinct JPEG files to generate')
   p.add_argument('--image-size', type=int, default=224)
+  p.add_argument('--source-scale', type=float, default=1.0,
+                 help='scale of the generated photos relative to ImageNet-typical sizes (2: ~1000x750)')
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--rounds', type=int, default=8, help='timed rounds; each variant runs once per round')
   p.add_argument('--images-per-round', type=int, default=128)
@@ -155,9 +158,14 @@ def main(argv=None) -> int:
   try:
     jpeg_dir = os.path.join(workdir, 'jpegs')
     t0 = time.perf_counter()
-    if not os.path.isdir(jpeg_dir) or len(os.listdir(jpeg_dir)) != args.num_images:
+    stamp = os.path.join(workdir, 'jpegs.json')
+    want = {'num_images': args.num_images, 'source_scale': args.source_scale}
+    if not os.path.exists(stamp) or json.load(open(stamp)) != want:
       shutil.rmtree(jpeg_dir, ignore_errors=True)
-      sample_images.write_jpeg_folder(jpeg_dir, args.num_images, seed=0)
+      shutil.rmtree(os.path.join(workdir, 'tfds'), ignore_errors=True)
+      sample_images.write_jpeg_folder(jpeg_dir, args.num_images, seed=0, size_scale=args.source_scale)
+      with open(stamp, 'w') as f:
+        json.dump(want, f)
     files = sorted(os.path.join(jpeg_dir, f) for f in os.listdir(jpeg_dir))
     sizes = np.array([Image.open(f).size for f in files])
     nbytes = np.array([os.path.getsize(f) for f in files])
@@ -198,7 +206,8 @@ def main(argv=None) -> int:
   print('(img/s/core: images per CPU-second of this process, median over rounds; speedup: per core vs baseline)')
   if args.json:
     meta = {'command': 'python benchmarks/input_pipeline.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-            'num_images': args.num_images, 'image_size': args.image_size, 'batch': args.batch,
+            'num_images': args.num_images, 'source_scale': args.source_scale, 'image_size': args.image_size,
+            'batch': args.batch,
             'rounds': args.rounds, 'images_per_round': args.images_per_round, 'python': sys.version.split()[0],
             'machine': platform.machine(), 'cpu_count': os.cpu_count(), 'pillow': Image.__version__,
             'mean_image_size': sizes.mean(0).round().tolist(), 'mean_kib': round(float(nbytes.mean() / 1024), 1)}

@@ -58,12 +58,12 @@ def source_photos() -> list[np.ndarray]:
 
 
 def random_photo(photos: list[np.ndarray], rng: np.random.Generator, size: tuple[int, int] | None = None,
-                 ) -> Image.Image:
-  """A random crop of a random photo, resized to `size` (w, h) or a jittered ImageNet-like size."""
+                 size_scale: float = 1.0) -> Image.Image:
+  """A random crop of a random photo, resized to `size` (w, h) or a jittered ImageNet-like size x size_scale."""
   src = photos[int(rng.integers(len(photos)))]
   if size is None:
     w, h = IMAGENET_LIKE_SIZES[int(rng.integers(len(IMAGENET_LIKE_SIZES)))]
-    jitter = rng.uniform(0.85, 1.1)
+    jitter = rng.uniform(0.85, 1.1) * size_scale
     w, h = max(16, int(w * jitter)), max(16, int(h * jitter))
   else:
     w, h = size
@@ -88,7 +88,7 @@ def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
 
 def write_jpeg_folder(out_dir: str, num_images: int, seed: int = 0, num_classes: int = 0,
                       quality_range: tuple[int, int] = (75, 95),
-                      size: tuple[int, int] | None = None) -> list[str]:
+                      size: tuple[int, int] | None = None, size_scale: float = 1.0) -> list[str]:
   """Writes `num_images` realistic JPEGs under `out_dir` (in `class_k/` subfolders if num_classes > 0)."""
   rng = np.random.default_rng(seed)
   photos = source_photos()
@@ -99,6 +99,6 @@ def write_jpeg_folder(out_dir: str, num_images: int, seed: int = 0, num_classes:
     path = os.path.join(folder, f'img_{i:05d}.jpg')
     q = int(rng.integers(quality_range[0], quality_range[1] + 1))
     with open(path, 'wb') as f:
-      f.write(jpeg_bytes(random_photo(photos, rng, size), q))
+      f.write(jpeg_bytes(random_photo(photos, rng, size, size_scale), q))
     paths.append(path)
   return paths

@@ -265,14 +265,17 @@ class ResizeCenterCrop:
     self.resample = resample_filter(interpolation)
 
   def get_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+    """The center crop's box in source pixels, with torchvision's rounding of the resized size and offsets."""
     out_h, out_w = self.size
-    resize_short = int(math.floor(min(out_h, out_w) / self.crop_pct))
-    scale = resize_short / min(width, height)  # full-size pixels -> resized pixels
-    new_w, new_h = width * scale, height * scale
-    # The center crop in resized pixels, mapped back to full-size pixels.
-    left = (new_w - out_w) / 2 / scale
-    upper = (new_h - out_h) / 2 / scale
-    return left, upper, left + out_w / scale, upper + out_h / scale
+    short = int(math.floor(min(out_h, out_w) / self.crop_pct))
+    if width <= height:
+      new_w, new_h = short, int(short * height / width)
+    else:
+      new_w, new_h = int(short * width / height), short
+    left = int(round((new_w - out_w) / 2.0))
+    top = int(round((new_h - out_h) / 2.0))
+    sx, sy = new_w / width, new_h / height  # resized pixels per source pixel
+    return left / sx, top / sy, (left + out_w) / sx, (top + out_h) / sy
 
   def __call__(self, img: ImageLike, rng: np.random.Generator | None = None) -> Image.Image:
     del rng
