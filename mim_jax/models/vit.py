@@ -202,6 +202,10 @@ class ViTEncoder(nn.Module):
   # False: return the last block's output unnormalized. MAE fine-tuning with global pooling drops the final norm
   # and normalizes the pooled feature instead (fc_norm).
   final_norm: bool = True
+  # 'sincos': the fixed table, computed for whatever grid the images give (MAE). 'learned': a trained table
+  # `pos_embed` [1, 1 + N, D] whose row 0 is the CLS token's (timm / fine-tuned checkpoints); it fits one grid
+  # only (resize it with mim_jax.interop.pos_embed.resize_pos_embed).
+  pos_embed: str = 'sincos'
 
   def grid(self, images_hw: tuple[int, int]) -> tuple[int, int]:
     h, w = images_hw
@@ -222,10 +226,19 @@ class ViTEncoder(nn.Module):
         raise ValueError('this encoder was built without a mask token (use_mask_token=False).')
       token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
       x = jnp.where(mask[..., None] > 0.5, token.astype(x.dtype), x)
-    x = x + sincos_2d_table(self.width, gh, gw)[None].astype(x.dtype)
+    if self.pos_embed == 'sincos':
+      x = x + sincos_2d_table(self.width, gh, gw)[None].astype(x.dtype)
+      cls_pos = None
+    elif self.pos_embed == 'learned':
+      table = self._learned_pos_table(gh, gw).astype(x.dtype)
+      x, cls_pos = x + table[:, 1:], table[:, :1]
+    else:
+      raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}.")
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
     cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
+    if cls_pos is not None:
+      cls = cls + cls_pos
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
     block = block_class(self.remat)
     rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
@@ -233,6 +246,16 @@ class ViTEncoder(nn.Module):
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
                 name=f'blocks_{i}')(x, deterministic)
     return layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
+
+  def _learned_pos_table(self, gh: int, gw: int) -> jax.Array:
+    rows = 1 + gh * gw
+    if self.has_variable('params', 'pos_embed'):
+      have = np.shape(nn.meta.unbox(self.get_variable('params', 'pos_embed')))
+      if have != (1, rows, self.width):
+        raise ValueError(f'the learned position table has shape {have} but {gh}x{gw} patches need '
+                         f'(1, {rows}, {self.width}); resize it for this image size with '
+                         'mim_jax.interop.pos_embed.resize_pos_embed (or `python -m mim_jax.convert --image-size`).')
+    return self.param('pos_embed', _param_init(token_init, (None, None, EMBED)), (1, rows, self.width))
 
 
 def encoder_from_config(cfg, **overrides) -> ViTEncoder:
