@@ -10,7 +10,8 @@ reference (defaults in parentheses):
   total_steps / warmup_steps  ...or explicit step counts (> 0 / >= 0 take precedence)
   stop_after_steps (-1)     stop early without changing the schedule (for tests / time-boxed runs)
   optimizer                 name ('adamw'), base_lr (lr = base_lr * batch / 256), b1, b2, weight_decay, min_lr,
-                            grad_clip_norm (None)
+                            grad_clip_norm (None), schedule ('cosine' = warmup + cosine; 'multistep' = warmup, then
+                            x gamma (0.1) at each of milestones, given as fractions of the run)
   model.encoder             variant ('base/16') or patch_size/width/depth/num_heads/mlp_ratio
   model.decoder             width, depth, num_heads (MAE decoder)
   mask                      name (a mim_jax.masking generator) and its settings, e.g. ratio

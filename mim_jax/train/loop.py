@@ -68,7 +68,7 @@ def resolve_steps(config, info: pipeline.DatasetInfo) -> tuple[int, int]:
 def build_optimizer(config, info: pipeline.DatasetInfo):
   total, warmup = resolve_steps(config, info)
   peak = optim.scaled_lr(config.optimizer.base_lr, config.batch_size)
-  schedule = optim.warmup_cosine(peak, total, warmup, config.optimizer.get('min_lr', 0.0))
+  schedule = optim.make_schedule(config.optimizer, peak, total, warmup)
   return optim.make_optimizer(config.optimizer, schedule), schedule, total, warmup, peak
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import jax
@@ -29,6 +30,34 @@ def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int, min_lr: f
   warmup_steps = min(warmup_steps, total_steps)
   return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
                                             decay_steps=total_steps, end_value=min_lr)
+
+
+def warmup_multistep(peak_lr: float, total_steps: int, warmup_steps: int, milestones: Sequence[int],
+                     gamma: float = 0.1) -> optax.Schedule:
+  """Linear warmup from 0, then ``peak_lr`` multiplied by ``gamma`` at each milestone step (SimMIM's
+  'multistep': x0.1 at epoch 700 of 800)."""
+  if total_steps < 1:
+    raise ValueError(f'total_steps must be >= 1, got {total_steps}.')
+  warmup_steps = min(warmup_steps, total_steps)
+  if any(m <= warmup_steps or m > total_steps for m in milestones):
+    raise ValueError(f'lr milestones {list(milestones)} must lie after the warmup ({warmup_steps} steps) and '
+                     f'within the run ({total_steps} steps); set optimizer.milestones as fractions in (0, 1].')
+  warm = optax.linear_schedule(0.0, peak_lr, warmup_steps)
+  steps = optax.piecewise_constant_schedule(peak_lr, {int(m) - warmup_steps: gamma for m in milestones})
+  return optax.join_schedules([warm, steps], [warmup_steps])
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, peak_lr: float, total_steps: int,
+                  warmup_steps: int) -> optax.Schedule:
+  """``optimizer.schedule``: 'cosine' (default, MAE) or 'multistep' (``milestones`` as fractions of the run,
+  ``gamma``)."""
+  name = cfg.get('schedule', 'cosine')
+  if name == 'cosine':
+    return warmup_cosine(peak_lr, total_steps, warmup_steps, cfg.get('min_lr', 0.0))
+  if name == 'multistep':
+    milestones = [int(round(f * total_steps)) for f in cfg.get('milestones', ())]
+    return warmup_multistep(peak_lr, total_steps, warmup_steps, milestones, cfg.get('gamma', 0.1))
+  raise ValueError(f"optimizer.schedule must be 'cosine' or 'multistep', got {name!r}.")
 
 
 def weight_decay_mask(params) -> Any:
