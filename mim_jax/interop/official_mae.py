@@ -155,3 +155,53 @@ def _check_pos_embed(key: str, value: np.ndarray) -> None:
   if err > 1e-5:
     raise ValueError(f'{key} in the checkpoint is not the fixed sin-cos table mim_jax uses (max diff {err:.2e}); '
                      'learned position tables are not supported for MAE pre-training checkpoints.')
+
+
+_DECODER_KEY = re.compile(r'^(decoder_|mask_token$)')
+
+
+def checkpoint_from_official(state: Mapping[str, Any], *, num_heads: int | None = None,
+                             decoder_num_heads: int | None = None, image_size: tuple[int, int] | None = None,
+                             pos_embed: str = 'auto'):
+  """Any official MAE checkpoint -> :class:`~mim_jax.interop.spec.Checkpoint`.
+
+  Pre-training checkpoints (``mae_pretrain_*``: encoder only; ``mae_visualize_*``: with decoder) and fine-tuned
+  ones (``mae_finetuned_*``: timm names with ``fc_norm`` and ``head``) are all read; the encoder keys are timm's.
+  Head counts default to the official builders' (by width; decoder 16).
+  """
+  import dataclasses
+
+  from mim_jax.interop.spec import DecoderSpec
+  from mim_jax.interop.timm_vit import encoder_from_timm
+
+  decoder_keys = tuple(k for k in state if _DECODER_KEY.match(k))
+  ckpt = encoder_from_timm(state, num_heads=num_heads, image_size=image_size, pos_embed=pos_embed,
+                           allow_keys=decoder_keys)
+  if not decoder_keys:
+    return ckpt
+  params = from_official({k: state[k] for k in decoder_keys})
+  dec = params['decoder']
+  width = dec['decoder_embed']['kernel'].shape[1]
+  blocks = sorted(int(k.split('_')[-1]) for k in dec if k.startswith('decoder_blocks_'))
+  if blocks != list(range(len(blocks))):
+    raise ValueError(f'decoder blocks are not numbered 0..N-1: {blocks}')
+  hidden = dec['decoder_blocks_0']['mlp']['fc1']['kernel'].shape[1] if blocks else 4 * width
+  if decoder_num_heads is None:
+    decoder_num_heads = 16
+    ckpt.notes.append('decoder_num_heads=16 assumed (the official builders); pass it if the decoder differs.')
+  decoder = DecoderSpec(width=width, depth=len(blocks), num_heads=decoder_num_heads, mlp_ratio=hidden / width)
+  ckpt.params['decoder'] = dec
+  ckpt.spec = dataclasses.replace(ckpt.spec, decoder=decoder)
+  return ckpt
+
+
+def checkpoint_to_official(ckpt) -> dict[str, np.ndarray]:
+  """:class:`~mim_jax.interop.spec.Checkpoint` -> official names (timm's for the encoder, plus the decoder's)."""
+  from mim_jax.interop.timm_vit import encoder_to_timm
+
+  out = encoder_to_timm(ckpt)
+  if ckpt.spec.decoder is not None:
+    full = to_official({'encoder': ckpt.params['encoder'], 'decoder': ckpt.params['decoder']},
+                       patch_size=ckpt.spec.patch_size, grid_hw=ckpt.spec.grid)
+    out.update({k: v for k, v in full.items() if _DECODER_KEY.match(k)})
+  return out
