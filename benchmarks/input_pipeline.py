@@ -68,10 +68,12 @@ def baseline_transform(path: str, size: int) -> np.ndarray:
   img = img.crop((j, i, j + w, i + h)).resize((size, size), Image.Resampling.BICUBIC)
   if random.random() < 0.5:
     img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  # ToTensor: uint8 HWC -> CHW float / 255; Normalize: (x - mean) / std per channel (torchvision's order of
-  # ops).
+  # ToTensor: uint8 HWC -> CHW contiguous -> float / 255; Normalize in place: (x - mean) / std per channel,
+  # the same array operations torchvision's transforms run on a tensor.
   x = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32) / 255.0
-  return (x - MEAN[:, None, None]) / STD[:, None, None]
+  x -= MEAN[:, None, None]
+  x /= STD[:, None, None]
+  return x
 
 
 class Baseline:

@@ -227,3 +227,20 @@ def test_random_resized_crop_boxes_stay_in_range():
     x0, y0, x1, y1 = op.get_box(500, 375, rng)
     assert all(float(v).is_integer() for v in (x0, y0, x1, y1))
     assert 0 <= x0 < x1 <= 500 and 0 <= y0 < y1 <= 375
+
+
+def test_iterator_state_round_trips_through_an_orbax_checkpoint(cfg, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+
+  cfg.return_index = True
+  it = pipeline.train_iterator(cfg, 32, seed=1)
+  _take(it, 3)
+  mngr = ocp.CheckpointManager(str(tmp_path / 'ckpt'))
+  mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  expected = _take(it, 3)
+  resumed = pipeline.train_iterator(cfg, 32, seed=1)
+  ocp.CheckpointManager(str(tmp_path / 'ckpt')).restore(
+    3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  _assert_batches_equal(_take(resumed, 3), expected)

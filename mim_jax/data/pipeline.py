@@ -157,6 +157,17 @@ def _mean_std(cfg, ds: sources.OpenedDataset, channels: int) -> tuple[tuple[floa
   return fit(mean, 'mean'), fit(std, 'std')
 
 
+def _eval_size(ds: sources.OpenedDataset, split: str) -> int:
+  """Size of the eval split; 0 (with a warning) for a dataset without it, e.g. converted with --val-fraction 0."""
+  try:
+    return sources.split_size(ds, split)
+  except ValueError as e:
+    from absl import logging
+
+    logging.warning('%s; num_eval = 0 (evaluations on it will fail)', e)
+    return 0
+
+
 def dataset_info(data_cfg) -> DatasetInfo:
   """Facts for building the model: shapes after transforms, split sizes, classes, mean/std."""
   ds = _open(data_cfg)
@@ -165,7 +176,7 @@ def dataset_info(data_cfg) -> DatasetInfo:
   return DatasetInfo(
     image_shape=(data_cfg.image_size, data_cfg.image_size, channels),
     num_train=sources.split_size(ds, data_cfg.train_split),
-    num_eval=sources.split_size(ds, data_cfg.eval_split),
+    num_eval=_eval_size(ds, data_cfg.eval_split),
     num_classes=ds.num_classes,
     mean=mean,
     std=std,
