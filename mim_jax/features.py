@@ -13,6 +13,7 @@ Heavy imports (jax, flax) happen on the first call, so ``import mim_jax`` stays 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -74,18 +75,27 @@ def load_checkpoint(checkpoint, fmt: str | None = None):
 
 
 def feature_fn(ckpt) -> Any:
-  """A jitted ``images [B, H, W, C] -> dict(cls, patch_tokens, pooled)`` for ``ckpt`` (weights bound)."""
+  """``images [B, H, W, C] -> dict(cls, patch_tokens, pooled)`` for ``ckpt`` (jitted, compiled once per spec)."""
+  import jax
+  import jax.numpy as jnp
+
+  run = _compiled(ckpt.spec)
+  enc_params = jax.tree.map(jnp.asarray, ckpt.params['encoder'])
+  fc_norm = jax.tree.map(jnp.asarray, ckpt.params['fc_norm']) if ckpt.spec.fc_norm else None
+  return lambda images: run(enc_params, fc_norm, images)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(spec):
   import jax
   import jax.numpy as jnp
 
   from mim_jax.models.vit import layer_norm
 
-  encoder = ckpt.spec.encoder()
-  enc_params = jax.tree.map(jnp.asarray, ckpt.params['encoder'])
-  fc_norm = jax.tree.map(jnp.asarray, ckpt.params['fc_norm']) if ckpt.spec.fc_norm else None
+  encoder = spec.encoder()
 
   @jax.jit
-  def run(images):
+  def run(enc_params, fc_norm, images):
     tokens = encoder.apply({'params': enc_params}, images)
     pooled = tokens[:, 1:].mean(axis=1)
     if fc_norm is not None:

@@ -13,6 +13,7 @@ N writers instead of N x N converters. The param tree is the one mim_jax's modul
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -159,6 +160,11 @@ class Checkpoint:
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
   """'/'-joined param path -> shape, from the mim_jax modules themselves (abstract init, no compute)."""
+  return dict(_expected_shapes(spec))
+
+
+@functools.lru_cache(maxsize=32)  # tracing the modules costs ~1 s; a conversion checks the same spec repeatedly
+def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -212,27 +218,19 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 
 
 def random_checkpoint(spec: ModelSpec, seed: int = 0) -> Checkpoint:
-  """A checkpoint with mim_jax's initialisation for ``spec`` (a random-init baseline to export or test with)."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
+  """Random weights of the right shapes for ``spec`` (tests, smoke checks; not a training initialisation).
 
-  from mim_jax.models.decoders import MAEDecoder
-
-  enc_key, dec_key, head_key = jax.random.split(jax.random.key(seed), 3)
-  h, w = spec.image_size
-  images = jnp.zeros((1, h, w, spec.channels), jnp.float32)
-  params: dict = {'encoder': nn.meta.unbox(spec.encoder().init(enc_key, images))['params']}
-  if spec.decoder is not None:
-    d, n = spec.decoder, spec.num_patches
-    dec = MAEDecoder(width=d.width, depth=d.depth, num_heads=d.num_heads, mlp_ratio=d.mlp_ratio,
-                     out_dim=spec.patch_size ** 2 * spec.channels, grid_hw=spec.grid)
-    latent, ids = jnp.zeros((1, 1 + n, spec.width)), jnp.arange(n)[None]
-    params['decoder'] = nn.meta.unbox(dec.init(dec_key, latent, ids))['params']
-  if spec.fc_norm:
-    params['fc_norm'] = {'scale': jnp.ones(spec.width), 'bias': jnp.zeros(spec.width)}
-  if spec.num_classes:
-    params['head'] = {'kernel': 0.01 * jax.random.normal(head_key, (spec.width, spec.num_classes)),
-                      'bias': jnp.zeros(spec.num_classes)}
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  return Checkpoint(params, spec).check()
+  Every leaf is random, biases and norms included, so a conversion that mixes up any pair of tensors shows.
+  Kernels are scaled by 1/sqrt(fan-in) and norm scales sit around 1, so activations stay O(1).
+  """
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, shape in expected_shapes(spec).items():
+    if path.endswith('/scale'):
+      value = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif path.endswith('/kernel'):
+      value = rng.standard_normal(shape) / np.sqrt(shape[0])
+    else:
+      value = 0.1 * rng.standard_normal(shape)
+    flat[path] = value.astype(np.float32)
+  return Checkpoint(unflatten(flat), spec)
