@@ -73,8 +73,15 @@ class MimDigits(LocalBuilder):
 
 
 @contextlib.contextmanager
-def _file_lock(path: str):
-  with open(path, 'a+') as f:
+def _file_lock(data_dir: str):
+  """An exclusive flock on DATA_DIR/.mim_digits.lock (creating DATA_DIR), with a clear error if unwritable."""
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    f = open(os.path.join(data_dir, f'.{NAME}.lock'), 'a+')
+  except OSError as e:
+    raise OSError(f'cannot build the bundled {NAME} dataset under {data_dir} ({e}); point data.data_dir or '
+                  '$MIM_JAX_DATA_DIR at a writable folder') from e
+  with f:
     fcntl.flock(f.fileno(), fcntl.LOCK_EX)
     try:
       yield
@@ -94,8 +101,7 @@ def ensure_digits(data_dir: str) -> str:
   """Builds `mim_digits` under `data_dir` unless it is already there; returns its dataset directory."""
   if is_prepared(data_dir):
     return digits_dir(data_dir)
-  os.makedirs(data_dir, exist_ok=True)
-  with _file_lock(os.path.join(data_dir, f'.{NAME}.lock')):
+  with _file_lock(data_dir):
     if is_prepared(data_dir):  # Another process built it while we waited for the lock.
       return digits_dir(data_dir)
     builder = MimDigits(data_dir=data_dir, file_format='array_record')
