@@ -1,0 +1,91 @@
+"""The method configs (SimMIM, HPM, the masking ablation): they load, validate and build their method; the
+digits ones keep the quickstart's budget; each runs end to end on the bundled data (slow)."""
+
+import jax
+import pytest
+from conftest import load_config
+
+from mim_jax import config as config_lib
+from mim_jax import methods
+from mim_jax.train import optim
+
+ABLATION = ('mae', 'simmim', 'hpm', 'block', 'colormae_red', 'colormae_blue', 'colormae_green', 'colormae_purple',
+            'gmml')
+VIT_B = [('configs/simmim/vit_base_in1k.py', None), ('configs/hpm/vit_base_in1k.py', None)] + [
+    ('configs/ablation/vit_base_in1k.py', v) for v in ABLATION]
+DIGITS = [('configs/simmim/digits.py', None), ('configs/hpm/digits.py', None)] + [
+    ('configs/ablation/digits.py', v) for v in ABLATION]
+
+
+def _arg(variant, extra):
+  return ','.join(p for p in (variant, extra) if p) or None
+
+
+@pytest.mark.parametrize('path,variant', VIT_B)
+@pytest.mark.parametrize('extra', [None, 'cpu'])
+def test_vit_base_configs_validate_and_build(path, variant, extra):
+  c = load_config(path, _arg(variant, extra))
+  config_lib.validate(c)
+  shape = (32, 32, 1) if extra == 'cpu' else (224, 224, 3)
+  method = methods.build(c, shape)  # builds modules and the mask generator on the token grid (no params)
+  assert method.name == c.method
+  if extra is None:
+    assert method.encoder.width == 768 and method.encoder.depth == 12 and method.encoder.patch_size == 16
+
+
+def test_simmim_vit_base_is_the_paper_recipe():
+  c = load_config('configs/simmim/vit_base_in1k.py')
+  method = methods.build(c, (224, 224, 3))
+  assert method.masker.coarse_grid.height == 7 and method.masker.len_keep == 196 - 30 * 4  # 30 of 49 cells
+  assert c.norm_pix_loss is False and c.model.encoder.drop_path == 0.1
+  assert optim.scaled_lr(c.optimizer.base_lr, c.batch_size) == pytest.approx(1e-4 * 2048 / 512)  # 8e-4
+  schedule = optim.make_schedule(c.optimizer, 8e-4, 800 * 625, 10 * 625)  # 625 steps per epoch at 2048
+  assert float(schedule(699 * 625)) == pytest.approx(8e-4) and float(schedule(700 * 625)) == pytest.approx(8e-5)
+  assert (c.optimizer.b2, c.optimizer.grad_clip_norm, c.warmup_epochs) == (0.999, 5.0, 10.0)
+  assert tuple(c.data.crop_scale) == (0.67, 1.0) and c.data.hflip
+
+
+def test_hpm_vit_base_keeps_mae_recipe_and_the_ema_ramp_in_epochs():
+  mae = load_config('configs/mae/vit_base_in1k.py')
+  c = load_config('configs/hpm/vit_base_in1k.py')
+  assert (c.batch_size, c.optimizer.base_lr, c.mask.ratio, c.epochs) == (mae.batch_size, mae.optimizer.base_lr,
+                                                                          0.75, 800.0)
+  assert c.hpm.ema_ramp_fraction == pytest.approx(100 / 800) and c.hpm.alpha_end == 0.5
+  assert load_config('configs/hpm/vit_base_in1k.py', 'epochs=200').hpm.ema_ramp_fraction == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize('path,variant', DIGITS)
+def test_digits_configs_keep_the_quickstart_budget(path, variant):
+  quickstart = load_config('configs/mae/digits.py')
+  c = load_config(path, variant)
+  config_lib.validate(c)
+  for key in ('batch_size', 'total_steps', 'warmup_steps', 'seed'):
+    assert c[key] == quickstart[key], key
+  assert c.optimizer.to_dict() == quickstart.optimizer.to_dict()
+  assert c.model.encoder.to_dict() == quickstart.model.encoder.to_dict()
+  assert c.eval.to_dict() == quickstart.eval.to_dict() and c.data.to_dict() == quickstart.data.to_dict()
+  method = methods.build(c, (16, 16, 1))
+  info = method.masker(jax.random.key(0), 2)
+  assert info.mask.shape == (2, 16)
+
+
+def test_bad_config_arguments_are_named():
+  with pytest.raises(ValueError, match='exactly one variant'):
+    load_config('configs/ablation/digits.py', 'tiny')
+  with pytest.raises(ValueError, match='unknown argument'):
+    load_config('configs/ablation/digits.py', 'simmim,gpu')
+  with pytest.raises(ValueError, match='unknown argument'):
+    load_config('configs/simmim/vit_base_in1k.py', 'tpu')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path,arg', [('configs/simmim/digits.py', 'tiny'), ('configs/hpm/digits.py', 'tiny'),
+                                      ('configs/simmim/vit_base_in1k.py', 'cpu'),
+                                      ('configs/hpm/vit_base_in1k.py', 'cpu')] + [
+                                          ('configs/ablation/digits.py', f'{v},tiny') for v in ABLATION])
+def test_config_runs_end_to_end(path, arg, tmp_path):
+  from mim_jax.main import run
+  c = load_config(path, arg)
+  summary = run(c, str(tmp_path), 'train_eval')
+  assert summary['method'] == c.method and summary['checkpoint_step'] == c.total_steps
+  assert 0.0 <= summary['knn/top1'] <= 1.0 and (tmp_path / 'summary.json').exists()
