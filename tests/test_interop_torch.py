@@ -191,7 +191,7 @@ def _our_mae(ckpt, images, noise, mask_ratio=0.75):
   method = build(ckpt.spec.mae_config(mask_ratio), images.shape[1:])
   info = method.masker.from_noise(jnp.asarray(noise))
   with jax.default_matmul_precision('highest'):
-    out = method.forward(jax.tree.map(jnp.asarray, ckpt.params), jnp.asarray(images), info)
+    out = jax.jit(method.forward)(jax.tree.map(jnp.asarray, ckpt.params), jnp.asarray(images), info)
   return {'loss': np.asarray(out['loss']), 'pred': np.asarray(out['pred']), 'mask': np.asarray(info.mask),
           'ids_restore': np.asarray(info.ids_restore), 'latent': np.asarray(out['latent'])}
 

@@ -222,7 +222,15 @@ def timm_model_kwargs(spec: ModelSpec) -> dict:
               global_pool='avg' if spec.fc_norm else 'token', qkv_bias=True, class_token=True)
 
 
+# Registered timm names whose default architecture needs no overrides (size, patch, image) -> name.
+_REGISTERED = {(size, patch, img): f'{size}_patch{patch}_{img}'
+               for size in ('vit_tiny', 'vit_small', 'vit_base', 'vit_large') for patch, img in ((16, 224), (16, 384))}
+_REGISTERED.update({('vit_base', 32, 224): 'vit_base_patch32_224', ('vit_base', 8, 224): 'vit_base_patch8_224',
+                    ('vit_huge', 14, 224): 'vit_huge_patch14_224', ('vit_small', 32, 224): 'vit_small_patch32_224'})
+
+
 def timm_model_name(spec: ModelSpec) -> str:
-  """A registered timm name with this architecture when there is one (else vit_base... with overrides)."""
+  """A registered timm model name: the exact one for standard sizes, else 'vit_base_patch16_224' (the keyword
+  arguments of :func:`timm_model_kwargs` then set the architecture)."""
   size = TIMM_NAMES.get((spec.width, spec.depth, spec.num_heads), 'vit_base')
-  return f'{size}_patch{spec.patch_size}_{spec.image_size[0]}'
+  return _REGISTERED.get((size, spec.patch_size, spec.image_size[0]), 'vit_base_patch16_224')
