@@ -21,6 +21,8 @@ import numpy as np
 from mim_jax.data import pipeline
 from mim_jax.eval import knn as knn_lib
 from mim_jax.eval import linear_probe as lp
+from mim_jax.eval import plots
+from mim_jax.eval.features import extract_features
 from mim_jax.eval.visualize import reconstruction_figure
 
 
@@ -30,16 +32,8 @@ def config_hash(config) -> str:
 
 def encoder_features(method, params, images: np.ndarray, feature: str, batch_size: int = 256) -> np.ndarray:
   """Frozen features without masking: 'cls' (after the final norm) or 'pooled' (mean of patch tokens)."""
-  fn = jax.jit(lambda p, x: method.encode(p, x)[feature])
-  out = []
-  n = images.shape[0]
-  for i in range(0, n, batch_size):
-    chunk = images[i:i + batch_size]
-    valid = chunk.shape[0]
-    if valid < batch_size:  # pad: one compiled shape
-      chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(fn(params, jnp.asarray(chunk)))[:valid])
-  return np.concatenate(out).astype(np.float32)
+  fn = jax.jit(lambda p, x: method.encode(p, x)[feature].astype(jnp.float32))
+  return extract_features(lambda x: fn(params, x), images, batch_size, jit=False, desc=f'{feature} features')
 
 
 def probe_all(train_x, train_y, test_x, test_y, num_classes: int, cfg, seed: int) -> dict[str, float]:
@@ -95,7 +89,36 @@ def evaluate_pretrained(config, workdir: str, method, params, step: int) -> dict
       pass
   summary = {**results, 'method': config.method, 'checkpoint_step': int(step), 'config_hash': config_hash(config),
              'eval/feature': cfg.feature, 'eval/seconds': round(time.perf_counter() - t0, 1)}
+  summary.update(run_figures(workdir, step, results))
   update_summary(workdir, summary)
   log('Evaluation (frozen encoder, %s feature) at step %d:\n%s' % (cfg.feature, step, json.dumps(
       {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}, indent=2)))
   return summary
+
+
+def run_figures(workdir: str, step: int, results: dict) -> dict[str, str]:
+  """Logs the final probe accuracies to metrics.jsonl (as ``eval/...`` at the last step) and draws
+  ``loss_curve.png`` (train loss, validation loss if monitored, lr) and ``probe_accuracy.png`` (the online
+  monitors' accuracies over the run, with the final probes as the last points). Returns the file names drawn."""
+  from mim_jax.train.loop import log
+  from mim_jax.train.metrics import MetricWriter
+
+  accuracies = {f'eval/{k}': v for k, v in results.items() if isinstance(v, float) and k.endswith(('top1', 'top5'))}
+  if accuracies:
+    writer = MetricWriter(workdir)
+    writer.write(step, accuracies)
+    writer.close()
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  out: dict[str, str] = {}
+  if jax.process_index() != 0 or not os.path.exists(metrics_path):
+    return out
+  for key, name, draw, kwargs in (
+      ('figures/loss_curve', 'loss_curve.png', plots.plot_loss_curve, {'keys': ('train/loss', 'monitor/*loss')}),
+      ('figures/probe_accuracy', 'probe_accuracy.png', plots.plot_probe_curve,
+       {'keys': ('monitor/*top1', 'eval/linear_probe/top1', 'eval/knn/top1')})):
+    try:
+      draw(metrics_path, os.path.join(workdir, name), **kwargs)
+      out[key] = name
+    except ValueError as e:  # e.g. no monitors configured: nothing to draw against the step
+      log(f'{name} not drawn: {e}')
+  return out

@@ -1,0 +1,115 @@
+"""Evaluation tasks end to end on the digits (tiny encoders): linear probe + k-NN, fine-tune, the summary they
+share, the report over it; loading a converted checkpoint file; config merging and clear errors."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from mim_jax import report
+from mim_jax.eval import pretrained, tasks
+
+TINY = dict(variant=None, patch_size=4, width=32, depth=1, num_heads=2, mlp_ratio=2.0)
+
+
+def _tiny(c):
+  c.model.encoder.update(TINY)
+  return c
+
+
+def test_linear_probe_and_finetune_share_a_workdir_and_the_report_tabulates_them(tmp_path, capsys):
+  workdir = str(tmp_path / 'random_init')
+  lp = _tiny(load_config('configs/eval/linear_probe.py', 'digits'))
+  lp.random_init = True
+  lp.linear_probe.epochs, lp.linear_probe.warmup_epochs = 6, 1
+  lp.max_train_examples, lp.max_eval_examples = 512, 200
+  out = tasks.run(lp, workdir)
+  for key in ('linear_probe/top1', 'linear_probe/top5', 'knn/top1', 'knn/top5'):
+    assert 0.0 <= out[key] <= 1.0
+  # 10 balanced classes: even a random 32-wide encoder is far above chance (0.1) with k-NN on 512 digits.
+  assert out['knn/top1'] > 0.3
+  assert out['init'] == 'random' and out['checkpoint_step'] is None and len(out['linear_probe/config_hash']) == 12
+
+  ft = load_config('configs/eval/finetune_digits.py', 'tiny')
+  ft.random_init = True
+  out = tasks.run(ft, workdir)
+  assert 0.0 <= out['finetune/top1'] <= out['finetune/top5'] <= 1.0 and out['finetune/steps'] == 6
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert {'linear_probe/top1', 'knn/top1', 'finetune/top1', 'finetune/config_hash'} <= set(summary)
+  assert os.path.exists(os.path.join(workdir, 'finetune_loss.png'))
+  assert os.path.exists(os.path.join(workdir, 'linear_probe_config.json'))
+
+  capsys.readouterr()
+  assert report.main([workdir]) == 0
+  header, _, row = capsys.readouterr().out.splitlines()[:3]
+  for column in ('linear_probe/top1', 'knn/top1', 'finetune/top1'):
+    assert column in header
+  assert f'{100 * summary["finetune/top1"]:.1f}' in row
+
+
+def test_init_from_a_converted_official_file(tmp_path):
+  from mim_jax import methods
+  from mim_jax.interop.official_mae import to_official
+
+  pre_cfg = load_config('configs/mae/digits.py', 'tiny')
+  method = methods.build(pre_cfg, (16, 16, 1))
+  import flax.linen as nn
+  params = nn.meta.unbox(method.init(jax.random.PRNGKey(3), jnp.zeros((2, 16, 16, 1)))[0])
+  official = to_official(jax.device_get(params), patch_size=4, grid_hw=(4, 4))
+  path = str(tmp_path / 'mae_tiny.npz')
+  np.savez(path, **{f'param/{k}': v for k, v in official.items()})
+
+  c = _tiny(load_config('configs/eval/knn.py', 'digits'))
+  c.init = path
+  pre = pretrained.load(c)
+  assert pre.source == os.path.abspath(path) and pre.step is None
+  got = dict(jax.tree_util.tree_leaves_with_path(pre.encoder_params()))
+  for key, want in jax.tree_util.tree_leaves_with_path(params['encoder']):
+    np.testing.assert_array_equal(got[key], want)
+
+  c.model.encoder.width = 64
+  with pytest.raises(ValueError, match='does not fit the configured encoder'):
+    pretrained.load(c)
+
+
+def test_merge_data_config_keeps_the_pretraining_fields_of_the_same_dataset():
+  pre = load_config('configs/mae/vit_base_in1k.py', 'cpu').data  # digits at 32x32
+  from mim_jax.eval.configs import data_overrides
+  merged = pretrained.merge_data_config(pre, data_overrides(augment='none'))
+  assert merged.image_size == 32 and merged.augment == 'none' and merged.name == 'mim_digits'
+  other = pretrained.merge_data_config(pre, data_overrides(name='imagenet2012'))
+  assert other.image_size == 224  # another dataset starts from its own defaults
+  with pytest.raises(ValueError, match='no dataset'):
+    pretrained.merge_data_config(None, data_overrides())
+
+
+def test_read_pretrain_config_restores_tuples_and_defaults(tmp_path):
+  c = load_config('configs/mae/digits.py', 'tiny')
+  stored = json.loads(c.to_json_best_effort())
+  del stored['monitors']  # a run from before the field existed
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  back = pretrained.read_pretrain_config(str(tmp_path))
+  assert back.data.crop_scale == (0.6, 1.0) and back.model.encoder.width == 32 and dict(back.monitors) == {}
+  with pytest.raises(FileNotFoundError, match='no config.json'):
+    pretrained.read_pretrain_config(str(tmp_path / 'nowhere'))
+
+
+def test_clear_errors(tmp_path):
+  c = load_config('configs/eval/linear_probe.py', 'digits')
+  with pytest.raises(ValueError, match='config.init is not set'):
+    tasks.run(c, str(tmp_path))
+  c.init = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    tasks.run(c, str(tmp_path))
+  c.random_init = True
+  c.data.augment = 'rrc_flip'
+  with pytest.raises(ValueError, match="needs config.data.augment='none'"):
+    tasks.run(c, str(tmp_path))
+  c.task = 'segmentation'
+  with pytest.raises(ValueError, match='not an evaluation task'):
+    tasks.run(c, str(tmp_path))
