@@ -16,13 +16,13 @@ def get_config(arg: str | None = None):
   c = base_config()
   c.data = default_data_config('mim_digits')
   c.batch_size = 128
-  c.total_steps = 1000
+  c.total_steps = 2000
   c.warmup_steps = 50
   c.optimizer.base_lr = 1.5e-3
-  c.model.encoder = dict(patch_size=4, width=128, depth=6, num_heads=4, mlp_ratio=4.0)
+  c.model.encoder = dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=4.0)
   c.model.decoder = dict(width=64, depth=2, num_heads=4, mlp_ratio=4.0)
   c.mask.ratio = 0.75
-  c.checkpoint.every_steps = 250
+  c.checkpoint.every_steps = 500
   c.log_every = 50
   c.eval.max_train_examples = 2000
   # LARS moves each weight by ~lr x 0.001 of its norm per step: on 1.4k images (5 steps per epoch) the paper's

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def _to_display(images: np.ndarray, mean, std) -> np.ndarray:
+def _pixel_range(images: np.ndarray, mean, std) -> float:
+  """1.0 if the dataset's mean/std map to [0, 1] pixels, 255.0 if they map to [0, 255] (decided on the originals,
+  never on predictions, whose unsupervised visible patches can be far out of range)."""
   x = images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-  x = np.clip(x, 0.0, 1.0) if x.max() <= 1.5 else np.clip(x / 255.0, 0.0, 1.0)
+  return 1.0 if x.max() <= 1.5 else 255.0
+
+
+def _to_display(images: np.ndarray, mean, std, pixel_range: float) -> np.ndarray:
+  x = images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  x = np.clip(x / pixel_range, 0.0, 1.0)
   return x[..., 0] if x.shape[-1] == 1 else x
 
 
@@ -21,10 +28,12 @@ def reconstruction_figure(images: np.ndarray, pred_images: np.ndarray, mask_imag
 
   images, pred_images, mask_images = (np.asarray(a, np.float32) for a in (images, pred_images, mask_images))
   pasted = images * (1 - mask_images) + pred_images * mask_images
-  masked = _to_display(images, mean, std) * (1 - mask_images[..., 0] if images.shape[-1] == 1 else 1 - mask_images)
-  columns = [('original', _to_display(images, mean, std)), ('masked', masked),
-             ('reconstruction', _to_display(pred_images, mean, std)),
-             ('reconstruction + visible', _to_display(pasted, mean, std))]
+  r = _pixel_range(images, mean, std)
+  show = lambda x: _to_display(x, mean, std, r)
+  m = mask_images[..., 0] if images.shape[-1] == 1 else mask_images
+  masked = show(images) * (1 - m) + 0.5 * m  # hidden patches in mid-gray, so black backgrounds stay readable
+  columns = [('original', show(images)), ('masked', masked), ('reconstruction', show(pred_images)),
+             ('reconstruction + visible', show(pasted))]
   n = images.shape[0]
   fig, axes = plt.subplots(n, 4, figsize=(4 * 1.6, n * 1.6), squeeze=False)
   cmap = 'gray' if images.shape[-1] == 1 else None
