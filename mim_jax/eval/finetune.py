@@ -9,8 +9,10 @@ The MAE fine-tune recipe (DESIGN.md §3; He et al. 2022, A.3):
 * AdamW (0.9, 0.999), weight decay 0.05 except 1-D params, biases and the CLS token, layer-wise lr decay
   (:mod:`mim_jax.eval.layer_decay`: ``decay ** (depth + 1 - layer_id)``), ``lr = base_lr * batch / 256``,
   per-step warmup then cosine to ``min_lr``;
-* Mixup 0.8 / CutMix 1.0 with label smoothing 0.1 (:mod:`mim_jax.eval.mixup`), soft-target cross-entropy;
-  train augmentation from the data pipeline (``data.augment``), eval resize + center crop;
+* train augmentation from the data pipeline (``data.augment``; the ImageNet recipes use 'rrc_flip_randaug',
+  :mod:`mim_jax.eval.randaugment`), random erasing 0.25 (:mod:`mim_jax.eval.random_erasing`), then Mixup 0.8 /
+  CutMix 1.0 with label smoothing 0.1 (:mod:`mim_jax.eval.mixup`), soft-target cross-entropy; eval resize +
+  center crop;
 * top-1 / top-5 on the eval split every ``eval_every_steps`` and at the end.
 
 The state, its sharding, the jitted step (with donation and the non-finite guard) and the checkpoints are the
@@ -35,6 +37,7 @@ from mim_jax.eval import layer_decay
 from mim_jax.eval import mixup as mixup_lib
 from mim_jax.eval import pretrained as pretrained_lib
 from mim_jax.eval import streaming
+from mim_jax.eval.random_erasing import random_erasing
 from mim_jax.eval.linear_probe import topk_accuracy
 from mim_jax.models.vit import EMBED, ViTEncoder, dtype_from_name
 from mim_jax.train import checkpoint as ckpt_lib
@@ -84,18 +87,19 @@ class FinetuneObjective:
 
   name = 'finetune'
 
-  def __init__(self, model: Classifier, mix: mixup_lib.MixupConfig):
+  def __init__(self, model: Classifier, mix: mixup_lib.MixupConfig, erasing_prob: float = 0.0):
     self.model = model
     self.mix = mix
+    self.erasing_prob = float(erasing_prob)
 
   def init(self, rng, images):
     return self.model.init({'params': rng, 'dropout': rng}, images)['params'], {}
 
   def loss_fn(self, params, extras, batch, rng, step):
     del step
-    mix_rng, drop_rng = jax.random.split(rng)
-    images, targets, info = mixup_lib.mix_batch(mix_rng, batch['image'], batch['label'], self.model.num_classes,
-                                                self.mix)
+    erase_rng, mix_rng, drop_rng = jax.random.split(rng, 3)
+    images, _ = random_erasing(erase_rng, batch['image'], self.erasing_prob)  # per image, before mixing (timm)
+    images, targets, info = mixup_lib.mix_batch(mix_rng, images, batch['label'], self.model.num_classes, self.mix)
     logits = self.model.apply({'params': params}, images, deterministic=False, rngs={'dropout': drop_rng})
     loss = mixup_lib.soft_cross_entropy(logits, targets)
     return loss, ({'loss': loss, 'mix_lam': info['lam']}, extras)
@@ -175,7 +179,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   model = build_model(config, pre, num_classes)
   mix = mixup_lib.MixupConfig(**dict(config.get('mixup', None) or {}))
-  objective = FinetuneObjective(model, mix)
+  objective = FinetuneObjective(model, mix, config.get('random_erasing', 0.0))
   total, warmup, steps_per_epoch = resolve_steps(config, info.num_train, config.batch_size)
   opt = config.optimizer
   peak = optim.scaled_lr(opt.base_lr, config.batch_size)
@@ -208,7 +212,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   log(f'fine-tune {pre.source} ({pre.config.method}, step {pre.step}) on {info.name}: {num_classes} classes, '
       f'{total} steps ({total / steps_per_epoch:.1f} epochs of {steps_per_epoch} steps), {warmup} warmup, '
       f'lr = base_lr {opt.base_lr:g} x batch {config.batch_size} / 256 = {peak:.3e}, layer decay '
-      f'{opt.get("layer_decay", 1.0)}, drop path {model.encoder.drop_path}, mixup {mix}')
+      f'{opt.get("layer_decay", 1.0)}, drop path {model.encoder.drop_path}, random erasing '
+      f'{objective.erasing_prob}, {mix}')
 
   step_fn = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings, mesh, rules)
   forward = streaming.jit_forward(objective.logits, shardings.params, mesh, rules)

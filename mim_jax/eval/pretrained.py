@@ -32,6 +32,7 @@ import numpy as np
 from mim_jax import config as config_lib
 from mim_jax import methods
 from mim_jax.data import pipeline
+from mim_jax.eval import randaugment  # noqa: F401  (registers data.augment='rrc_flip_randaug')
 from mim_jax.utils import tree_paths
 
 CHECKPOINT_SUFFIXES = ('.npz', '.safetensors')
