@@ -40,8 +40,7 @@ def run(config, workdir: str, mode: str = 'train_eval') -> dict:
   if mode in ('train_eval', 'eval') and config.eval.enabled:
     if mode == 'eval':
       method, params, step, _ = loop.load_params(workdir, config)
-    import jax
-    params = jax.device_get(params)
+    params = loop.host_params(params)  # also gathers parameters sharded over several processes
     summary = evaluate_pretrained(config, workdir, method, params, step)
   return summary
 
@@ -53,8 +52,13 @@ def main(argv):
     raise app.UsageError('both --config and --workdir are required.')
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
+  from mim_jax.train import distributed, preemption
   try:
+    distributed.maybe_initialize()  # before anything touches a device (see mim_jax/train/distributed.py)
     run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)
+  except preemption.Preempted as e:  # checkpoint saved; 128 + signal tells the scheduler it was stopped
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(e.exit_code)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -1,34 +1,68 @@
-"""Checkpoints: orbax CheckpointManager (async, atomic, keep-last-N, interval) holding the train state and,
-beside it, the grain data-iterator state, so a resumed run sees exactly the batches it would have seen.
+"""Checkpoints: orbax CheckpointManager (async, atomic, keep-last-N) holding the train state and, beside it,
+the grain data-iterator state, so a resumed run sees exactly the batches it would have seen.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a process killed mid-save
-leaves the previous checkpoint intact; the unfinished one is ignored and cleaned up on the next start.
+* Atomic: orbax writes each step into ``<step>.orbax-checkpoint-tmp-*`` and renames it when every process has
+  finished (on GCS, where there is no rename, it writes a commit marker instead). A process killed mid-save
+  leaves the previous checkpoint intact; the unfinished directory is ignored and removed on the next start.
+* Cooperative: every process calls ``save``; each writes the shards its devices own (replicated arrays are
+  written once), process 0 writes the metadata, and each process writes its own data-iterator position.
+* Resharding: ``restore`` reads into the shardings of the abstract state it is given, so a run resumed on a
+  different device count (or mesh) is resharded on the fly.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import type_handlers
+
+# Replicated arrays smaller than this are written by one replica instead of being split across replicas
+# ("replica-parallel" saving), which would compile a slicing program per array and device on first save.
+MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
+
+_GRAIN_STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
 
 
-def _grain_args():
-  import grain  # noqa: F401  (registers grain's orbax handler)
-  from grain import checkpoint as gckpt
-  return gckpt.CheckpointSave, gckpt.CheckpointRestore
+def _grain():
+  from grain import checkpoint as gckpt  # grain's orbax handler for iterator positions (one file per process)
+  return gckpt
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's default pytree handler, except for the replica-parallel threshold of jax.Array leaves."""
+  try:  # the per-array metadata orbax's default handler keeps (no public import path in orbax 0.12)
+    from orbax.checkpoint._src.metadata.array_metadata_store import Store
+    metadata_store = Store()
+  except ImportError:
+    metadata_store = None
+  array_handler = type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES,
+                                             array_metadata_store=metadata_store)
+  scalar = type_handlers.ScalarHandler()
+  registry = type_handlers.create_type_handler_registry(
+      (int, scalar), (float, scalar), (bytes, scalar), (np.number, scalar),
+      (np.ndarray, type_handlers.NumpyHandler()), (jax.Array, array_handler), (str, type_handlers.StringHandler()))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 class Checkpointer:
-  """Thin wrapper so the trainer reads as: ``latest_step()``, ``restore()``, ``save()``, ``close()``."""
+  """Thin wrapper so the trainer reads as: ``latest_step()``, ``should_save()``, ``restore()``, ``save()``,
+  ``close()``."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    self.every_steps = max(1, int(every_steps))
+    # The trainer decides when to save (interval, preemption, end) and always saves with force=True, so every
+    # process takes the same decision at the same step without orbax's own policies.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(1, every_steps),
+        max_to_keep=keep, save_interval_steps=self.every_steps,
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    handlers = {'state': _state_handler(), 'data': _grain().CheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -36,24 +70,35 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
-    items = {'state': ocp.args.StandardSave(state)}
+  def should_save(self, step: int) -> bool:
+    return step % self.every_steps == 0 and step != self.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = True) -> bool:
+    items = {'state': ocp.args.PyTreeSave(state)}
     if data_iterator is not None:
-      save_cls, _ = _grain_args()
-      items['data'] = save_cls(data_iterator)
+      items['data'] = _grain().CheckpointSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
     """Restores the state into the shardings of ``abstract_state`` (a pytree of ShapeDtypeStruct with
     ``.sharding``), so a run restored on a different device count is resharded; restores the data
     iterator in place when given."""
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
-    has_data = 'data' in self.item_names(step)
-    if data_iterator is not None and has_data:
-      _, restore_cls = _grain_args()
-      items['data'] = restore_cls(data_iterator)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args)}
+    if data_iterator is not None and 'data' in self.item_names(step):
+      self._check_data_processes(step)
+      items['data'] = _grain().CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored['state']
+
+  def _check_data_processes(self, step: int) -> None:
+    files = os.listdir(os.path.join(self.directory, str(step), 'data'))
+    counts = {int(m.group(2)) for m in map(_GRAIN_STATE_FILE.fullmatch, files) if m}
+    if counts and jax.process_count() not in counts:
+      raise ValueError(f'checkpoint {self.directory}/{step} was written by {sorted(counts)[0]} processes and this run '
+                       f'has {jax.process_count()}: each process saved its own data-iterator position. Resume with '
+                       f'{sorted(counts)[0]} processes (the device count per process may differ), or start a new '
+                       'workdir initialised from these parameters.')
 
   def item_names(self, step: int) -> list[str]:
     path = os.path.join(self.directory, str(step))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any, Optional
 
@@ -22,9 +23,12 @@ from mim_jax import config as config_lib
 from mim_jax import methods
 from mim_jax.data import pipeline
 from mim_jax.eval import monitors as monitors_lib
+from mim_jax.train import aot
 from mim_jax.train import checkpoint as ckpt_lib
+from mim_jax.train import distributed
 from mim_jax.train import metrics as metrics_lib
 from mim_jax.train import optim
+from mim_jax.train import preemption
 from mim_jax.train import sharding as shd
 from mim_jax.train import state as state_lib
 
@@ -77,6 +81,7 @@ def param_count(tree) -> int:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  distributed.maybe_initialize()
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   save_config(config, workdir)
@@ -88,71 +93,143 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   tx, schedule, total_steps, warmup_steps, peak_lr = build_optimizer(config, info)
 
   rng = jax.random.PRNGKey(config.seed)
-  init_rng, base_rng = jax.random.split(rng)
+  # numpy: the same value on every process, placed by jit / make_array (a local device array would not be).
+  init_rng, base_rng = np.asarray(jax.random.split(rng))
   example = jnp.zeros((2, *info.image_shape), jnp.float32)
   init_fn = state_lib.make_init_fn(method, tx, example)
-  state, shardings = state_lib.create_sharded_state(init_fn, init_rng, mesh, rules)
+  abstract, shardings = aot.abstract_train_state(init_fn, init_rng, mesh, rules)
+  base_rng = _replicated_array(base_rng, mesh)
+  step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
 
-  per_host = config.batch_size // jax.process_count()
-  iterator = pipeline.train_iterator(config.data, per_host, seed=config.seed,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
   ck = config.checkpoint
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=ck.every_steps,
                                        keep=ck.keep, async_save=ck.get('async_save', True))
-  resumed_from = checkpointer.latest_step()
-  if resumed_from is not None:
-    state = checkpointer.restore(resumed_from, ckpt_lib.abstract_like(state, shardings), iterator)
-    log(f'Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)}).')
-
-  log(f'{config.method}: encoder {param_count(method.encoder_params(state.params)) / 1e6:.2f}M params, '
-      f'total {param_count(state.params) / 1e6:.2f}M | data {info.name} {info.num_train} train images '
-      f'{info.image_shape} | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices')
-  log(f'lr = base_lr {config.optimizer.base_lr:g} x batch {config.batch_size} / 256 = {peak_lr:.3e}; '
-      f'{total_steps} steps ({total_steps / info.steps_per_epoch(config.batch_size):.1f} epochs), '
-      f'{warmup_steps} warmup')
-
-  step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
-  writer = metrics_lib.MetricWriter(workdir)
-  monitors = monitors_lib.build(config.get('monitors', None), method=method, config=config, workdir=workdir)
-  start = int(state.step)
-  stop_at = min(total_steps, config.get('stop_after_steps', -1)) if config.get('stop_after_steps', -1) > 0 \
-      else total_steps
-  progress = metrics_lib.Progress(total_steps, config.batch_size, start)
-  pending: list[dict] = []
-  policy = config.get('nonfinite', 'stop')
-  t0 = time.perf_counter()
+  writer = None
   try:
-    for step in range(start, stop_at):
-      batch = shd.global_batch(next(iterator), mesh)
-      state, m = step_fn(state, batch, base_rng)
-      pending.append(m)
-      done = step + 1
-      if done % config.log_every == 0 or done == stop_at or done == start + 1:
-        rows = jax.device_get(pending)
-        pending = []
-        avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        avg['train/nonfinite_steps'] = int(rows[-1]['train/nonfinite_steps'])
-        img_s, steps_s = progress.rate(done)
-        avg['perf/images_per_s'] = img_s
-        writer.write(done, avg)
-        log(progress.line(done, avg, img_s, steps_s))
-        _check_finite(avg['train/nonfinite_steps'], policy, done)
-      for monitor in monitors:
-        if done % monitor.every_steps == 0 or done == stop_at:
-          values = monitor(done, state.params)
-          writer.write(done, {f'monitor/{monitor.name}/{k}': v for k, v in values.items()})
-      if checkpointer.manager.should_save(done) and done != stop_at:
-        _check_finite(int(state.nonfinite_steps), policy, done)
-        checkpointer.save(done, state, iterator)
+    resumed_from = checkpointer.latest_step()
+    start = resumed_from or 0
+    stop_at = min(total_steps, config.get('stop_after_steps', -1)) if config.get('stop_after_steps', -1) > 0 \
+        else total_steps
+    compiled, batch_spec = None, None
+    if start < stop_at:  # compile before allocating the state: a step that cannot fit fails here, in seconds
+      batch_spec = aot.batch_spec(info.image_shape, config.batch_size, mesh, config.data.get('return_index', False))
+      compiled = _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh, workdir)
+
+    per_host = config.batch_size // jax.process_count()
+    iterator = _train_iterator(config, per_host)
+    distributed.barrier('state')
+    if resumed_from is not None:
+      state = checkpointer.restore(resumed_from, abstract, iterator)
+      log(f'Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)}).')
+    else:
+      state, _ = state_lib.create_sharded_state(init_fn, init_rng, mesh, rules)
+
+    log(f'{config.method}: encoder {param_count(method.encoder_params(state.params)) / 1e6:.2f}M params, '
+        f'total {param_count(state.params) / 1e6:.2f}M | data {info.name} {info.num_train} train images '
+        f'{info.image_shape} | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices'
+        + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''))
+    log(f'lr = base_lr {config.optimizer.base_lr:g} x batch {config.batch_size} / 256 = {peak_lr:.3e}; '
+        f'{total_steps} steps ({total_steps / info.steps_per_epoch(config.batch_size):.1f} epochs), '
+        f'{warmup_steps} warmup')
+
+    writer = metrics_lib.MetricWriter(workdir)
+    monitors = monitors_lib.build(config.get('monitors', None), method=method, config=config, workdir=workdir)
+    progress = metrics_lib.Progress(total_steps, config.batch_size, start)
+    pending: list[dict] = []
+    policy = config.get('nonfinite', 'stop')
+    previous = None
+    distributed.barrier('train')
+    t0 = time.perf_counter()
+    with preemption.PreemptionGuard() as guard:
+      for step in range(start, stop_at):
+        batch = shd.global_batch(next(iterator), mesh)
+        if step == start and compiled is not None and not _same_avals(batch, batch_spec):
+          log('note: the batch differs from the compiled spec; compiling the step again for it.')
+          compiled = None
+        state, m = (compiled or step_fn)(state, batch, base_rng)
+        pending.append(m)
+        done = step + 1
+        if previous is not None and policy == 'stop':  # one step behind: the device keeps a step queued
+          _check_finite(int(previous['train/nonfinite_steps']), policy, done - 1)
+        previous = m
+        if done % config.log_every == 0 or done == stop_at or done == start + 1:
+          rows = jax.device_get(pending)
+          pending = []
+          avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+          avg['train/nonfinite_steps'] = int(rows[-1]['train/nonfinite_steps'])
+          img_s, steps_s = progress.rate(done)
+          avg['perf/images_per_s'] = img_s
+          writer.write(done, avg)
+          log(progress.line(done, avg, img_s, steps_s))
+          _check_finite(avg['train/nonfinite_steps'], policy, done)
+        for monitor in monitors:
+          if done % monitor.every_steps == 0 or done == stop_at:
+            values = monitor(done, state.params)
+            writer.write(done, {f'monitor/{monitor.name}/{k}': v for k, v in values.items()})
+        preempted = guard.should_stop(done) and done != stop_at
+        if (preempted or checkpointer.should_save(done)) and done != stop_at:
+          _check_finite(int(state.nonfinite_steps), policy, done)
+          checkpointer.save(done, state, iterator)
+        if preempted:
+          checkpointer.wait()
+          log(f'Stopped by {signal.Signals(guard.signum).name}: checkpoint of step {done} saved in '
+              f'{checkpointer.directory}; the same command resumes from it.')
+          raise preemption.Preempted(done, guard.signum)
     _check_finite(int(state.nonfinite_steps), policy, stop_at)
     if start < stop_at:
-      checkpointer.save(stop_at, state, iterator, force=True)
+      checkpointer.save(stop_at, state, iterator)
     checkpointer.wait()
   finally:
     checkpointer.close()
-    writer.close()
-  log(f'Trained steps {start}..{stop_at} in {time.perf_counter() - t0:.1f}s; checkpoints in {checkpointer.directory}')
+    if writer is not None:
+      writer.close()
+  if start < stop_at:
+    log(f'Trained steps {start}..{stop_at} in {time.perf_counter() - t0:.1f}s; checkpoints in '
+        f'{checkpointer.directory}')
   return TrainResult(state, method, info, mesh, total_steps, resumed_from)
+
+
+def _train_iterator(config, per_host: int):
+  """This process's shard of the train data (every process takes every N-th example of the global order)."""
+  return pipeline.train_iterator(config.data, per_host, seed=config.seed, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+
+
+def _replicated_array(value: np.ndarray, mesh) -> jax.Array:
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, shd.replicated(mesh), lambda index: value[index])
+
+
+def _same_avals(batch, spec) -> bool:
+  if jax.tree.structure(batch) != jax.tree.structure(spec):
+    return False
+  return all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(batch), jax.tree.leaves(spec)))
+
+
+def _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh, workdir: str):
+  """Compiles the step once, logs per-device memory and FLOPs, writes compile_report.json, fails early when
+  the step cannot fit in device memory."""
+  t = time.perf_counter()
+  compiled, report = aot.compile_train_step(step_fn, abstract, batch_spec, base_rng, mesh)
+  log(f'Compiled the train step in {time.perf_counter() - t:.1f}s.')
+  for line in report.lines():
+    log(line)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'compile_report.json'), 'w') as f:
+      json.dump(report.as_dict(), f, indent=2, sort_keys=True)
+  if aot.fit_check_enabled():
+    aot.check_fits(report)
+  return compiled
+
+
+def host_params(tree):
+  """A host (numpy) copy of ``tree`` on every process, also when its arrays are sharded over several processes
+  (FSDP across hosts), for evaluation and export."""
+  leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  if all(x.is_fully_addressable or x.is_fully_replicated for x in leaves):
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _check_finite(nonfinite_steps: int, policy: str, step: int) -> None:
