@@ -1,6 +1,7 @@
 """Input-pipeline throughput: decoded + augmented images per second per core at 224x224, ours vs a plain PIL loop.
 
     python benchmarks/input_pipeline.py [--num-images 300] [--image-size 224] [--json out.json]
+    python benchmarks/input_pipeline.py --decode-costs   # re-measure transforms.DCT_DECODE_COST on this CPU
 
 1. Makes `--num-images` realistic JPEGs (real photos shipped with scikit-learn / scikit-image / matplotlib,
    randomly cropped to ImageNet-typical sizes around 500x375 and re-encoded at quality 75-95; no network).
@@ -10,9 +11,12 @@
      `Image.open(path).convert('RGB')`, torchvision's RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic)
      as crop + resize, random horizontal flip, ToTensor (CHW float32 / 255), Normalize(mean, std), then the
      default collate (np.stack) into batches;
-   - ours: `mim_jax.data.pipeline.train_iterator` on the ArrayRecord dataset (same crop/flip/normalize recipe,
-     batches of float32), single process and single thread (`num_workers=0, read_threads=0`), for each JPEG
-     decoder: 'pil_full' (PIL, full size), 'pil' (PIL draft), 'simplejpeg' (if installed; M/8 DCT scaling).
+   - ours: `mim_jax.data.pipeline.train_iterator` on the ArrayRecord dataset (same crop/flip recipe), single
+     process and single thread (`num_workers=0, read_threads=0`), per `--variants` entry `DECODER[:uint8]`:
+     DECODER is 'pil_full' (PIL, full size), 'pil' (PIL draft), 'simplejpeg' / 'simplejpeg_fast' (if installed;
+     M/8 DCT scaling); plain = float32 batches normalized on the host (the baseline's output, in NHWC), ':uint8'
+     = uint8 batches as the trainer gets them with data.normalize_on_device (the normalization then runs on
+     the accelerator; its cost is reported separately, measured on this machine's jax backend).
    Per-core throughput = images / CPU seconds of this process (robust when other jobs share the cores), the
    median over `--rounds` rounds in which the variants take turns (so they see the machine's load alike); wall
    time is reported too.
@@ -98,21 +102,73 @@ class Baseline:
 
 
 class Ours:
-  """`train_iterator` batches (float32, normalized), single process and single thread."""
+  """`train_iterator` batches (float32 normalized, or uint8 for normalization on the device), single process
+  and single thread."""
 
-  def __init__(self, cfg, batch: int):
+  def __init__(self, cfg, batch: int, uint8: bool):
     from mim_jax.data import pipeline
 
-    self.it = pipeline.train_iterator(cfg, batch, seed=0)
+    cfg.normalize_on_device = uint8
+    self.it = pipeline.train_iterator(cfg, batch, seed=0, allow_uint8_images=uint8)
     self.size = cfg.image_size
+    self.dtype = np.uint8 if uint8 else np.float32
 
   def step(self, num_images: int) -> int:
     done = 0
     while done < num_images:
       b = next(self.it)
-      assert b['image'].shape[1:] == (self.size, self.size, 3) and b['image'].dtype == np.float32
+      assert b['image'].shape[1:] == (self.size, self.size, 3) and b['image'].dtype == self.dtype
       done += len(b['label'])
     return done
+
+
+def device_normalize_cost(size: int, batch: int, repeats: int = 20) -> dict[str, float | str]:
+  """Time of `mim_jax.data.device.normalize` on a uint8 batch on jax's default device (what data.
+  normalize_on_device moves off the host): ms per batch and µs per image, wall time after compilation."""
+  import jax
+
+  from mim_jax.data import device, pipeline
+
+  info = pipeline.DatasetInfo((size, size, 3), 0, 0, None, tuple(MEAN.tolist()), tuple(STD.tolist()))
+  images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+  device.normalize({'image': images}, info)['image'].block_until_ready()
+  t = time.perf_counter()
+  for _ in range(repeats):
+    out = device.normalize({'image': images}, info)['image']
+  out.block_until_ready()
+  per_batch = (time.perf_counter() - t) / repeats
+  return {'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind), 'batch': batch,
+          'ms_per_batch': per_batch * 1e3, 'us_per_image': per_batch / batch * 1e6}
+
+
+def decode_costs(files: list[str], size: int) -> dict[str, dict[int, float] | float]:
+  """CPU time of simplejpeg decoding at each M/8 scale relative to a full decode, and of PIL's bicubic resize
+  per input-box pixel in units of a full decode per pixel: the constants `transforms.dct_eighths` uses."""
+  import simplejpeg
+
+  datas = [open(f, 'rb').read() for f in files]
+  dims = [simplejpeg.decode_jpeg_header(d)[:2] for d in datas]
+  pixels = sum(h * w for h, w in dims)
+  per_pixel = {}
+  for m in list(range(1, 9)) * 3:  # three passes, keep the fastest of each
+    c = time.process_time()
+    for d, (h, w) in zip(datas, dims):
+      simplejpeg.decode_jpeg(d, colorspace='RGBX', min_width=math.ceil(w * m / 8), min_height=math.ceil(h * m / 8))
+    per_pixel[m] = min(per_pixel.get(m, math.inf), (time.process_time() - c) / pixels)
+  images = [Image.frombuffer('RGBX', (a.shape[1], a.shape[0]), a, 'raw', 'RGBX', 0, 1)
+            for a in (simplejpeg.decode_jpeg(d, colorspace='RGBX') for d in datas)]
+  resize = math.inf
+  for frac in (0.6, 0.8, 1.0) * 2:
+    c, box_pixels = time.process_time(), 0
+    for img in images:
+      bw, bh = img.size[0] * frac, img.size[1] * frac
+      if min(bw, bh) >= size:
+        img.resize((size, size), Image.Resampling.BICUBIC, box=(0, 0, bw, bh))
+        box_pixels += bw * bh
+    if box_pixels:
+      resize = min(resize, (time.process_time() - c) / box_pixels)
+  return {'decode_cost': {m: round(v / per_pixel[8], 2) for m, v in per_pixel.items()},
+          'resize_cost_per_box_pixel': round(resize / per_pixel[8], 2)}
 
 
 def measure(variants: dict, images_per_round: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -135,6 +191,26 @@ def measure(variants: dict, images_per_round: int, rounds: int) -> dict[str, dic
   return out
 
 
+def _version(package: str) -> str | None:
+  from importlib import metadata
+
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--num-images', type=int, default=300, help='distinct JPEG files to generate')
@@ -144,8 +220,11 @@ def main(argv=None) -> int:
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--rounds', type=int, default=8, help='timed rounds; each variant runs once per round')
   p.add_argument('--images-per-round', type=int, default=128)
-  p.add_argument('--decoders', default=None,
-                 help='comma-separated decoders for our pipeline (default: pil_full,pil[,simplejpeg])')
+  p.add_argument('--variants', default=None,
+                 help='comma-separated DECODER[:uint8] entries for our pipeline (default: pil_full,pil'
+                      '[,simplejpeg,simplejpeg:uint8,simplejpeg_fast:uint8])')
+  p.add_argument('--decode-costs', action='store_true',
+                 help='only measure the M/8 decode and resize cost constants of transforms.dct_eighths')
   p.add_argument('--workdir', default=None, help='where to put the JPEGs and dataset (default: a temp dir)')
   p.add_argument('--json', default=None, help='also write the results to this JSON file')
   args = p.parse_args(argv)
@@ -178,13 +257,22 @@ def main(argv=None) -> int:
           f'mean {nbytes.mean() / 1024:.0f} KiB; setup {time.perf_counter() - t0:.1f} s; '
           f'{args.rounds} rounds x {args.images_per_round} images per variant, output {args.image_size}px')
 
-    if args.decoders:
-      decoders = args.decoders.split(',')
+    if args.decode_costs:
+      costs = decode_costs(files, args.image_size)
+      print(json.dumps(costs, indent=1))
+      return 0
+    if args.variants:
+      specs = args.variants.split(',')
     else:
-      decoders = ['pil_full', 'pil'] + (['simplejpeg'] if transforms.resolve_decoder('auto') == 'simplejpeg' else [])
+      specs = ['pil_full', 'pil']
+      if transforms.resolve_decoder('auto') == 'simplejpeg':
+        specs += ['simplejpeg', 'simplejpeg:uint8', 'simplejpeg_fast:uint8']
     variants = {'baseline: PIL loop (open+convert, RRC, flip, ToTensor, normalize)':
                 Baseline(files, args.image_size, args.batch)}
-    for dec in decoders:
+    for spec in specs:
+      dec, _, out = spec.partition(':')
+      if out not in ('', 'uint8'):
+        p.error(f'bad variant {spec!r}: expected DECODER or DECODER:uint8')
       cfg = pipeline.default_data_config('bench_photos')
       cfg.data_dir = data_dir
       cfg.image_size = args.image_size
@@ -192,8 +280,10 @@ def main(argv=None) -> int:
       cfg.read_threads = 0
       cfg.decoder = dec
       cfg.mean, cfg.std = tuple(MEAN.tolist()), tuple(STD.tolist())
-      variants[f'mim_jax train_iterator, decoder={dec}'] = Ours(cfg, args.batch)
+      name = f'mim_jax train_iterator, decoder={dec}, ' + ('uint8 out' if out else 'float32 out')
+      variants[name] = Ours(cfg, args.batch, uint8=bool(out))
     results = measure(variants, args.images_per_round, args.rounds)
+    device_cost = device_normalize_cost(args.image_size, args.batch) if any(':' in s for s in specs) else None
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -206,15 +296,24 @@ def main(argv=None) -> int:
     print(f"{k:{width}s}  {r['img_per_s_per_core']:10.0f}  {r['img_per_s_wall']:10.0f}  "
           f"{r['speedup_vs_baseline']:6.2f}x")
   print('(img/s/core: images per CPU-second of this process, median over rounds; speedup: per core vs baseline)')
+  if device_cost:
+    print(f"uint8 out: device.normalize on the {device_cost['backend']} device ({device_cost['device']}) takes "
+          f"{device_cost['ms_per_batch']:.2f} ms per batch of {device_cost['batch']} "
+          f"({device_cost['us_per_image']:.1f} µs per image, wall)")
+  load = os.getloadavg() if hasattr(os, 'getloadavg') else None
+  if load:
+    print(f'load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs')
   if args.json:
     meta = {'command': 'python benchmarks/input_pipeline.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
             'num_images': args.num_images, 'source_scale': args.source_scale, 'image_size': args.image_size,
             'batch': args.batch,
             'rounds': args.rounds, 'images_per_round': args.images_per_round, 'python': sys.version.split()[0],
             'machine': platform.machine(), 'cpu_count': os.cpu_count(), 'pillow': Image.__version__,
-            'mean_image_size': sizes.mean(0).round().tolist(), 'mean_kib': round(float(nbytes.mean() / 1024), 1)}
+            'simplejpeg': _version('simplejpeg'), 'cpu': _cpu_model(),
+            'mean_image_size': sizes.mean(0).round().tolist(), 'mean_kib': round(float(nbytes.mean() / 1024), 1),
+            'load_average_end': list(load) if load else None}
     with open(args.json, 'w') as f:
-      json.dump({'meta': meta, 'results': results}, f, indent=1)
+      json.dump({'meta': meta, 'results': results, 'device_normalize': device_cost}, f, indent=1)
   return 0
 
 

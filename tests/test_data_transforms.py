@@ -18,7 +18,7 @@ def big_jpeg():
 def _decoders():
   out = ['pil_full', 'pil']
   if transforms.resolve_decoder('auto') == 'simplejpeg':
-    out.append('simplejpeg')
+    out += ['simplejpeg', 'simplejpeg_fast']
   return out
 
 

@@ -7,7 +7,8 @@ Train pipeline (grain Dataset API), identical on every host given the same seed:
     -> repeat forever, each epoch globally shuffled (numpy permutation seeded with (seed, epoch))
     -> random_map(decode + augment), per-record rng from grain, keyed on (seed, global position) -> uint8 HWC
     -> [process_index::process_count] (each host takes every N-th example of the global order)
-    -> batch(batch_size_per_host, drop_remainder) -> normalize (vectorized numpy)
+    -> batch(batch_size_per_host, drop_remainder) -> normalize (vectorized numpy), or uint8 batches for callers
+       that normalize on the device (`allow_uint8_images=True` and data.normalize_on_device; see data/device.py)
     -> to_iter_dataset (read_threads prepare whole batches ahead) -> mp_prefetch(num_workers) if > 0
 
 Every host runs the same shuffle, so within an epoch the hosts see disjoint examples whose union is the epoch.
@@ -68,8 +69,12 @@ def default_data_config(name: str = digits.NAME) -> ml_collections.ConfigDict:
   c.interpolation = 'bicubic'
   # 0.875: resize 256 + center crop 224 (scaled with image_size); 1.0: plain resize of square images
   c.eval_crop_pct = 1.0 if is_digits else 0.875
-  # JPEG decoding: 'auto' (simplejpeg if installed, else 'pil'), 'simplejpeg', 'pil' (draft), 'pil_full'.
+  # JPEG decoding: 'auto' (simplejpeg if installed, else 'pil'), 'simplejpeg', 'simplejpeg_fast' (fast IDCT and
+  # chroma upsampling), 'pil' (draft), 'pil_full'.
   c.decoder = 'auto'
+  # Pre-training ships uint8 batches and normalizes them on the accelerator (4x fewer bytes to copy and transfer,
+  # no per-image float pass on the host); evaluators keep getting float32 from the host either way.
+  c.normalize_on_device = not is_digits
   c.mean = config_dict.placeholder(tuple)  # None -> dataset metadata, digits' known values, else ImageNet's
   c.std = config_dict.placeholder(tuple)
   c.cache = 'auto'  # keep raw-array splits (digits) in memory: True / False / 'auto' (<= 256 MiB)
@@ -107,6 +112,8 @@ def _check_cfg(cfg) -> None:
     fail(f'num_workers must be an int >= 0, got {cfg.num_workers!r}')
   if cfg.get('augment', 'rrc_flip') not in transforms.AUGMENTS:
     fail(f'augment must be one of {sorted(transforms.AUGMENTS)}, got {cfg.augment!r}')
+  if not isinstance(cfg.get('normalize_on_device', False), bool):
+    fail(f'normalize_on_device must be True or False, got {cfg.normalize_on_device!r}')
   if cfg.get('decoder', 'auto') not in transforms.DECODERS:
     fail(f'decoder must be one of {transforms.DECODERS}, got {cfg.decoder!r}')
   if cfg.interpolation not in transforms.INTERPOLATIONS:
@@ -263,25 +270,31 @@ class _EpochShuffle(grain.MapDataset):
     return state
 
 
-class _CollateNormalize:
-  """grain batch_fn: list of {'image': uint8 [H, W, C], 'label', ...} -> one dict with float32 normalized images.
+class _Collate:
+  """grain batch_fn: list of {'image': uint8 [H, W, C], 'label', ...} -> one dict of batch arrays.
 
-  Each image is normalized straight into its slot of the batch array (cache-sized passes, no uint8 stack).
+  With mean/std, each image is normalized straight into its slot of a float32 batch (cache-sized passes, no
+  uint8 stack); without (normalize on the device), the images are copied into a uint8 batch.
   """
 
-  def __init__(self, mean, std):
-    self.mean = tuple(mean)
-    self.std = tuple(std)
+  def __init__(self, mean=None, std=None):
+    self.mean = None if mean is None else tuple(mean)
+    self.std = None if std is None else tuple(std)
     self._normalizers: dict[tuple[int, ...], transforms.Normalizer] = {}
 
   def __call__(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     first = records[0]['image']
-    images = np.empty((len(records),) + first.shape, np.float32)
-    norm = self._normalizers.get(first.shape)
-    if norm is None:
-      norm = self._normalizers[first.shape] = transforms.Normalizer(self.mean, self.std, first.shape)
-    for i, r in enumerate(records):
-      norm(r['image'], out=images[i])
+    if self.mean is None:
+      images = np.empty((len(records),) + first.shape, np.uint8)
+      for i, r in enumerate(records):
+        images[i] = r['image']
+    else:
+      images = np.empty((len(records),) + first.shape, np.float32)
+      norm = self._normalizers.get(first.shape)
+      if norm is None:
+        norm = self._normalizers[first.shape] = transforms.Normalizer(self.mean, self.std, first.shape)
+      for i, r in enumerate(records):
+        norm(r['image'], out=images[i])
     out = {'image': images, 'label': np.asarray([r['label'] for r in records], np.int32)}
     if 'index' in records[0]:
       out['index'] = np.asarray([r['index'] for r in records], np.int64)
@@ -302,8 +315,13 @@ def _mark_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def yields_uint8(data_cfg, allow_uint8_images: bool) -> bool:
+  """Whether `train_iterator(data_cfg, ..., allow_uint8_images=...)` yields uint8 images (else float32)."""
+  return bool(allow_uint8_images and data_cfg.get('normalize_on_device', False))
+
+
 def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+                  process_count: int = 1, *, allow_uint8_images: bool = False) -> grain.IterDataset:
   """The train pipeline as a grain IterDataset (see the module docstring); `train_iterator` iterates it."""
   if not isinstance(batch_size_per_host, (int, np.integer)) or batch_size_per_host <= 0:
     raise ValueError(f'batch_size_per_host must be a positive int, got {batch_size_per_host!r}')
@@ -332,7 +350,8 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
     ds = ds[process_index::process_count]
   # Batching the MapDataset (not the IterDataset) makes batches the unit of work for read threads and worker
   # processes: batch k always holds the same examples, whatever num_workers / read_threads are.
-  ds = ds.batch(int(batch_size_per_host), drop_remainder=True, batch_fn=_CollateNormalize(mean, std))
+  collate = _Collate() if yields_uint8(data_cfg, allow_uint8_images) else _Collate(mean, std)
+  ds = ds.batch(int(batch_size_per_host), drop_remainder=True, batch_fn=collate)
   it = ds.to_iter_dataset(_read_options(data_cfg))
   if data_cfg.num_workers > 0:
     _mark_absl_flags_parsed()
@@ -343,13 +362,17 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
 
 
 def train_iterator(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
+                   process_count: int = 1, *, allow_uint8_images: bool = False) -> grain.DatasetIterator:
   """Endless iterator of dict(image=float32 [b, H, W, C] normalized, label=int32 [b]) for this host.
 
-  All hosts must pass the same `seed`. The result supports `get_state()` / `set_state()` and grain's orbax
-  checkpoint args (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
+  `allow_uint8_images=True` is for callers that normalize on the device: with data.normalize_on_device the
+  images then come as uint8 [b, H, W, C] (un-normalized pixels) and `mim_jax.data.device.normalize(batch, info)`
+  turns the global batch into the float32 one; otherwise nothing changes. The examples and augmentations are
+  the same either way. All hosts must pass the same `seed`. The result supports `get_state()` /
+  `set_state()` and grain's orbax checkpoint args (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
   """
-  return iter(train_dataset(data_cfg, batch_size_per_host, seed, process_index, process_count))
+  return iter(train_dataset(data_cfg, batch_size_per_host, seed, process_index, process_count,
+                            allow_uint8_images=allow_uint8_images))
 
 
 def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = None) -> dict[str, np.ndarray]:
@@ -372,7 +395,7 @@ def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = N
   ds = grain.MapDataset.source(source)[:n]
   if data_cfg.get('return_index', False):
     ds = ds.map_with_index(_WithIndex())
-  ds = ds.map(record_fn).batch(256, batch_fn=_CollateNormalize(mean, std))
+  ds = ds.map(record_fn).batch(256, batch_fn=_Collate(mean, std))
   images = np.empty((n, data_cfg.image_size, data_cfg.image_size, channels), np.float32)
   labels = np.empty((n,), np.int32)
   indices = []

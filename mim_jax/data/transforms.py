@@ -58,7 +58,8 @@ try:  # Optional: libjpeg-turbo with every M/8 DCT scale (PIL's draft only has 1
 except ImportError:  # pragma: no cover - depends on the environment
   _simplejpeg = None
 
-DECODERS = ('auto', 'simplejpeg', 'pil', 'pil_full')
+DECODERS = ('auto', 'simplejpeg', 'simplejpeg_fast', 'pil', 'pil_full')
+_SIMPLEJPEG = ('simplejpeg', 'simplejpeg_fast')
 
 
 def resolve_decoder(name: str) -> str:
@@ -67,9 +68,35 @@ def resolve_decoder(name: str) -> str:
     raise ValueError(f'unknown decoder {name!r}; choose one of {DECODERS}')
   if name == 'auto':
     return 'simplejpeg' if _simplejpeg is not None else 'pil'
-  if name == 'simplejpeg' and _simplejpeg is None:
-    raise ValueError("decoder 'simplejpeg' needs `pip install simplejpeg` (or use decoder='auto' / 'pil')")
+  if name in _SIMPLEJPEG and _simplejpeg is None:
+    raise ValueError(f"decoder {name!r} needs `pip install simplejpeg` (or `pip install 'mim_jax[fast]'`; "
+                     "or use decoder='auto' / 'pil')")
   return name
+
+
+# CPU time of decoding a JPEG at scale M/8 relative to a full decode (libjpeg-turbo 3 through simplejpeg 1.9,
+# x86-64, ~450x420 photos; benchmarks/input_pipeline.py --decode-costs re-measures them). Only 8/8, 4/8, 2/8 and
+# 1/8 have SIMD inverse DCTs: 5/8-7/8 cost more than a full decode, and below 1/2 the entropy decoding dominates.
+DCT_DECODE_COST = {1: 0.61, 2: 0.68, 3: 0.88, 4: 0.78, 5: 1.37, 6: 1.70, 7: 2.14, 8: 1.0}
+# PIL's antialiased bicubic resize costs about this many full decodes per pixel of its (decoded) input box.
+RESIZE_COST_PER_BOX_PIXEL = 4.0
+
+
+def dct_eighths(width: int, height: int, need_width: int, need_height: int, box_fraction: float = 1.0) -> int:
+  """M of the M/8 JPEG decoding scale for a crop that must keep at least `need_*` pixels per side.
+
+  Among the scales that do not upsample the crop, the one with the least estimated decode + resize time:
+  `DCT_DECODE_COST[M] + RESIZE_COST_PER_BOX_PIXEL * box_fraction * (M / 8) ** 2` in units of a full decode,
+  where `box_fraction` is the crop's share of the image area. So a large crop is decoded at 5/8 or 6/8 (the
+  slower decode pays for itself in a smaller resize), a small one at full size, and 7/8 practically never.
+  """
+  best, best_cost = 8, None
+  for m in range(1, 9):
+    if math.ceil(width * m / 8) >= need_width and math.ceil(height * m / 8) >= need_height:
+      cost = DCT_DECODE_COST[m] + RESIZE_COST_PER_BOX_PIXEL * box_fraction * (m / 8) ** 2
+      if best_cost is None or cost < best_cost:
+        best, best_cost = m, cost
+  return best
 
 
 def _is_jpeg(data: bytes) -> bool:
@@ -82,8 +109,11 @@ class LazyImage:
   `decoder` chooses how JPEG bytes become pixels when a crop is requested:
     'pil_full'   PIL, full resolution (what a plain PyTorch/PIL loader does);
     'pil'        PIL with `draft`: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the box stays >= the output;
-    'simplejpeg' libjpeg-turbo via simplejpeg at the smallest of the 16 M/8 scales that keeps the box >= the
-                 output (e.g. 6/8 for a 300 px box resized to 224), then the same PIL resize on fewer pixels.
+    'simplejpeg' libjpeg-turbo via simplejpeg at the smallest M/8 scale that keeps the box >= the output
+                 (e.g. 6/8 for a 300 px box resized to 224; see `dct_eighths`), straight into a 4-byte RGBX
+                 buffer that PIL resizes in place (no copy into PIL, no RGB repacking of the large image);
+    'simplejpeg_fast'  the same with libjpeg's fast integer IDCT and plain chroma upsampling (~45 dB PSNR
+                 against the exact decode, a few % faster).
   Reduced-scale decoding low-passes in the DCT domain before the bicubic resize; it never upsamples the crop.
   Non-JPEG bytes and anything simplejpeg rejects (CMYK, corrupt data) fall back to PIL.
   """
@@ -114,7 +144,7 @@ class LazyImage:
     if self._size is None:
       if isinstance(self.data, np.ndarray):
         self._size = int(self.data.shape[1]), int(self.data.shape[0])
-      elif self.decoder == 'simplejpeg' and self._pil is None and _is_jpeg(self.data):
+      elif self.decoder in _SIMPLEJPEG and self._pil is None and _is_jpeg(self.data):
         try:
           h, w, _, _ = _simplejpeg.decode_jpeg_header(self.data)
           self._size = int(w), int(h)
@@ -124,17 +154,25 @@ class LazyImage:
         self._size = self._open().size
     return self._size
 
-  def _decode_reduced(self, scale: float) -> tuple[Image.Image, float, float] | None:
-    """Decodes at >= `scale` of full size with the configured decoder; None when not applicable."""
+  def _decode_reduced(self, scale: float, box_fraction: float = 1.0) -> tuple[Image.Image, float, float] | None:
+    """Decodes at >= `scale` of full size with the configured decoder; None when not applicable.
+
+    `box_fraction` (the crop's share of the image area) lets simplejpeg pick the cheapest M/8 scale.
+    simplejpeg results come back in mode 'RGBX' (or 'L'): PIL wraps the decoder's buffer without copying it.
+    """
     w, h = self.size
     need_w, need_h = max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
-    if self.decoder == 'simplejpeg' and _is_jpeg(self.data):
+    if self.decoder in _SIMPLEJPEG and _is_jpeg(self.data):
+      m = dct_eighths(w, h, need_w, need_h, box_fraction)
+      mode = 'L' if self.mode == 'L' else 'RGBX'  # PIL stores RGB as 4 bytes a pixel: RGBX is its own layout
+      fast = self.decoder == 'simplejpeg_fast'
       try:
-        arr = _simplejpeg.decode_jpeg(self.data, colorspace='GRAY' if self.mode == 'L' else 'RGB',
-                                      min_width=need_w, min_height=need_h)
+        arr = _simplejpeg.decode_jpeg(self.data, colorspace='GRAY' if mode == 'L' else 'RGBX', fastdct=fast,
+                                      fastupsample=fast, min_width=math.ceil(w * m / 8),
+                                      min_height=math.ceil(h * m / 8))
       except ValueError:
         return None  # e.g. CMYK or a damaged stream: let PIL handle it
-      img = Image.fromarray(arr[..., 0] if self.mode == 'L' else arr)
+      img = Image.frombuffer(mode, (arr.shape[1], arr.shape[0]), arr, 'raw', mode, 0, 1)
       return img, img.size[0] / w, img.size[1] / h
     if self.decoder == 'pil' and scale <= 0.5:
       img = self._open()
@@ -150,13 +188,17 @@ class LazyImage:
     if not isinstance(self.data, np.ndarray) and self.decoder != 'pil_full':
       # The smallest scale at which the box still has at least out_size pixels.
       scale = max(out_size[0] / max(right - left, 1e-6), out_size[1] / max(lower - upper, 1e-6))
-      reduced = self._decode_reduced(scale) if scale < 1 else None
-      if reduced is None and self.decoder == 'simplejpeg' and _is_jpeg(self.data):
+      w, h = self.size
+      box_fraction = (right - left) * (lower - upper) / max(w * h, 1)
+      reduced = self._decode_reduced(scale, box_fraction) if scale < 1 else None
+      if reduced is None and self.decoder in _SIMPLEJPEG and _is_jpeg(self.data):
         reduced = self._decode_reduced(1.0)  # full size, still via libjpeg-turbo's faster path
       if reduced is not None:
         img, sx, sy = reduced
-        img = _convert(img, self.mode)
-        return img.resize(out_size, resample, box=(left * sx, upper * sy, right * sx, lower * sy))
+        if img.mode != 'RGBX':  # RGBX resizes as is and is repacked once, at the output size
+          img = _convert(img, self.mode)
+        out = img.resize(out_size, resample, box=(left * sx, upper * sy, right * sx, lower * sy))
+        return out if out.mode == self.mode else out.convert(self.mode)
     img = _convert(self._open(), self.mode)
     return img.resize(out_size, resample, box=(left, upper, right, lower))
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from mim_jax import config as config_lib
 from mim_jax import methods
+from mim_jax.data import device as data_device
 from mim_jax.data import pipeline
 from mim_jax.eval import monitors as monitors_lib
 from mim_jax.train import aot
@@ -142,7 +143,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     t0 = time.perf_counter()
     with preemption.PreemptionGuard() as guard:
       for step in range(start, stop_at):
-        batch = shd.global_batch(next(iterator), mesh)
+        # uint8 pixels from the host are normalized on the device (data.normalize_on_device)
+        batch = data_device.normalize(shd.global_batch(next(iterator), mesh), info)
         if step == start and compiled is not None and not _same_avals(batch, batch_spec):
           log('note: the batch differs from the compiled spec; compiling the step again for it.')
           compiled = None
@@ -192,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 def _train_iterator(config, per_host: int):
   """This process's shard of the train data (every process takes every N-th example of the global order)."""
   return pipeline.train_iterator(config.data, per_host, seed=config.seed, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
+                                 process_count=jax.process_count(), allow_uint8_images=True)
 
 
 def _replicated_array(value: np.ndarray, mesh) -> jax.Array:
