@@ -18,7 +18,7 @@ def classifier():
   encoder = ViTEncoder(patch_size=4, width=16, depth=DEPTH, num_heads=2, mlp_ratio=2.0, drop_path=0.1,
                        final_norm=False)
   model = finetune.Classifier(encoder, num_classes=5)
-  boxed = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))['params']
+  boxed = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))['params']
   return model, boxed, nn.meta.unbox(boxed)
 
 
@@ -34,10 +34,10 @@ def test_classifier_params_global_pool_head(classifier):
 def test_drop_path_needs_and_uses_the_dropout_rng(classifier):
   model, _, params = classifier
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
-  a = model.apply({'params': params}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(0)})
-  b = model.apply({'params': params}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(1)})
-  c = model.apply({'params': params}, x, deterministic=True)
-  assert not np.allclose(a, b) and np.allclose(c, model.apply({'params': params}, x))
+  train = jax.jit(lambda k: model.apply({'params': params}, x, deterministic=False, rngs={'dropout': k}))
+  a, b = train(jax.random.PRNGKey(0)), train(jax.random.PRNGKey(1))
+  c = jax.jit(lambda: model.apply({'params': params}, x, deterministic=True))()
+  assert not np.allclose(a, b) and not np.allclose(a, c)
 
 
 def test_weight_decay_mask_follows_the_reference(classifier):
@@ -63,7 +63,7 @@ def test_optimizer_scales_each_update_by_its_layer_multiplier(classifier):
   updates = {}
   for name, m in (('decayed', mult), ('flat', ones)):
     tx = finetune.make_optimizer(cfg, optax.constant_schedule(1e-3), m)
-    updates[name], _ = tx.update(grads, tx.init(params), params)
+    updates[name] = jax.jit(lambda g, p, tx=tx: tx.update(g, tx.init(p), p)[0])(grads, params)
   leaves = jax.tree_util.tree_leaves_with_path(updates['flat'])
   decayed = dict(jax.tree_util.tree_leaves_with_path(updates['decayed']))
   for path, flat in leaves:

@@ -19,7 +19,7 @@ from mim_jax.eval import monitors, pretrain_eval
 def setup():
   config = load_config('configs/mae/digits.py', 'tiny')
   method = methods.build(config, (16, 16, 1))
-  params = nn.meta.unbox(method.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)))[0])
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)))[0])
   return config, method, params
 
 
@@ -48,7 +48,7 @@ def test_val_loss_uses_fixed_masks_and_reconstruction_writes_a_figure(setup, tmp
   first = val(2, params)['loss']
   assert val(4, params)['loss'] == pytest.approx(first)  # same params, same masks -> same loss
   batch = {'image': val.batch['image'], 'label': val.batch['label']}
-  direct = method.loss_fn(params, {}, batch, jax.random.PRNGKey(7), 2)[0]
+  direct = jax.jit(lambda p, b: method.loss_fn(p, {}, b, jax.random.PRNGKey(7), 2)[0])(params, batch)
   assert first == pytest.approx(float(direct), rel=1e-5)
   out = rec(4, params)
   assert np.isfinite(out['loss']) and os.path.exists(tmp_path / 'reconstruction_step4.png')

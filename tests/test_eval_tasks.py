@@ -21,35 +21,66 @@ def _tiny(c):
   return c
 
 
-def test_linear_probe_and_finetune_share_a_workdir_and_the_report_tabulates_them(tmp_path, capsys):
+def _tiny_probe(arg='digits'):
+  c = _tiny(load_config('configs/eval/linear_probe.py', arg))
+  c.linear_probe.epochs, c.linear_probe.warmup_epochs = 4, 1
+  c.max_train_examples, c.max_eval_examples = 512, 200
+  return c
+
+
+def test_linear_probe_and_knn_on_a_random_encoder_write_the_summary_the_report_reads(tmp_path, capsys):
   workdir = str(tmp_path / 'random_init')
-  lp = _tiny(load_config('configs/eval/linear_probe.py', 'digits'))
+  lp = _tiny_probe()
   lp.random_init = True
-  lp.linear_probe.epochs, lp.linear_probe.warmup_epochs = 6, 1
-  lp.max_train_examples, lp.max_eval_examples = 512, 200
   out = tasks.run(lp, workdir)
   for key in ('linear_probe/top1', 'linear_probe/top5', 'knn/top1', 'knn/top5'):
     assert 0.0 <= out[key] <= 1.0
   # 10 balanced classes: even a random 32-wide encoder is far above chance (0.1) with k-NN on 512 digits.
   assert out['knn/top1'] > 0.3
   assert out['init'] == 'random' and out['checkpoint_step'] is None and len(out['linear_probe/config_hash']) == 12
-
-  ft = load_config('configs/eval/finetune_digits.py', 'tiny')
-  ft.random_init = True
-  out = tasks.run(ft, workdir)
-  assert 0.0 <= out['finetune/top1'] <= out['finetune/top5'] <= 1.0 and out['finetune/steps'] == 6
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    summary = json.load(f)
-  assert {'linear_probe/top1', 'knn/top1', 'finetune/top1', 'finetune/config_hash'} <= set(summary)
-  assert os.path.exists(os.path.join(workdir, 'finetune_loss.png'))
   assert os.path.exists(os.path.join(workdir, 'linear_probe_config.json'))
-
   capsys.readouterr()
   assert report.main([workdir]) == 0
   header, _, row = capsys.readouterr().out.splitlines()[:3]
-  for column in ('linear_probe/top1', 'knn/top1', 'finetune/top1'):
-    assert column in header
-  assert f'{100 * summary["finetune/top1"]:.1f}' in row
+  assert 'linear_probe/top1' in header and 'knn/top1' in header
+  assert f'{100 * out["knn/top1"]:.1f}' in row
+
+
+@pytest.mark.slow
+def test_pretrain_then_probe_and_finetune_from_the_workdir(tmp_path, capsys):
+  from mim_jax import main
+  from mim_jax.train import loop
+
+  pre_dir, eval_dir = str(tmp_path / 'pre'), str(tmp_path / 'eval')
+  pre_cfg = load_config('configs/mae/digits.py', 'tiny')
+  pre_cfg.eval.enabled = False
+  main.run(pre_cfg, pre_dir)
+  _, pre_params, step, _ = loop.load_params(pre_dir, pre_cfg)
+
+  lp = _tiny_probe()
+  lp.init = pre_dir
+  cached = main.run(lp, eval_dir)
+  assert cached['checkpoint_step'] == step and cached['init'] == os.path.abspath(pre_dir)
+  lp.cache_features, lp.data.augment, lp.knn.enabled = False, 'rrc_flip', False  # the augmented, streamed probe
+  streamed = main.run(lp, str(tmp_path / 'streamed'))
+  assert 0.0 <= streamed['linear_probe/top1'] <= 1.0
+
+  from mim_jax.eval import finetune
+  ft = load_config('configs/eval/finetune_digits.py', 'tiny')
+  ft.init = pre_dir
+  pre = pretrained.load(ft)
+  model = finetune.build_model(ft, pre, 10)
+  loaded = finetune.pretrained_encoder_params(pre, model)
+  np.testing.assert_array_equal(loaded['blocks_0']['attn']['qkv']['kernel'],
+                                pre_params['encoder']['blocks_0']['attn']['qkv']['kernel'])
+  first = main.run(ft, eval_dir)
+  assert 0.0 <= first['finetune/top1'] <= first['finetune/top5'] <= 1.0 and first['finetune/steps'] == 6
+  again = main.run(ft, eval_dir)  # resumes the finished fine-tune: evaluates the same params again
+  assert again['finetune/top1'] == first['finetune/top1']
+  with open(os.path.join(eval_dir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert {'linear_probe/top1', 'knn/top1', 'finetune/top1', 'finetune/config_hash'} <= set(summary)
+  assert os.path.exists(os.path.join(eval_dir, 'finetune_loss.png'))
 
 
 def test_init_from_a_converted_official_file(tmp_path):
@@ -59,7 +90,7 @@ def test_init_from_a_converted_official_file(tmp_path):
   pre_cfg = load_config('configs/mae/digits.py', 'tiny')
   method = methods.build(pre_cfg, (16, 16, 1))
   import flax.linen as nn
-  params = nn.meta.unbox(method.init(jax.random.PRNGKey(3), jnp.zeros((2, 16, 16, 1)))[0])
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(3), jnp.zeros((2, 16, 16, 1)))[0])
   official = to_official(jax.device_get(params), patch_size=4, grid_hw=(4, 4))
   path = str(tmp_path / 'mae_tiny.npz')
   np.savez(path, **{f'param/{k}': v for k, v in official.items()})
@@ -113,3 +144,28 @@ def test_clear_errors(tmp_path):
   c.task = 'segmentation'
   with pytest.raises(ValueError, match='not an evaluation task'):
     tasks.run(c, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_features_on_a_2x2_mesh_equal_one_device():
+  from conftest import run_python
+  out = run_python("""
+import sys; sys.path.insert(0, 'tests')
+import jax, numpy as np
+from conftest import load_config
+from mim_jax.eval import frozen
+from mim_jax.train import sharding as shd
+c = load_config('configs/eval/knn.py', 'digits')
+c.model.encoder.update(dict(variant=None, patch_size=4, width=32, depth=1, num_heads=2, mlp_ratio=2.0))
+c.random_init = True
+c.mesh.data, c.mesh.fsdp = 2, 2
+sharded = frozen.frozen_encoder(c)
+assert 'fsdp' in str(sharded.params['blocks_0']['attn']['qkv']['kernel'].sharding.spec)
+a, la = sharded.features('test', 100, 64)
+make_mesh = shd.make_mesh
+shd.make_mesh = lambda d, f: make_mesh(1, 1, devices=jax.devices()[:1])
+b, lb = frozen.frozen_encoder(c).features('test', 100, 64)
+print(a.shape, float(np.abs(a - b).max()), bool((la == lb).all()))
+""", devices=4)
+  *_, diff, same_labels = out.split()
+  assert '(100, 32)' in out and float(diff) < 1e-5 and same_labels == 'True'

@@ -5,6 +5,10 @@ figure. Writes everything into the workdir's flat ``summary.json``.
 Keys (fractions in [0, 1]): ``linear_probe/top1`` (the MAE probe head: BatchNorm without affine + linear,
 LARS), ``knn/top1`` (k=20, T=0.07), ``logreg/top1`` (scikit-learn logistic regression), each also under
 ``random_init/``; ``raw_pixels/logreg/top1``.
+
+Figures: ``reconstruction.png``, ``loss_curve.png`` (train loss, monitored losses, lr) and
+``probe_accuracy.png`` (the online monitors' accuracies against the step, with the final probes as last points);
+the final accuracies are also appended to metrics.jsonl / TensorBoard as ``eval/...`` at the last step.
 """
 
 from __future__ import annotations

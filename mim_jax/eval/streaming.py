@@ -61,7 +61,8 @@ def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: in
   it = pipeline.train_iterator(cfg, per_host, seed=0, process_index=me, process_count=procs)
   num_batches = -(-n // global_batch)
   local = np.arange(per_host)
-  for k in tqdm(range(num_batches), desc=desc or split, disable=not progress, leave=False):
+  show = progress and num_batches >= 20  # a bar only where there is something to wait for
+  for k in tqdm(range(num_batches), desc=desc or split, disable=not show, leave=False):
     batch = next(it)
     # Host `me` holds elements me, me + P, me + 2P, ... of the endless stream; element i is example i mod n.
     position = (k * per_host + local) * procs + me
