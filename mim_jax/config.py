@@ -21,7 +21,8 @@ reference (defaults in parentheses):
   remat (False)             rematerialize each transformer block in the backward pass
   mesh                      data (-1 = all devices), fsdp (1), rules (None = the default logical rules)
   data                      see mim_jax.data.pipeline.default_data_config
-  checkpoint                every_steps, keep, async_save
+  checkpoint                every_steps, keep, async_save, directory (None = <workdir>/checkpoints; may be
+                            gs://... so that all hosts of a pod write to it)
   log_every                 steps between progress lines / metrics rows
   nonfinite ('stop')        'stop': raise on a non-finite loss; 'skip': skip that update and count it
   eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval)
@@ -66,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.rules = config_dict.placeholder(tuple)
   c.data = default_data_config('imagenet2012')
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  c.checkpoint.directory = config_dict.placeholder(str)
   c.log_every = 100
   c.nonfinite = 'stop'
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import type_handlers
 
 # Replicated arrays smaller than this are written by one replica instead of being split across replicas
@@ -54,7 +55,7 @@ class Checkpointer:
   ``close()``."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = directory if '://' in directory else os.path.abspath(directory)  # gs://... stays a URL
     self.every_steps = max(1, int(every_steps))
     # The trainer decides when to save (interval, preemption, end) and always saves with force=True, so every
     # process takes the same decision at the same step without orbax's own policies.
@@ -83,16 +84,18 @@ class Checkpointer:
     """Restores the state into the shardings of ``abstract_state`` (a pytree of ShapeDtypeStruct with
     ``.sharding``), so a run restored on a different device count is resharded; restores the data
     iterator in place when given."""
+    with_data = data_iterator is not None and 'data' in self.item_names(step)
+    if with_data:
+      self._check_data_processes(step)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
     items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args)}
-    if data_iterator is not None and 'data' in self.item_names(step):
-      self._check_data_processes(step)
+    if with_data:
       items['data'] = _grain().CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored['state']
 
   def _check_data_processes(self, step: int) -> None:
-    files = os.listdir(os.path.join(self.directory, str(step), 'data'))
+    files = [p.name for p in (epath.Path(self.directory) / str(step) / 'data').iterdir()]
     counts = {int(m.group(2)) for m in map(_GRAIN_STATE_FILE.fullmatch, files) if m}
     if counts and jax.process_count() not in counts:
       raise ValueError(f'checkpoint {self.directory}/{step} was written by {sorted(counts)[0]} processes and this run '
@@ -101,8 +104,8 @@ class Checkpointer:
                        'workdir initialised from these parameters.')
 
   def item_names(self, step: int) -> list[str]:
-    path = os.path.join(self.directory, str(step))
-    return sorted(n for n in os.listdir(path) if not n.startswith('_')) if os.path.isdir(path) else []
+    path = epath.Path(self.directory) / str(step)
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith('_')) if path.is_dir() else []
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -103,8 +103,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
 
   ck = config.checkpoint
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=ck.every_steps,
-                                       keep=ck.keep, async_save=ck.get('async_save', True))
+  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(config, workdir), every_steps=ck.every_steps, keep=ck.keep,
+                                       async_save=ck.get('async_save', True))
   writer = None
   try:
     resumed_from = checkpointer.latest_step()
@@ -191,6 +191,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   return TrainResult(state, method, info, mesh, total_steps, resumed_from)
 
 
+def checkpoint_dir(config, workdir: str) -> str:
+  """``config.checkpoint.directory`` (e.g. gs://... shared by all hosts of a pod), else ``<workdir>/checkpoints``."""
+  return config.checkpoint.get('directory', None) or os.path.join(workdir, 'checkpoints')
+
+
 def _train_iterator(config, per_host: int):
   """This process's shard of the train data (every process takes every N-th example of the global order)."""
   return pipeline.train_iterator(config.data, per_host, seed=config.seed, process_index=jax.process_index(),
@@ -252,7 +257,7 @@ def load_params(workdir: str, config: ml_collections.ConfigDict, step: Optional[
   abstract = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
   rep = shd.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every_steps=1)
+  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(config, workdir), every_steps=1)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
