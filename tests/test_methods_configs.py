@@ -46,6 +46,15 @@ def test_simmim_vit_base_is_the_paper_recipe():
   assert tuple(c.data.crop_scale) == (0.67, 1.0) and c.data.hflip
 
 
+def test_multistep_schedule_checks_its_settings():
+  with pytest.raises(ValueError, match='milestones'):
+    optim.warmup_multistep(1.0, 100, 10, [5])  # a milestone inside the warmup
+  opt = config_lib.base_config().optimizer
+  opt.schedule = 'step'
+  with pytest.raises(ValueError, match='optimizer.schedule'):
+    optim.make_schedule(opt, 1.0, 10, 1)
+
+
 def test_hpm_vit_base_keeps_mae_recipe_and_the_ema_ramp_in_epochs():
   mae = load_config('configs/mae/vit_base_in1k.py')
   c = load_config('configs/hpm/vit_base_in1k.py')
