@@ -21,10 +21,18 @@ def setup():
   config = load_config('configs/simmim/digits.py', 'tiny')
   method = methods.build(config, (16, 16, 1))
   images = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
-  params, _ = method.init(jax.random.key(1), images)
-  params = nn.meta.unbox(params)
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.key(1), images)[0])
   mask = method.masker(jax.random.key(2), images.shape[0]).mask
   return config, method, params, images, mask
+
+
+_FORWARD = {}
+
+
+def forward(method, *args):
+  # One compiled program (instead of op-by-op dispatch), shared by the tests of this module.
+  fn = _FORWARD.setdefault(id(method), jax.jit(method.forward))
+  return fn(*args)
 
 
 def test_config_is_simmim_with_coarse_masks(setup):
@@ -37,16 +45,20 @@ def test_config_is_simmim_with_coarse_masks(setup):
 
 def test_encoder_input_is_mask_token_exactly_at_masked_positions(setup):
   _, method, params, images, mask = setup
-  seen = {}
 
-  def record_block_input(next_fun, args, kwargs, context):
-    if context.module.name == 'blocks_0' and context.method_name == '__call__':
-      seen['x'] = args[0]
-    return next_fun(*args, **kwargs)
+  def first_block_input(params):
+    seen = {}
 
-  with nn.intercept_methods(record_block_input):
-    method.forward(params, images, mask)
-  x = np.asarray(seen['x'])  # [B, 1 + N, D]: CLS, then the tokens entering the first block
+    def record(next_fun, args, kwargs, context):
+      if context.module.name == 'blocks_0' and context.method_name == '__call__':
+        seen['x'] = args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      method.forward(params, images, mask)
+    return seen['x']
+
+  x = np.asarray(jax.jit(first_block_input)(params))  # [B, 1 + N, D]: CLS, then the tokens entering block 0
   enc = params['encoder']
   tokens = x[:, 1:] - sincos_2d_table(x.shape[-1], 4, 4)[None]
   embedded = np.asarray(patchify(images, 4) @ enc['patch_embed']['kernel'] + enc['patch_embed']['bias'])
@@ -62,16 +74,16 @@ def test_masked_pixels_never_reach_the_prediction(setup):
   _, method, params, images, mask = setup
   pixel_mask = np.asarray(unpatchify(jnp.repeat(mask[..., None], 16, -1), 4, (4, 4), 1))
   noise = 5.0 * jax.random.normal(jax.random.key(3), images.shape)
-  base = method.forward(params, images, mask)['pred']
-  hidden_changed = method.forward(params, images + noise * pixel_mask, mask)['pred']
-  visible_changed = method.forward(params, images + noise * (1 - pixel_mask), mask)['pred']
+  base = forward(method, params, images, mask)['pred']
+  hidden_changed = forward(method, params, images + noise * pixel_mask, mask)['pred']
+  visible_changed = forward(method, params, images + noise * (1 - pixel_mask), mask)['pred']
   np.testing.assert_allclose(hidden_changed, base, atol=1e-5)
   assert np.abs(np.asarray(visible_changed) - np.asarray(base)).max() > 1e-3
 
 
 def test_loss_is_l1_over_masked_pixels_only(setup):
   _, method, params, images, mask = setup
-  out = method.forward(params, images, mask)
+  out = forward(method, params, images, mask)
   # The reference's formulation on the pixel grid: sum(|x - x_rec| * pixel_mask) / sum(pixel_mask) / channels.
   pred_img = np.asarray(unpatchify(out['pred'], 4, (4, 4), 1))
   pixel_mask = np.asarray(unpatchify(jnp.repeat(mask[..., None], 16, -1), 4, (4, 4), 1))
@@ -92,13 +104,12 @@ def test_coarse_mask_takes_the_token_size_from_the_encoder():
     methods.build(config, (16, 16, 1))
 
 
-def test_a_few_training_steps_reduce_the_loss_on_digits():
-  config = load_config('configs/simmim/digits.py', 'tiny')
+def test_a_few_training_steps_reduce_the_loss_on_digits(setup):
+  config, method, *_ = setup
   data = pipeline.eval_arrays(config.data, split='train', max_examples=64)
   images = jnp.asarray(data['image'])
-  method = methods.build(config, images.shape[1:])
   tx = optax.adamw(3e-3, b1=0.9, b2=0.95, weight_decay=0.05)
-  state = nn.meta.unbox(state_lib.make_init_fn(method, tx, images[:2])(jax.random.key(0)))
+  state = nn.meta.unbox(jax.jit(state_lib.make_init_fn(method, tx, images[:2]))(jax.random.key(0)))
   step = jax.jit(state_lib.make_train_step(method, tx, lambda s: 3e-3))
   probe_mask = method.masker(jax.random.key(123), images.shape[0]).mask
   loss_of = jax.jit(lambda p: method.forward(p, images, probe_mask)['loss'])
