@@ -137,3 +137,12 @@ def test_bad_hpm_settings_are_named():
   config.hpm.rankng = 'bce'
   with pytest.raises(ValueError, match='unknown config.hpm'):
     methods.build(config, (16, 16, 1))
+
+
+def test_schedule_length_follows_an_epoch_based_run():
+  config = load_config('configs/hpm/digits.py', 'tiny')
+  config.total_steps, config.epochs, config.batch_size = -1, 2.0, 16
+  method = methods.build(config, (16, 16, 1))
+  assert method.total_steps == 2 * (1437 // 16)  # epochs x steps per epoch of the digits train split
+  config.hpm.total_steps = 40
+  assert methods.build(config, (16, 16, 1)).total_steps == 40
