@@ -50,8 +50,9 @@ def test_registered_recipe_runs_in_the_pipeline_transform():
 
 
 def test_random_erasing_boxes():
-  images = jax.numpy.zeros((64, 16, 20, 3))
-  out, boxes = jax.jit(lambda r, x: random_erasing(r, x, prob=1.0))(jax.random.PRNGKey(0), images)
+  images = jax.numpy.zeros((48, 16, 20, 3))
+  erase = jax.jit(random_erasing)  # prob traced: one compile for both probabilities
+  out, boxes = erase(jax.random.PRNGKey(0), images, 1.0)
   boxes = np.asarray(boxes)
   frac = boxes.mean(axis=(1, 2))
   assert (frac > 0).mean() > 0.9  # almost always some draw fits
@@ -61,7 +62,7 @@ def test_random_erasing_boxes():
     assert b[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
   np.testing.assert_array_equal(np.asarray(out)[~boxes], 0.0)  # outside the box untouched
   assert np.asarray(out)[boxes].std() > 0.5  # inside: standard-normal noise
-  some, masks = random_erasing(jax.random.PRNGKey(1), images, prob=0.25)
-  assert 0.1 < (np.asarray(masks).any(axis=(1, 2))).mean() < 0.45
+  _, masks = erase(jax.random.PRNGKey(1), images, 0.25)
+  assert 0.05 < (np.asarray(masks).any(axis=(1, 2))).mean() < 0.5
   same, _ = random_erasing(jax.random.PRNGKey(1), images, prob=0.0)
   assert same is images
