@@ -7,7 +7,7 @@
 #       python -m mim_jax.main --config=configs/mae/digits.py:tiny --workdir=/tmp/mae_2x4 --mode=train
 #
 # Defaults: 2 processes x 4 devices, a free port. Process 0 prints to this terminal; process i > 0 writes to
-# LOG_DIR/process_i.log (default: a temporary directory, printed). Ctrl-C / SIGTERM are forwarded to every
+# LOG_DIR/process_i.log (default: a temporary directory, printed); LOG_DIR/process_i.pid holds each pid. Ctrl-C / SIGTERM are forwarded to every
 # process (the trainer saves a checkpoint at the next step and exits with 128 + signal). The exit status is the
 # first non-zero status among the processes, else 0.
 set -euo pipefail
@@ -59,6 +59,7 @@ for ((i = 0; i < procs; i++)); do
     env "${env_vars[@]}" "$@" > "$log_dir/process_$i.log" 2>&1 &
   fi
   pids+=($!)
+  echo $! > "$log_dir/process_$i.pid"  # to signal one process alone (e.g. a simulated preemption of one host)
 done
 
 # Poll rather than `wait -n` (bash 3 on macOS lacks it). When one process fails the others would block in

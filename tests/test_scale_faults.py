@@ -1,7 +1,7 @@
 """Faults a long run meets: SIGKILL in the middle of a checkpoint save, SIGTERM from a scheduler, a NaN.
 
 Each run is the real CLI in a subprocess on the tiny digits config. The runs share a persistent compilation
-cache, so only the first one compiles the train step.
+cache, so only the first one compiles the train step; still minutes on a loaded 2-core machine: slow tests.
 """
 
 import json
@@ -68,6 +68,7 @@ runpy.run_module('mim_jax.main', run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_keeps_the_previous_checkpoint_and_resume_matches(tmp_path, compile_cache):
   _cli(tmp_path / 'reference', compile_cache)
 
@@ -96,6 +97,7 @@ def test_sigkill_mid_save_keeps_the_previous_checkpoint_and_resume_matches(tmp_p
   _assert_same(resumed, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_interrupted_step_and_exits_143(tmp_path, compile_cache):
   workdir = tmp_path / 'run'
   # A long schedule with no periodic checkpoint: the only one is the preemption's.
@@ -170,6 +172,7 @@ print('SKIP', int(result.state.step), int(result.state.nonfinite_steps), finite)
 '''
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_without_a_poisoned_checkpoint_or_is_skipped(tmp_path, compile_cache):
   proc = subprocess.run([sys.executable, '-c', NAN_RUNS, str(tmp_path)], cwd=REPO, env=_env(compile_cache),
                         capture_output=True, text=True, timeout=600)

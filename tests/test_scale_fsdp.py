@@ -1,6 +1,8 @@
 """On 8 fake CPU devices: the FSDP-sharded step equals the data-parallel step, and each device holds about
 1/8 of the parameters and optimizer state (from the compiled step's memory_analysis())."""
 
+import pytest
+
 from conftest import run_python
 
 CODE = r'''
@@ -58,6 +60,7 @@ assert r_dp.params_bytes / r_fs.params_bytes > 6.0
 '''
 
 
+@pytest.mark.slow
 def test_fsdp_step_equals_data_parallel_step_and_shards_the_state():
   out = run_python(CODE, devices=8)
   assert 'max param diff' in out and 'ratio' in out

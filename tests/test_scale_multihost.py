@@ -2,12 +2,14 @@
 
 * 2 processes x 4 devices (launch/local_multiprocess.sh, parameters FSDP-sharded across both processes) train
   the same parameters as 1 process x 8 devices.
+* SIGTERM to one of the processes makes both checkpoint the same step and exit with 143.
 * A run checkpointed on 8 devices resumes on 4 (the state is resharded on restore) and ends where the
   uninterrupted 8-device run ends.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -96,12 +98,16 @@ def test_two_processes_train_the_same_parameters_as_one(tmp_path):
   assert sorted(os.listdir(ckpt / 'data')) == ['commit_success.txt', 'process_0-of-2.json', 'process_1-of-2.json']
   assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(os.listdir(ckpt / 'state'))
 
+  # Same batches and masks: the per-step losses agree to float32 rounding (a run that paired rows with other
+  # masks differs by ~1e-2 already at step 1).
   for step in range(1, 5):
     assert abs(_losses(two)[step] - _losses(one)[step]) < 1e-5, (step, _losses(two), _losses(one))
   (s2, p2), (s1, p1) = _params(two), _params(one)
   assert s2 == s1 == 4
+  # The all-reduce sums in another order across processes; Adam's m / sqrt(v) enlarges that rounding for
+  # parameters with tiny gradients (measured 6e-6 after 4 steps; one update moves a parameter by up to ~1e-4).
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)))
-  assert diff < 1e-5, diff
+  assert diff < 5e-5, diff
 
   # The data positions were saved per process: resuming them with another process count is refused clearly.
   with pytest.raises(ValueError, match='written by 2 processes and this run has 1'):
@@ -120,7 +126,27 @@ def test_resume_on_fewer_devices_reshards_the_state(tmp_path):
   assert "mesh {'data': 2, 'fsdp': 2} on 4 cpu devices" in out
   (s_full, full), (s_moved, moved) = _params(tmp_path / 'full'), _params(tmp_path / 'moved')
   assert s_full == s_moved == 6
-  # Same math, different partial sums per device: equal up to float32 rounding.
+  # Same math, different partial sums per device: equal up to float32 rounding (measured 1.8e-6).
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(moved)))
-  assert diff < 1e-5, diff
+  assert diff < 5e-5, diff
   assert abs(_losses(tmp_path / 'full')[6] - _losses(tmp_path / 'moved')[6]) < 1e-5
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_checkpoints_the_same_step_on_all(tmp_path):
+  logs, workdir = tmp_path / 'logs', tmp_path / 'run'
+  cmd = ['launch/local_multiprocess.sh', '-n', '2', '-d', '4', '-l', str(logs), '--', sys.executable, '-m',
+         'mim_jax.main', *ARGS, '--config.total_steps=100000', '--config.checkpoint.every_steps=100000',
+         f'--workdir={workdir}']
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path / 'cache'), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1)
+  for line in proc.stdout:  # process 0's progress lines
+    if line.startswith('step') and int(line.split('/')[0].split()[1]) >= 3:
+      os.kill(int((logs / 'process_1.pid').read_text()), signal.SIGTERM)  # one host is preempted
+      break
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 128 + signal.SIGTERM, out[-4000:]
+  step = int(out.split('stopped by SIGTERM after step ')[1].split(';')[0])  # process 0 stopped too
+  assert f'stopped by SIGTERM after step {step};' in (logs / 'process_1.log').read_text()
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [str(step)]
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(workdir / 'checkpoints' / str(step) / 'data'))

@@ -37,6 +37,10 @@ TPU_HBM_BYTES = {
 }
 
 
+_HOW_TO_FIT = ('To fit: shard parameters and optimizer state with a larger config.mesh.fsdp, set config.remat=True '
+               '(recompute activations per block), lower config.batch_size, or use config.compute_dtype=bfloat16.')
+
+
 class DoesNotFitError(ValueError):
   pass
 
@@ -125,8 +129,18 @@ def rng_spec(mesh) -> jax.ShapeDtypeStruct:
 
 
 def compile_train_step(step_fn, abstract_state, batch, rng, mesh) -> tuple[Any, StepReport]:
-  """``step_fn.lower(...).compile()`` (``state.jit_train_step``) and its per-device report."""
-  compiled = step_fn.lower(abstract_state, batch, rng).compile()
+  """``step_fn.lower(...).compile()`` (``state.jit_train_step``) and its per-device report.
+
+  Raises :class:`DoesNotFitError` when the compiler itself finds that the step cannot fit (the TPU compiler
+  does; GPU and CPU compile anyway and :func:`check_fits` compares the estimate with the device)."""
+  lowered = step_fn.lower(abstract_state, batch, rng)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    message = str(e).strip().splitlines()[0]
+    raise DoesNotFitError(f'the train step does not fit in device memory ({message}). {_HOW_TO_FIT}') from None
   return compiled, report_for(compiled, abstract_state, batch, mesh)
 
 
@@ -184,9 +198,8 @@ def check_fits(report: StepReport) -> None:
   raise DoesNotFitError(
       f'the train step needs about {b(report.peak_bytes)} per device (params {b(report.params_bytes)}, '
       f'optimizer {b(report.opt_state_bytes)}, temporaries/activations {b(report.temp_bytes)}) but a '
-      f'{report.device_kind} holds {b(report.memory_limit)}. To fit: shard parameters and optimizer state with '
-      'a larger config.mesh.fsdp, set config.remat=True (recompute activations per block), lower '
-      'config.batch_size, or use config.compute_dtype=bfloat16. Set MIM_JAX_SKIP_FIT_CHECK=1 to try anyway.')
+      f'{report.device_kind} holds {b(report.memory_limit)}. {_HOW_TO_FIT} Set MIM_JAX_SKIP_FIT_CHECK=1 to try '
+      'anyway.')
 
 
 def fit_check_enabled() -> bool:
@@ -279,7 +292,11 @@ def main(argv) -> None:
   if topology:
     jax.config.update('jax_platforms', 'cpu')  # the host's own backend; the TPU is only a compile target
   devices = tpu_devices(topology, flags.FLAGS.num_slices) if topology else jax.devices()
-  report = compile_for_devices(config, devices, config_image_shape(config))
+  try:
+    report = compile_for_devices(config, devices, config_image_shape(config))
+  except DoesNotFitError as e:
+    print(f'fits: NO - {e}')
+    sys.exit(1)
   print('\n'.join(report.lines()))
   print(f'global batch {config.batch_size} = {config.batch_size // report.num_devices} per device')
   if report.memory_limit is not None:

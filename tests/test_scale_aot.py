@@ -1,0 +1,49 @@
+"""The TPU "will it fit" check on this CPU host: compile the train step for a TPU slice (compile-only devices).
+
+Needs libtpu matching jax (jax 0.10.2: libtpu 0.0.42.*), installed or pointed at with TPU_LIBRARY_PATH; without
+it the CLI must say how to get it.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from mim_jax.train import aot
+
+HAS_LIBTPU = bool(os.environ.get('TPU_LIBRARY_PATH')) or importlib.util.find_spec('libtpu') is not None
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu not installed (pip install libtpu==0.0.42.*)')
+
+
+def _aot(*args):
+  proc = subprocess.run([sys.executable, '-m', 'mim_jax.train.aot', '--config=configs/mae/digits.py:tiny', *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.skipif(HAS_LIBTPU, reason='checks the message shown when libtpu is missing')
+def test_missing_libtpu_is_a_clear_error(monkeypatch):
+  for key in ('TPU_SKIP_MDS_QUERY', 'TPU_ACCELERATOR_TYPE', 'TPU_WORKER_HOSTNAMES', 'TPU_WORKER_ID'):
+    monkeypatch.setenv(key, os.environ.get(key, ''))  # restored after the test (tpu_devices sets defaults)
+  with pytest.raises(RuntimeError, match=r"libtpu is not available.*libtpu==0\.0\.42\.\*.*TPU_LIBRARY_PATH"):
+    aot.tpu_devices('v5e-8')
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_compiles_for_a_tpu_slice_and_reports_per_device_memory():
+  code, out, err = _aot('--topology=v5e-8', '--config.mesh.fsdp=2')
+  assert code == 0, out + err[-3000:]
+  assert "compiled train step for 8 x TPU v5 lite, mesh {'data': 4, 'fsdp': 2}" in out
+  assert 'of 16.00 GiB (TPU v5 lite HBM)' in out and 'fits: yes' in out and 'per device per step' in out
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_a_step_that_cannot_fit_fails_with_the_fix():
+  code, out, err = _aot('--topology=v5e-8', '--config.batch_size=4194304')  # ~70 GB of activations per chip
+  assert code == 1, out + err[-3000:]
+  assert 'fits: NO' in out and 'RESOURCE_EXHAUSTED' in out and 'config.remat=True' in out
