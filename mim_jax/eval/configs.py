@@ -185,9 +185,9 @@ def finetune(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every_steps = -1  # -1: once per epoch (and always at the end)
   c.eval_batch_size = 1024
   c.paper_top1 = paper_top1
-  if 'cpu' in tokens:
+  if 'cpu' in tokens:  # the same code path (RandAugment, erasing, mixup) on digits at 32x32
     set_encoder(c, **CPU_ENCODER)
-    c.data = data_overrides(name='mim_digits', image_size=32, augment='none')
+    c.data = data_overrides(name='mim_digits', image_size=32, augment='rrc_flip_randaug')
     c.batch_size = 32
     c.total_steps, c.warmup_steps = 6, 2
     c.log_every = 2
