@@ -182,7 +182,7 @@ def finetune(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.compute_dtype = 'float32'  # 'bfloat16' on accelerators (params and optimizer stay float32)
   c.remat = False
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, async_save=True))
-  c.eval_every_steps = -1  # -1: once per epoch (and always at the end)
+  c.eval_every_steps = -1  # -1: once per epoch, 0: only at the end (there is always one at the end)
   c.eval_batch_size = 1024
   c.paper_top1 = paper_top1
   if 'cpu' in tokens:  # the same code path (RandAugment, erasing, mixup) on digits at 32x32

@@ -227,7 +227,8 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   writer = metrics_lib.MetricWriter(workdir)
   progress = metrics_lib.Progress(total, config.batch_size, int(state.step))
-  every_eval = int(config.get('eval_every_steps', 0)) or total
+  every_eval = int(config.get('eval_every_steps', -1))
+  every_eval = steps_per_epoch if every_eval < 0 else (every_eval or total)  # -1: each epoch; 0: only at the end
   history: list[tuple[int, float]] = []
   pending: list[dict] = []
   try:
