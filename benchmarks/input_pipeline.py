@@ -12,11 +12,13 @@
      as crop + resize, random horizontal flip, ToTensor (CHW float32 / 255), Normalize(mean, std), then the
      default collate (np.stack) into batches;
    - ours: `mim_jax.data.pipeline.train_iterator` on the ArrayRecord dataset (same crop/flip recipe), single
-     process and single thread (`num_workers=0, read_threads=0`), per `--variants` entry `DECODER[:uint8]`:
+     process and single thread (`num_workers=0, read_threads=0`), per `--variants` entry `DECODER[:OUT]`:
      DECODER is 'pil_full' (PIL, full size), 'pil' (PIL draft), 'simplejpeg' / 'simplejpeg_fast' (if installed;
-     M/8 DCT scaling); plain = float32 batches normalized on the host (the baseline's output, in NHWC), ':uint8'
-     = uint8 batches as the trainer gets them with data.normalize_on_device (the normalization then runs on
-     the accelerator; its cost is reported separately, measured on this machine's jax backend).
+     M/8 DCT scaling); plain = float32 batches normalized on the host (the baseline's output, in NHWC);
+     ':uint8' = uint8 batches as the trainer gets them with data.normalize_on_device (the accelerator then
+     normalizes); ':canvas' = uint8 canvases + crop boxes as the trainer gets them with data.resize_on_device
+     (the accelerator then resamples, flips and normalizes). The device work of ':uint8' / ':canvas' is timed
+     separately, on this machine's jax backend (`device.preprocess` on one batch).
    Per-core throughput = images / CPU seconds of this process (robust when other jobs share the cores), the
    median over `--rounds` rounds in which the variants take turns (so they see the machine's load alike); wall
    time is reported too.
@@ -105,40 +107,46 @@ class Ours:
   """`train_iterator` batches (float32 normalized, or uint8 for normalization on the device), single process
   and single thread."""
 
-  def __init__(self, cfg, batch: int, uint8: bool):
-    from mim_jax.data import pipeline
+  def __init__(self, cfg, batch: int, out: str):
+    from mim_jax.data import device_crop, pipeline
 
-    cfg.normalize_on_device = uint8
-    self.it = pipeline.train_iterator(cfg, batch, seed=0, allow_uint8_images=uint8)
-    self.size = cfg.image_size
-    self.dtype = np.uint8 if uint8 else np.float32
+    cfg.normalize_on_device = out in ('uint8', 'canvas')
+    cfg.resize_on_device = out == 'canvas'
+    self.it = pipeline.train_iterator(cfg, batch, seed=0, allow_uint8_images=out != '')
+    side = device_crop.default_canvas(cfg.image_size) if out == 'canvas' else cfg.image_size
+    self.shape = (side, side, 3)
+    self.dtype = np.float32 if out == '' else np.uint8
 
   def step(self, num_images: int) -> int:
     done = 0
     while done < num_images:
       b = next(self.it)
-      assert b['image'].shape[1:] == (self.size, self.size, 3) and b['image'].dtype == self.dtype
+      assert b['image'].shape[1:] == self.shape and b['image'].dtype == self.dtype
       done += len(b['label'])
     return done
 
+  def next_batch(self):
+    return next(self.it)
 
-def device_normalize_cost(size: int, batch: int, repeats: int = 20) -> dict[str, float | str]:
-  """Time of `mim_jax.data.device.normalize` on a uint8 batch on jax's default device (what data.
-  normalize_on_device moves off the host): ms per batch and µs per image, wall time after compilation."""
+
+def device_cost(variant: Ours, size: int, repeats: int = 5) -> dict[str, float | str]:
+  """Wall time of `mim_jax.data.device.preprocess` on one of `variant`'s batches on jax's default device (the
+  work data.normalize_on_device / resize_on_device move off the host), after compilation."""
   import jax
 
   from mim_jax.data import device, pipeline
 
   info = pipeline.DatasetInfo((size, size, 3), 0, 0, None, tuple(MEAN.tolist()), tuple(STD.tolist()))
-  images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
-  device.normalize({'image': images}, info)['image'].block_until_ready()
+  batch = {k: jax.device_put(v) for k, v in variant.next_batch().items()}
+  device.preprocess(batch, info)['image'].block_until_ready()
   t = time.perf_counter()
   for _ in range(repeats):
-    out = device.normalize({'image': images}, info)['image']
+    out = device.preprocess(batch, info)['image']
   out.block_until_ready()
   per_batch = (time.perf_counter() - t) / repeats
-  return {'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind), 'batch': batch,
-          'ms_per_batch': per_batch * 1e3, 'us_per_image': per_batch / batch * 1e6}
+  n = len(batch['label'])
+  return {'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind), 'batch': n,
+          'ms_per_batch': per_batch * 1e3, 'us_per_image': per_batch / n * 1e6}
 
 
 def decode_costs(files: list[str], size: int) -> dict[str, dict[int, float] | float]:
@@ -168,7 +176,27 @@ def decode_costs(files: list[str], size: int) -> dict[str, dict[int, float] | fl
     if box_pixels:
       resize = min(resize, (time.process_time() - c) / box_pixels)
   return {'decode_cost': {m: round(v / per_pixel[8], 2) for m, v in per_pixel.items()},
-          'resize_cost_per_box_pixel': round(resize / per_pixel[8], 2)}
+          'resize_cost_per_box_pixel': round(resize / per_pixel[8], 2),
+          'psnr_db_vs_pil_full': decoder_psnr(datas, size)}
+
+
+def decoder_psnr(datas: list[bytes], size: int) -> dict[str, dict[str, float]]:
+  """PSNR of each decoder's RandomResizedCrop output against the plain full-size PIL decode + resize (the same
+  boxes): what reduced-size and fast decoding cost in fidelity."""
+  from mim_jax.data import transforms
+
+  crop = transforms.RandomResizedCrop(size, scale=(0.2, 1.0))
+  decoders = ['pil'] + (['simplejpeg', 'simplejpeg_fast'] if transforms.resolve_decoder('auto') == 'simplejpeg'
+                        else [])
+  psnr = {d: [] for d in decoders}
+  for i, data in enumerate(datas):
+    ref = np.asarray(crop(transforms.LazyImage(data, 'RGB', 'pil_full'), np.random.default_rng(i)), np.float64)
+    for d in decoders:
+      out = np.asarray(crop(transforms.LazyImage(data, 'RGB', d), np.random.default_rng(i)), np.float64)
+      mse = np.mean((out - ref) ** 2)
+      psnr[d].append(99.0 if mse == 0 else 10 * math.log10(255 ** 2 / mse))  # 99: identical
+  return {d: {'median': round(float(np.median(v)), 1), 'p5': round(float(np.percentile(v, 5)), 1)}
+          for d, v in psnr.items()}
 
 
 def measure(variants: dict, images_per_round: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -221,8 +249,8 @@ def main(argv=None) -> int:
   p.add_argument('--rounds', type=int, default=8, help='timed rounds; each variant runs once per round')
   p.add_argument('--images-per-round', type=int, default=128)
   p.add_argument('--variants', default=None,
-                 help='comma-separated DECODER[:uint8] entries for our pipeline (default: pil_full,pil'
-                      '[,simplejpeg,simplejpeg:uint8,simplejpeg_fast:uint8])')
+                 help='comma-separated DECODER[:uint8|:canvas] entries for our pipeline (default: pil_full,pil'
+                      '[,simplejpeg,simplejpeg:uint8,simplejpeg_fast:uint8,simplejpeg:canvas])')
   p.add_argument('--decode-costs', action='store_true',
                  help='only measure the M/8 decode and resize cost constants of transforms.dct_eighths')
   p.add_argument('--workdir', default=None, help='where to put the JPEGs and dataset (default: a temp dir)')
@@ -266,13 +294,13 @@ def main(argv=None) -> int:
     else:
       specs = ['pil_full', 'pil']
       if transforms.resolve_decoder('auto') == 'simplejpeg':
-        specs += ['simplejpeg', 'simplejpeg:uint8', 'simplejpeg_fast:uint8']
+        specs += ['simplejpeg', 'simplejpeg:uint8', 'simplejpeg_fast:uint8', 'simplejpeg:canvas']
     variants = {'baseline: PIL loop (open+convert, RRC, flip, ToTensor, normalize)':
                 Baseline(files, args.image_size, args.batch)}
     for spec in specs:
       dec, _, out = spec.partition(':')
-      if out not in ('', 'uint8'):
-        p.error(f'bad variant {spec!r}: expected DECODER or DECODER:uint8')
+      if out not in ('', 'uint8', 'canvas'):
+        p.error(f'bad variant {spec!r}: expected DECODER, DECODER:uint8 or DECODER:canvas')
       cfg = pipeline.default_data_config('bench_photos')
       cfg.data_dir = data_dir
       cfg.image_size = args.image_size
@@ -280,10 +308,14 @@ def main(argv=None) -> int:
       cfg.read_threads = 0
       cfg.decoder = dec
       cfg.mean, cfg.std = tuple(MEAN.tolist()), tuple(STD.tolist())
-      name = f'mim_jax train_iterator, decoder={dec}, ' + ('uint8 out' if out else 'float32 out')
-      variants[name] = Ours(cfg, args.batch, uint8=bool(out))
+      name = f'mim_jax train_iterator, decoder={dec}, ' + {'': 'float32 out', 'uint8': 'uint8 out',
+                                                            'canvas': 'canvas out (resize on device)'}[out]
+      variants[name] = Ours(cfg, args.batch, out)
     results = measure(variants, args.images_per_round, args.rounds)
-    device_cost = device_normalize_cost(args.image_size, args.batch) if any(':' in s for s in specs) else None
+    device_costs = {}
+    for name, v in variants.items():
+      if isinstance(v, Ours) and v.dtype == np.uint8:
+        device_costs[name] = device_cost(v, args.image_size)
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -296,10 +328,9 @@ def main(argv=None) -> int:
     print(f"{k:{width}s}  {r['img_per_s_per_core']:10.0f}  {r['img_per_s_wall']:10.0f}  "
           f"{r['speedup_vs_baseline']:6.2f}x")
   print('(img/s/core: images per CPU-second of this process, median over rounds; speedup: per core vs baseline)')
-  if device_cost:
-    print(f"uint8 out: device.normalize on the {device_cost['backend']} device ({device_cost['device']}) takes "
-          f"{device_cost['ms_per_batch']:.2f} ms per batch of {device_cost['batch']} "
-          f"({device_cost['us_per_image']:.1f} µs per image, wall)")
+  for name, cost in device_costs.items():
+    print(f"{name}: device.preprocess on the {cost['backend']} device ({cost['device']}) takes "
+          f"{cost['ms_per_batch']:.2f} ms per batch of {cost['batch']} ({cost['us_per_image']:.1f} µs per image, wall)")
   load = os.getloadavg() if hasattr(os, 'getloadavg') else None
   if load:
     print(f'load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs')
@@ -313,7 +344,7 @@ def main(argv=None) -> int:
             'mean_image_size': sizes.mean(0).round().tolist(), 'mean_kib': round(float(nbytes.mean() / 1024), 1),
             'load_average_end': list(load) if load else None}
     with open(args.json, 'w') as f:
-      json.dump({'meta': meta, 'results': results, 'device_normalize': device_cost}, f, indent=1)
+      json.dump({'meta': meta, 'results': results, 'device_preprocess': device_costs}, f, indent=1)
   return 0
 
 

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mim_jax.data import device, digits, pipeline, sample_images, transforms
+from mim_jax.data import device, device_crop, digits, pipeline, sample_images, transforms
 
 
 @pytest.fixture(scope='module')
@@ -44,10 +44,13 @@ def test_uint8_needs_both_the_config_and_the_caller(cfg):
   assert next(pipeline.train_iterator(cfg, 8, seed=0))['image'].dtype == np.float32  # caller did not opt in
   cfg.normalize_on_device = False
   assert next(pipeline.train_iterator(cfg, 8, seed=0, allow_uint8_images=True))['image'].dtype == np.float32
-  assert pipeline.default_data_config('imagenet2012').normalize_on_device
-  assert not pipeline.default_data_config('mim_digits').normalize_on_device
+  # None (the default): on the device when jax runs on an accelerator, on the host on a CPU-only machine.
+  assert pipeline.default_data_config('imagenet2012').normalize_on_device is None
+  cfg.normalize_on_device = None
+  expected = np.float32 if jax.default_backend() == 'cpu' else np.uint8
+  assert next(pipeline.train_iterator(cfg, 8, seed=0, allow_uint8_images=True))['image'].dtype == expected
   bad = ml_collections.ConfigDict({**cfg.to_dict(), 'normalize_on_device': 'yes'})  # e.g. from a JSON config
-  with pytest.raises(ValueError, match='normalize_on_device must be True or False'):
+  with pytest.raises(ValueError, match='normalize_on_device must be None'):
     pipeline.dataset_info(bad)
 
 
@@ -93,3 +96,96 @@ def test_simplejpeg_rgbx_path_returns_plain_images_close_to_pil(mode):
     outs[dec] = np.asarray(img, np.float32)
   for dec in ('simplejpeg', 'simplejpeg_fast'):
     assert np.abs(outs[dec] - outs['pil_full']).mean() < 3.0, dec
+
+
+def _resize_on_device(records, transform, info):
+  """Host half (DeviceCrop + CanvasCollate) and device half (device.preprocess) of data.resize_on_device."""
+  batch = device_crop.CanvasCollate(transform.canvas, transform.channels)(records)
+  out = device.preprocess({k: jnp.asarray(v) for k, v in batch.items()}, info)
+  assert set(out) == {'image', 'label'}  # the canvas keys are consumed
+  return np.asarray(out['image']) * np.array(info.std) * 255 + np.array(info.mean) * 255, batch
+
+
+def _photo_cfg(decoder):
+  c = pipeline.default_data_config('photos')
+  c.decoder = decoder
+  c.image_size = 64
+  c.resize_on_device = True
+  return c
+
+
+@pytest.mark.parametrize('channels', [3, 1])
+def test_resize_on_device_reproduces_the_host_crops(channels):
+  """Same seed -> same crops and flips as the host transform; PIL's filter on the device agrees with PIL on
+  the host up to the order of its two passes (each rounds to uint8): a small fraction of pixels off by 1+."""
+  cfg = _photo_cfg('pil_full')  # full-size decoding on both sides: only the resampling differs
+  info = pipeline.DatasetInfo((64, 64, channels), 0, 0, None, (0.4,) * channels, (0.25,) * channels)
+  host = transforms.build_train_transform(cfg, channels)
+  on_device = device_crop.build(cfg, channels)
+  photos = sample_images.source_photos()
+  raws = [sample_images.jpeg_bytes(sample_images.random_photo(photos, np.random.default_rng(i), size=size), 90)
+          for i, size in enumerate([(450, 420), (375, 500), (640, 480), (30, 20), (120, 90), (500, 333)])]
+  raws.append(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))  # a raw-array record
+  rngs = lambda: [np.random.default_rng([7, i]) for i in range(len(raws))]  # noqa: E731
+  expected = np.stack([host(r, g) for r, g in zip(raws, rngs())]).astype(np.float32)
+  records = [dict(on_device(r, g), label=np.int32(0)) for r, g in zip(raws, rngs())]
+  got, batch = _resize_on_device(records, on_device, info)
+  assert batch['image'].shape == (len(raws), 128, 128, channels) and batch['image'].dtype == np.uint8
+  assert batch['flip'].any() and not batch['flip'].all()  # both kinds of example are covered
+  diff = np.abs(got - expected)
+  assert diff.mean() < 0.1 and (diff > 1.01).mean() < 0.002, (diff.mean(), (diff > 1.01).mean())
+
+
+def test_resize_on_device_falls_back_to_the_host_when_the_crop_cannot_fit():
+  cfg = _photo_cfg('pil_full')
+  cfg.device_canvas = 64  # = the output: a large crop's neighbourhood cannot fit
+  info = pipeline.DatasetInfo((64, 64, 3), 0, 0, None, (0.4,) * 3, (0.25,) * 3)
+  photo = sample_images.random_photo(sample_images.source_photos(), np.random.default_rng(5), size=(400, 300))
+  raw = sample_images.jpeg_bytes(photo, 90)
+  rec = device_crop.build(cfg, 3)(raw, np.random.default_rng(1))
+  assert rec['image'].shape == (64, 64, 3) and rec['crop_box'].tolist() == [0, 0, 64, 64]
+  got, _ = _resize_on_device([dict(rec, label=np.int32(0))], device_crop.build(cfg, 3), info)
+  expected = transforms.build_train_transform(cfg, 3)(raw, np.random.default_rng(1)).astype(np.float32)
+  np.testing.assert_allclose(got[0], expected, atol=0.01)  # resampling 1:1 is the identity
+
+
+@pytest.mark.skipif(transforms.resolve_decoder('auto') != 'simplejpeg', reason='simplejpeg not installed')
+def test_resize_on_device_with_reduced_jpeg_decoding_stays_close():
+  cfg = _photo_cfg('simplejpeg')
+  cfg.image_size = 112
+  info = pipeline.DatasetInfo((112, 112, 3), 0, 0, None, (0.4,) * 3, (0.25,) * 3)
+  photos = sample_images.source_photos()
+  raws = [sample_images.jpeg_bytes(sample_images.random_photo(photos, np.random.default_rng(i), size=(900, 700)),
+                                   90) for i in range(4)]
+  on_device = device_crop.build(cfg, 3)
+  records = [dict(on_device(r, np.random.default_rng(i)), label=np.int32(0)) for i, r in enumerate(raws)]
+  # 900x700 photos at 112 px: the host decodes at a DCT scale, so the neighbourhood is smaller than the box.
+  assert all(r['image'].shape[0] < 700 // 2 for r in records)
+  got, _ = _resize_on_device(records, on_device, info)
+  full_cfg = _photo_cfg('pil_full')
+  full_cfg.image_size = 112
+  full = transforms.build_train_transform(full_cfg, 3)
+  expected = np.stack([full(r, np.random.default_rng(i)) for i, r in enumerate(raws)]).astype(np.float32)
+  assert np.abs(got - expected).mean() < 3.0  # the DCT-domain low-pass differs slightly from PIL's
+
+
+def test_resize_on_device_config_errors(cfg):
+  for field, value, match in [('augment', 'none', "augment='rrc_flip' only"),
+                              ('interpolation', 'lanczos', 'supports interpolation'),
+                              ('device_canvas', 8, 'device_canvas must be')]:
+    bad = ml_collections.ConfigDict({**cfg.to_dict(), 'resize_on_device': True, field: value})
+    with pytest.raises(ValueError, match=match):
+      pipeline.dataset_info(bad)
+
+
+def test_resize_on_device_through_the_pipeline_matches_the_host_pipeline(cfg):
+  info = pipeline.dataset_info(cfg)
+  host = next(pipeline.train_iterator(cfg, 64, seed=4))
+  cfg.resize_on_device = True
+  raw = next(pipeline.train_iterator(cfg, 64, seed=4, allow_uint8_images=True))
+  assert raw['image'].shape == (64, 32, 32, 1) and raw['image'].dtype == np.uint8
+  np.testing.assert_array_equal(raw['index'], host['index'])
+  out = device.preprocess({k: jnp.asarray(v) for k, v in raw.items()}, info)
+  assert set(out) == {'image', 'label', 'index'} and out['image'].shape == host['image'].shape
+  diff = np.abs(np.asarray(out['image']) - host['image']) * info.std[0] * 255  # in pixel levels
+  assert diff.mean() < 0.1 and (diff > 1.01).mean() < 0.005, (diff.mean(), (diff > 1.01).mean())

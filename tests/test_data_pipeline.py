@@ -200,7 +200,7 @@ def _build(d):
 
 def test_concurrent_builds_are_safe(tmp_path):
   d = str(tmp_path / 'race')
-  ctx = multiprocessing.get_context('fork')
+  ctx = multiprocessing.get_context('spawn')  # fork is unsafe once jax (other test files) has started threads
   procs = [ctx.Process(target=_build, args=(d,)) for _ in range(2)]
   for p in procs:
     p.start()

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from mim_jax.data import digits, sources, transforms
+from mim_jax.data import device_crop, digits, sources, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class DatasetInfo:
   std: tuple[float, ...]
   name: str = ''
   splits: dict[str, int] = dataclasses.field(default_factory=dict)
+  interpolation: str = 'bicubic'  # the train crop's resampling filter (what data.resize_on_device reproduces)
 
   def steps_per_epoch(self, global_batch_size: int) -> int:
     """Optimizer steps in one pass over the train split at this global batch size (drop-remainder)."""
@@ -73,8 +74,13 @@ def default_data_config(name: str = digits.NAME) -> ml_collections.ConfigDict:
   # chroma upsampling), 'pil' (draft), 'pil_full'.
   c.decoder = 'auto'
   # Pre-training ships uint8 batches and normalizes them on the accelerator (4x fewer bytes to copy and transfer,
-  # no per-image float pass on the host); evaluators keep getting float32 from the host either way.
-  c.normalize_on_device = not is_digits
+  # no per-image float pass on the host); evaluators keep getting float32 from the host either way. None: when
+  # jax's default backend is an accelerator (on a CPU-only host XLA's normalize costs more than numpy's).
+  c.normalize_on_device = config_dict.placeholder(bool)
+  # Throughput on accelerator hosts: the host only decodes the crop's neighbourhood into a uint8 canvas and the
+  # accelerator resamples (PIL's filter), flips and normalizes it (mim_jax/data/device_crop.py). 'rrc_flip' only.
+  c.resize_on_device = False
+  c.device_canvas = config_dict.placeholder(int)  # canvas side; None -> 2 x image_size (rounded up to 8)
   c.mean = config_dict.placeholder(tuple)  # None -> dataset metadata, digits' known values, else ImageNet's
   c.std = config_dict.placeholder(tuple)
   c.cache = 'auto'  # keep raw-array splits (digits) in memory: True / False / 'auto' (<= 256 MiB)
@@ -112,8 +118,19 @@ def _check_cfg(cfg) -> None:
     fail(f'num_workers must be an int >= 0, got {cfg.num_workers!r}')
   if cfg.get('augment', 'rrc_flip') not in transforms.AUGMENTS:
     fail(f'augment must be one of {sorted(transforms.AUGMENTS)}, got {cfg.augment!r}')
-  if not isinstance(cfg.get('normalize_on_device', False), bool):
-    fail(f'normalize_on_device must be True or False, got {cfg.normalize_on_device!r}')
+  if cfg.get('normalize_on_device', None) not in (None, True, False):
+    fail(f'normalize_on_device must be None (auto), True or False, got {cfg.normalize_on_device!r}')
+  if not isinstance(cfg.get('resize_on_device', False), bool):
+    fail(f'resize_on_device must be True or False, got {cfg.resize_on_device!r}')
+  if cfg.get('resize_on_device', False):
+    if cfg.get('augment', 'rrc_flip') != 'rrc_flip':
+      fail(f"resize_on_device supports augment='rrc_flip' only, got {cfg.augment!r}")
+    if cfg.interpolation not in device_crop.FILTER_SUPPORT:
+      fail(f'resize_on_device supports interpolation {sorted(device_crop.FILTER_SUPPORT)}, got '
+           f'{cfg.interpolation!r}')
+    canvas = cfg.get('device_canvas', None)
+    if canvas is not None and (not isinstance(canvas, int) or canvas < cfg.image_size):
+      fail(f'device_canvas must be None or an int >= image_size ({cfg.image_size}), got {canvas!r}')
   if cfg.get('decoder', 'auto') not in transforms.DECODERS:
     fail(f'decoder must be one of {transforms.DECODERS}, got {cfg.decoder!r}')
   if cfg.interpolation not in transforms.INTERPOLATIONS:
@@ -189,6 +206,7 @@ def dataset_info(data_cfg) -> DatasetInfo:
     std=std,
     name=data_cfg.name,
     splits=dict(ds.splits),
+    interpolation=data_cfg.interpolation,
   )
 
 
@@ -211,7 +229,9 @@ class _RecordTransform:
       index, record = record
     image = self.transform(record[self.image_key], rng)
     label = record[self.label_key] if self.label_key is not None else -1
-    out = {'image': image, 'label': np.int32(label)}
+    # A DeviceCrop returns the image with its crop parameters (data.resize_on_device).
+    out = dict(image) if isinstance(image, dict) else {'image': image}
+    out['label'] = np.int32(label)
     if index is not None:
       out['index'] = np.int64(index)
     return out
@@ -317,7 +337,30 @@ def _mark_absl_flags_parsed() -> None:
 
 def yields_uint8(data_cfg, allow_uint8_images: bool) -> bool:
   """Whether `train_iterator(data_cfg, ..., allow_uint8_images=...)` yields uint8 images (else float32)."""
-  return bool(allow_uint8_images and data_cfg.get('normalize_on_device', False))
+  if not allow_uint8_images:
+    return False
+  if data_cfg.get('resize_on_device', False):
+    return True
+  setting = data_cfg.get('normalize_on_device', None)
+  if setting is None:
+    import jax  # only callers that finish batches on the device get here, and they use jax already
+
+    return jax.default_backend() != 'cpu'
+  return bool(setting)
+
+
+def yields_canvases(data_cfg, allow_uint8_images: bool) -> bool:
+  """Whether the train batches are uint8 canvases with crop boxes for the device to resample."""
+  return bool(allow_uint8_images and data_cfg.get('resize_on_device', False))
+
+
+def _warn_if_cpu_backend() -> None:
+  import jax  # callers that finish batches on the device use jax already
+  from absl import logging
+
+  if jax.default_backend() == 'cpu':
+    logging.warning('data.resize_on_device with jax on the CPU: XLA resamples the canvases on this CPU, several '
+                    'times slower than PIL on the host; it pays off only on an accelerator (docs/data.md)')
 
 
 def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
@@ -341,8 +384,12 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
   if data_cfg.get('return_index', False):
     ds = ds.map_with_index(_WithIndex())
   ds = _EpochShuffle(ds, seed, shuffle=data_cfg.shuffle)
-  record_fn = _RecordTransform(transforms.build_train_transform(data_cfg, channels), ds_info.image_key,
-                               ds_info.label_key)
+  canvases = yields_canvases(data_cfg, allow_uint8_images)
+  if canvases:
+    _warn_if_cpu_backend()
+  transform = device_crop.build(data_cfg, channels) if canvases else transforms.build_train_transform(data_cfg,
+                                                                                                       channels)
+  record_fn = _RecordTransform(transform, ds_info.image_key, ds_info.label_key)
   # Seeded by (seed, global index): the augmentation of an example depends neither on the host count nor on
   # the number of workers, and differs between epochs.
   ds = ds.random_map(record_fn, seed=seed + 1)
@@ -350,7 +397,12 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
     ds = ds[process_index::process_count]
   # Batching the MapDataset (not the IterDataset) makes batches the unit of work for read threads and worker
   # processes: batch k always holds the same examples, whatever num_workers / read_threads are.
-  collate = _Collate() if yields_uint8(data_cfg, allow_uint8_images) else _Collate(mean, std)
+  if canvases:
+    collate = device_crop.CanvasCollate(transform.canvas, channels)
+  elif yields_uint8(data_cfg, allow_uint8_images):
+    collate = _Collate()
+  else:
+    collate = _Collate(mean, std)
   ds = ds.batch(int(batch_size_per_host), drop_remainder=True, batch_fn=collate)
   it = ds.to_iter_dataset(_read_options(data_cfg))
   if data_cfg.num_workers > 0:
@@ -365,11 +417,13 @@ def train_iterator(data_cfg, batch_size_per_host: int, seed: int, process_index:
                    process_count: int = 1, *, allow_uint8_images: bool = False) -> grain.DatasetIterator:
   """Endless iterator of dict(image=float32 [b, H, W, C] normalized, label=int32 [b]) for this host.
 
-  `allow_uint8_images=True` is for callers that normalize on the device: with data.normalize_on_device the
-  images then come as uint8 [b, H, W, C] (un-normalized pixels) and `mim_jax.data.device.normalize(batch, info)`
-  turns the global batch into the float32 one; otherwise nothing changes. The examples and augmentations are
-  the same either way. All hosts must pass the same `seed`. The result supports `get_state()` /
-  `set_state()` and grain's orbax checkpoint args (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
+  `allow_uint8_images=True` is for callers that finish the batch on the device with
+  `mim_jax.data.device.preprocess(batch, info)`, which always returns dict(image=float32 [b, H, W, C], label
+  [, index]). With data.normalize_on_device the images then come as uint8 [b, H, W, C] (un-normalized
+  pixels); with data.resize_on_device as uint8 canvases plus crop boxes and flips (mim_jax/data/device_crop.py);
+  otherwise nothing changes. The examples and augmentations are the same either way. All hosts must pass the
+  same `seed`. The result supports `get_state()` / `set_state()` and grain's orbax checkpoint args
+  (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
   """
   return iter(train_dataset(data_cfg, batch_size_per_host, seed, process_index, process_count,
                             allow_uint8_images=allow_uint8_images))

@@ -99,7 +99,7 @@ def dct_eighths(width: int, height: int, need_width: int, need_height: int, box_
   return best
 
 
-def _is_jpeg(data: bytes) -> bool:
+def is_jpeg(data: bytes) -> bool:
   return data[:3] == b'\xff\xd8\xff'
 
 
@@ -144,7 +144,7 @@ class LazyImage:
     if self._size is None:
       if isinstance(self.data, np.ndarray):
         self._size = int(self.data.shape[1]), int(self.data.shape[0])
-      elif self.decoder in _SIMPLEJPEG and self._pil is None and _is_jpeg(self.data):
+      elif self.decoder in _SIMPLEJPEG and self._pil is None and is_jpeg(self.data):
         try:
           h, w, _, _ = _simplejpeg.decode_jpeg_header(self.data)
           self._size = int(w), int(h)
@@ -162,7 +162,7 @@ class LazyImage:
     """
     w, h = self.size
     need_w, need_h = max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
-    if self.decoder in _SIMPLEJPEG and _is_jpeg(self.data):
+    if self.decoder in _SIMPLEJPEG and is_jpeg(self.data):
       m = dct_eighths(w, h, need_w, need_h, box_fraction)
       mode = 'L' if self.mode == 'L' else 'RGBX'  # PIL stores RGB as 4 bytes a pixel: RGBX is its own layout
       fast = self.decoder == 'simplejpeg_fast'
@@ -181,6 +181,26 @@ class LazyImage:
         return img, img.size[0] / w, img.size[1] / h
     return None
 
+  def decode_array(self, min_width: int, min_height: int) -> np.ndarray | None:
+    """JPEG pixels as uint8 [h, w, C] (C = 1 for mode 'L', else 3), decoded at a reduced scale of at least
+    min_width x min_height (simplejpeg: the smallest such M/8 scale; 'pil': draft's 1/2, 1/4, 1/8, or full);
+    None when the data is not a JPEG or simplejpeg cannot decode it (the caller falls back to `pil()`)."""
+    if isinstance(self.data, np.ndarray) or not is_jpeg(self.data):
+      return None
+    channels = 1 if self.mode == 'L' else 3
+    if self.decoder in _SIMPLEJPEG:
+      fast = self.decoder == 'simplejpeg_fast'
+      try:
+        return _simplejpeg.decode_jpeg(self.data, colorspace='GRAY' if channels == 1 else 'RGB', fastdct=fast,
+                                       fastupsample=fast, min_width=min_width, min_height=min_height)
+      except ValueError:
+        return None
+    img = self._open()
+    if self.decoder == 'pil' and img.format == 'JPEG':
+      img.draft(self.mode if self.mode in ('RGB', 'L') else None, (min_width, min_height))
+    img = _convert(img, self.mode)
+    return np.asarray(img).reshape(img.size[1], img.size[0], channels)
+
   def crop_resize(self, box: Sequence[float], out_size: tuple[int, int],
                   resample: Image.Resampling) -> Image.Image:
     """Crops `box` (left, upper, right, lower in full-size pixels) and resizes it to `out_size` (w, h)."""
@@ -191,7 +211,7 @@ class LazyImage:
       w, h = self.size
       box_fraction = (right - left) * (lower - upper) / max(w * h, 1)
       reduced = self._decode_reduced(scale, box_fraction) if scale < 1 else None
-      if reduced is None and self.decoder in _SIMPLEJPEG and _is_jpeg(self.data):
+      if reduced is None and self.decoder in _SIMPLEJPEG and is_jpeg(self.data):
         reduced = self._decode_reduced(1.0)  # full size, still via libjpeg-turbo's faster path
       if reduced is not None:
         img, sx, sy = reduced

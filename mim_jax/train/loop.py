@@ -143,8 +143,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     t0 = time.perf_counter()
     with preemption.PreemptionGuard() as guard:
       for step in range(start, stop_at):
-        # uint8 pixels from the host are normalized on the device (data.normalize_on_device)
-        batch = data_device.normalize(shd.global_batch(next(iterator), mesh), info)
+        # uint8 pixels from the host are finished on the device (data.normalize_on_device / resize_on_device)
+        batch = data_device.preprocess(shd.global_batch(next(iterator), mesh), info)
         if step == start and compiled is not None and not _same_avals(batch, batch_spec):
           log('note: the batch differs from the compiled spec; compiling the step again for it.')
           compiled = None
