@@ -84,3 +84,17 @@ def test_pretrained_encoder_params_drop_mask_token_and_final_norm(classifier):
   assert finetune.pretrained_encoder_params(FakePretrained(), model) == {'cls_token': 1, 'blocks_0': 4}
   with_norm = model.clone(encoder=model.encoder.clone(final_norm=True), global_pool=False)
   assert 'norm' in finetune.pretrained_encoder_params(FakePretrained(), with_norm)
+
+
+def test_eval_interval():
+  assert finetune.eval_interval(-1, 1251, 125100) == 1251  # once per epoch (the ImageNet configs)
+  assert finetune.eval_interval(0, 11, 1100) == 1100  # only at the end
+  assert finetune.eval_interval(100, 11, 1100) == 100
+
+
+def test_resolve_steps_from_epochs_or_explicit_steps():
+  import ml_collections
+  c = ml_collections.ConfigDict(dict(epochs=100.0, warmup_epochs=5.0, total_steps=-1, warmup_steps=-1))
+  assert finetune.resolve_steps(c, 1437, 128) == (1100, 55, 11)
+  c.total_steps, c.warmup_steps = 6, 2
+  assert finetune.resolve_steps(c, 1437, 16) == (6, 2, 89)

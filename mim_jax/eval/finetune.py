@@ -160,6 +160,13 @@ def resolve_steps(config, num_train: int, batch: int) -> tuple[int, int, int]:
   return total, min(warm, total), steps_per_epoch
 
 
+def eval_interval(eval_every_steps: int, steps_per_epoch: int, total: int) -> int:
+  """Steps between evaluations: -1 (any negative) once per epoch, 0 only at the end, else as given."""
+  if eval_every_steps < 0:
+    return steps_per_epoch
+  return eval_every_steps or total
+
+
 def run(config, workdir: str) -> dict[str, Any]:
   """Fine-tunes and evaluates; returns the flat summary values (fractions in [0, 1])."""
   t0 = time.perf_counter()
@@ -227,8 +234,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   writer = metrics_lib.MetricWriter(workdir)
   progress = metrics_lib.Progress(total, config.batch_size, int(state.step))
-  every_eval = int(config.get('eval_every_steps', -1))
-  every_eval = steps_per_epoch if every_eval < 0 else (every_eval or total)  # -1: each epoch; 0: only at the end
+  every_eval = eval_interval(int(config.get('eval_every_steps', -1)), steps_per_epoch, total)
   history: list[tuple[int, float]] = []
   pending: list[dict] = []
   try:
