@@ -7,9 +7,9 @@
 #       python -m mim_jax.main --config=configs/mae/digits.py:tiny --workdir=/tmp/mae_2x4 --mode=train
 #
 # Defaults: 2 processes x 4 devices, a free port. Process 0 prints to this terminal; process i > 0 writes to
-# LOG_DIR/process_i.log (default: a temporary directory, printed); LOG_DIR/process_i.pid holds each pid. Ctrl-C / SIGTERM are forwarded to every
-# process (the trainer saves a checkpoint at the next step and exits with 128 + signal). The exit status is the
-# first non-zero status among the processes, else 0.
+# LOG_DIR/process_i.log (default: a temporary directory, printed); LOG_DIR/process_i.pid holds each pid.
+# Ctrl-C / SIGTERM reach every process as SIGTERM (the trainers save a checkpoint of the same step and exit with
+# 143). The exit status is the first non-zero status among the processes, else 0.
 set -euo pipefail
 
 procs=2
@@ -22,7 +22,7 @@ while getopts "n:d:p:l:h" opt; do
     d) devices="$OPTARG" ;;
     p) port="$OPTARG" ;;
     l) log_dir="$OPTARG" ;;
-    h) sed -n '2,14p' "$0"; exit 0 ;;
+    h) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "usage: $0 [-n PROCESSES] [-d DEVICES_PER_PROCESS] [-p PORT] [-l LOG_DIR] -- COMMAND..." >&2; exit 2 ;;
   esac
 done
@@ -46,8 +46,9 @@ pids=()
 forward() {  # pass the signal on; the trainers checkpoint at the next step and exit
   for pid in "${pids[@]}"; do kill -s "$1" "$pid" 2>/dev/null || true; done
 }
-trap 'forward TERM' TERM
-trap 'forward INT' INT
+# Ctrl-C goes on as SIGTERM: background processes of a script start with SIGINT ignored, and SIGTERM is what the
+# trainer (and JAX's preemption service in a multi-process run) reacts to from the very start.
+trap 'forward TERM' TERM INT
 
 echo "local multi-process run: $procs processes x $devices CPU devices, coordinator 127.0.0.1:$port, logs in $log_dir" >&2
 for ((i = 0; i < procs; i++)); do
