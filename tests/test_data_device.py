@@ -169,13 +169,15 @@ def test_resize_on_device_with_reduced_jpeg_decoding_stays_close():
   assert np.abs(got - expected).mean() < 3.0  # the DCT-domain low-pass differs slightly from PIL's
 
 
-def test_resize_on_device_config_errors(cfg):
+def test_resize_on_device_config_errors_only_where_canvases_are_made(cfg):
   for field, value, match in [('augment', 'none', "augment='rrc_flip' only"),
                               ('interpolation', 'lanczos', 'supports interpolation'),
                               ('device_canvas', 8, 'device_canvas must be')]:
     bad = ml_collections.ConfigDict({**cfg.to_dict(), 'resize_on_device': True, field: value})
     with pytest.raises(ValueError, match=match):
-      pipeline.dataset_info(bad)
+      pipeline.train_iterator(bad, 8, seed=0, allow_uint8_images=True)
+    # Evaluators inheriting the pre-training config read it on the host: the setting does not apply there.
+    assert next(pipeline.train_iterator(bad, 8, seed=0))['image'].dtype == np.float32
 
 
 def test_resize_on_device_through_the_pipeline_matches_the_host_pipeline(cfg):

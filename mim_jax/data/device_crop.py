@@ -150,13 +150,23 @@ class CanvasCollate:
 
 
 def build(cfg, channels: int) -> DeviceCrop:
-  """The `DeviceCrop` for `cfg` (data config with resize_on_device; only the 'rrc_flip' recipe)."""
+  """The `DeviceCrop` for `cfg` (data config with resize_on_device; only the 'rrc_flip' recipe).
+
+  Checked here, where canvases are made, not with the rest of the config: evaluators inherit the pre-training
+  data config and read it on the host (their own recipe, image size), where these settings do not apply.
+  """
+  def fail(msg):
+    raise ValueError(f'bad data config: {msg} (or set data.resize_on_device=False)')
+
   if cfg.get('augment', 'rrc_flip') != 'rrc_flip':
-    raise ValueError(f"data.resize_on_device supports augment='rrc_flip' only, got {cfg.augment!r}; set "
-                     'data.resize_on_device=False for other recipes')
+    fail(f"resize_on_device supports augment='rrc_flip' only, got {cfg.augment!r}")
+  if cfg.interpolation not in FILTER_SUPPORT:
+    fail(f'resize_on_device supports interpolation {sorted(FILTER_SUPPORT)}, got {cfg.interpolation!r}')
+  canvas = cfg.get('device_canvas', None)
+  if canvas is not None and (not isinstance(canvas, int) or canvas < cfg.image_size):
+    fail(f'device_canvas must be None or an int >= image_size ({cfg.image_size}), got {canvas!r}')
   crop = transforms.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
                                       interpolation=cfg.interpolation, subpixel=cfg.get('crop_subpixel', False))
-  canvas = cfg.get('device_canvas', None) or default_canvas(cfg.image_size)
-  return DeviceCrop(crop, 0.5 if cfg.hflip else None, channels, canvas, cfg.interpolation,
-                    cfg.get('decoder', 'auto'))
+  return DeviceCrop(crop, 0.5 if cfg.hflip else None, channels, canvas or default_canvas(cfg.image_size),
+                    cfg.interpolation, cfg.get('decoder', 'auto'))
 

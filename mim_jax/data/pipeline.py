@@ -122,15 +122,6 @@ def _check_cfg(cfg) -> None:
     fail(f'normalize_on_device must be None (auto), True or False, got {cfg.normalize_on_device!r}')
   if not isinstance(cfg.get('resize_on_device', False), bool):
     fail(f'resize_on_device must be True or False, got {cfg.resize_on_device!r}')
-  if cfg.get('resize_on_device', False):
-    if cfg.get('augment', 'rrc_flip') != 'rrc_flip':
-      fail(f"resize_on_device supports augment='rrc_flip' only, got {cfg.augment!r}")
-    if cfg.interpolation not in device_crop.FILTER_SUPPORT:
-      fail(f'resize_on_device supports interpolation {sorted(device_crop.FILTER_SUPPORT)}, got '
-           f'{cfg.interpolation!r}')
-    canvas = cfg.get('device_canvas', None)
-    if canvas is not None and (not isinstance(canvas, int) or canvas < cfg.image_size):
-      fail(f'device_canvas must be None or an int >= image_size ({cfg.image_size}), got {canvas!r}')
   if cfg.get('decoder', 'auto') not in transforms.DECODERS:
     fail(f'decoder must be one of {transforms.DECODERS}, got {cfg.decoder!r}')
   if cfg.interpolation not in transforms.INTERPOLATIONS:
