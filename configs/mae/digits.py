@@ -5,7 +5,7 @@
 Pre-trains a small ViT (patch 4 -> a 4x4 token grid, width 128) with MAE's recipe scaled to the data
 (mask 0.75, norm-pix MSE, AdamW 0.9/0.95, wd 0.05, warmup + cosine), then evaluates the frozen encoder
 (linear probe, kNN, logistic regression) next to the same probes on a randomly initialised encoder, and
-draws a reconstruction figure. About 2-4 minutes on 2 CPU cores.
+draws a reconstruction figure (6 min of CPU time for training on the 2-core box; see the README).
 """
 
 from mim_jax.config import base_config
