@@ -25,14 +25,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mim_jax.masking.core import Grid, MaskInfo, num_visible
+from mim_jax.masking.core import RatioCounts, Grid, MaskInfo
 from mim_jax.masking.ops import FILL_MODES, exact_count, per_example_keys, rectangle
 from mim_jax.masking.registry import register
 
 
 @register('block')
 @dataclasses.dataclass(frozen=True)
-class BlockMask:
+class BlockMask(RatioCounts):
   """BEiT block-wise masking: random rectangles (>= min_block tokens, aspect 0.3..3.3) up to the ratio."""
 
   grid: Grid
@@ -56,14 +56,6 @@ class BlockMask:
     if self.attempts is not None and self.attempts < 1:
       raise ValueError(f'attempts must be >= 1, got {self.attempts}.')
     _ = self.len_keep  # validates ratio
-
-  @property
-  def len_keep(self) -> int:
-    return num_visible(self.grid.num_tokens, self.ratio)
-
-  @property
-  def num_masked(self) -> int:
-    return self.grid.num_tokens - self.len_keep
 
   @property
   def _max_aspect(self) -> float:

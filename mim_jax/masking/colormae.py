@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax.masking.core import Grid, MaskInfo, mask_from_scores, num_visible
+from mim_jax.masking.core import RatioCounts, Grid, MaskInfo, mask_from_scores
 from mim_jax.masking.registry import register
 
 COLORS = ('red', 'blue', 'green', 'purple')
@@ -82,7 +82,7 @@ def make_noise_bank(color: str, bank_size: int, size: tuple[int, int], sigma1: f
 
 @register('colormae')
 @dataclasses.dataclass(frozen=True)
-class ColorNoiseMask:
+class ColorNoiseMask(RatioCounts):
   """ColorMAE: keep the tokens with the strongest filtered noise (red/blue/green/purple), precomputed bank."""
 
   grid: Grid
@@ -113,10 +113,6 @@ class ColorNoiseMask:
     bank = make_noise_bank(self.color, self.bank_size, (self.pattern_side, self.pattern_side),
                            self.sigma1, self.sigma2, self.bank_seed)
     object.__setattr__(self, '_bank', bank)
-
-  @property
-  def len_keep(self) -> int:
-    return num_visible(self.grid.num_tokens, self.ratio)
 
   @property
   def pattern_side(self) -> int:

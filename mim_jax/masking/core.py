@@ -73,6 +73,18 @@ def mask_from_boolean(masked: jax.Array, len_keep: int) -> MaskInfo:
   return mask_from_scores(masked.astype(jnp.float32), len_keep)
 
 
+class RatioCounts:
+  """Mixin for generators with a ``grid`` and a ``ratio``: the reference's static visible/masked counts."""
+
+  @property
+  def len_keep(self) -> int:
+    return num_visible(self.grid.num_tokens, self.ratio)
+
+  @property
+  def num_masked(self) -> int:
+    return self.grid.num_tokens - self.len_keep
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
   """Token grid of an image: ``height x width`` tokens."""

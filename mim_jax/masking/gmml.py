@@ -28,7 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mim_jax.masking.core import Grid, MaskInfo, num_visible
+from mim_jax.masking.core import RatioCounts, Grid, MaskInfo
 from mim_jax.masking.ops import FILL_MODES, exact_count, per_example_keys, rectangle
 from mim_jax.masking.registry import register
 
@@ -37,7 +37,7 @@ SHAPES = ('rect', 'ellipse')
 
 @register('gmml')
 @dataclasses.dataclass(frozen=True)
-class GroupMask:
+class GroupMask(RatioCounts):
   """GMML: random connected groups (rectangles or ellipses up to 30% of a side) until the ratio, exact."""
 
   grid: Grid
@@ -57,14 +57,6 @@ class GroupMask:
     if self.attempts is not None and self.attempts < 1:
       raise ValueError(f'attempts must be >= 1, got {self.attempts}.')
     _ = self.len_keep  # validates ratio
-
-  @property
-  def len_keep(self) -> int:
-    return num_visible(self.grid.num_tokens, self.ratio)
-
-  @property
-  def num_masked(self) -> int:
-    return self.grid.num_tokens - self.len_keep
 
   @property
   def max_height(self) -> int:

@@ -6,19 +6,15 @@ import dataclasses
 
 import jax
 
-from mim_jax.masking.core import Grid, MaskInfo, mask_from_scores, num_visible
+from mim_jax.masking.core import RatioCounts, Grid, MaskInfo, mask_from_scores
 from mim_jax.masking.registry import register
 
 
 @register('random')
 @dataclasses.dataclass(frozen=True)
-class RandomMask:
+class RandomMask(RatioCounts):
   grid: Grid
   ratio: float = 0.75
-
-  @property
-  def len_keep(self) -> int:
-    return num_visible(self.grid.num_tokens, self.ratio)
 
   def from_noise(self, noise: jax.Array) -> MaskInfo:
     """The reference semantics with explicit per-token noise ``[B, N]`` (smallest noise is kept)."""
