@@ -274,7 +274,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     'finetune/best_top1': max(a for _, a in history), 'finetune/steps': total,
     'finetune/epochs': round(total / steps_per_epoch, 2), 'finetune/peak_lr': peak,
     'finetune/seconds': round(time.perf_counter() - t0, 1),
-    'method': pre.config.method, 'init': pre.source, 'checkpoint_step': pre.step,
+    'method': 'none' if pre.source == 'random' else pre.config.method, 'init': pre.source,
+    'checkpoint_step': pre.step,
   }
 
 

@@ -136,7 +136,9 @@ def _knn(config, enc: FrozenEncoder, train, test) -> dict[str, Any]:
 
 def _provenance(enc: FrozenEncoder) -> dict[str, Any]:
   pre = enc.pretrained
-  return {'method': pre.config.method, 'init': pre.source, 'checkpoint_step': pre.step}
+  # A random-init baseline has no pre-training method: 'none' keeps report rows from suggesting one.
+  method = 'none' if pre.source == 'random' else pre.config.method
+  return {'method': method, 'init': pre.source, 'checkpoint_step': pre.step}
 
 
 def _train_streaming(config, enc: FrozenEncoder, eval_x, eval_y, workdir: str):
