@@ -71,7 +71,7 @@ def test_finetune_cpu_and_digits_variants_are_small():
   assert cpu.total_steps <= 10 and cpu.data.name == 'mim_digits' and cpu.model.encoder.variant is None
   digits = load_config('configs/eval/finetune_digits.py')
   assert digits.data.name == 'mim_digits' and not digits.data.hflip
-  assert digits.model.encoder.patch_size == 4 and digits.model.encoder.width == 128
+  assert digits.model.encoder.patch_size == 4 and digits.model.encoder.depth == 4
 
 
 def test_data_block_accepts_only_pipeline_fields():

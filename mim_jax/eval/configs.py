@@ -31,8 +31,8 @@ IMAGENET_FINETUNE = {  # size -> (variant, epochs, base_lr, layer decay, drop pa
 }
 # The tiny architecture of configs/mae/vit_*_in1k.py:cpu (digits at 32x32), so ':cpu' evals can run without an init.
 CPU_ENCODER = dict(patch_size=8, width=64, depth=2, num_heads=4, mlp_ratio=4.0)
-# The digits quickstart's encoder (configs/mae/digits.py).
-DIGITS_ENCODER = dict(patch_size=4, width=128, depth=6, num_heads=4, mlp_ratio=4.0)
+# The digits quickstart's encoder (configs/mae/digits.py), for random init without a workdir.
+DIGITS_ENCODER = dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=4.0)
 
 
 def data_overrides(**values) -> ml_collections.ConfigDict:

@@ -268,6 +268,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   if not history:  # resumed from a finished run: evaluate the restored params
     acc = evaluate(state.params)
     history.append((total, acc['top1']))
+  history += _logged_evals(workdir, total)  # evaluations before a resume count for the best too
   _figures(workdir)
   return {
     'finetune/top1': acc['top1'], 'finetune/top5': acc['top5'],
@@ -277,6 +278,16 @@ def run(config, workdir: str) -> dict[str, Any]:
     'method': 'none' if pre.source == 'random' else pre.config.method, 'init': pre.source,
     'checkpoint_step': pre.step,
   }
+
+
+def _logged_evals(workdir: str, total: int) -> list[tuple[int, float]]:
+  from mim_jax.eval import plots
+
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  steps, values = plots.series(plots.read_metrics_jsonl(path), 'finetune/eval/top1')
+  return [(int(s), float(v)) for s, v in zip(steps, values) if s <= total]
 
 
 def _figures(workdir: str) -> None:
