@@ -104,6 +104,15 @@ def test_init_from_a_converted_official_file(tmp_path):
   for key, want in jax.tree_util.tree_leaves_with_path(params['encoder']):
     np.testing.assert_array_equal(got[key], want)
 
+  from safetensors.numpy import save_file
+  from mim_jax.utils.tree_paths import flatten_with_names
+  native = str(tmp_path / 'mae_tiny.safetensors')  # mim_jax names joined by '/'
+  save_file({f'encoder/{k}': np.asarray(v) for k, v in flatten_with_names(params['encoder'])}, native)
+  c.init = native
+  got = dict(jax.tree_util.tree_leaves_with_path(pretrained.load(c).encoder_params()))
+  for key, want in jax.tree_util.tree_leaves_with_path(params['encoder']):
+    np.testing.assert_array_equal(got[key], want)
+
   c.model.encoder.width = 64
   with pytest.raises(ValueError, match='does not fit the configured encoder'):
     pretrained.load(c)
