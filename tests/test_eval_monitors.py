@@ -71,3 +71,10 @@ def test_end_of_run_figures_and_eval_rows(tmp_path):
   assert os.path.getsize(tmp_path / 'loss_curve.png') > 1000 and os.path.exists(tmp_path / 'probe_accuracy.png')
   last = json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[-1])
   assert last == {'step': 3, 'eval/linear_probe/top1': 0.5, 'eval/random_init/knn/top1': 0.2}
+
+
+def test_no_probe_figure_without_accuracy_monitors(tmp_path):
+  rows = [{'step': s, 'train/loss': 1.0 / s} for s in (1, 2)]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  assert pretrain_eval.run_figures(str(tmp_path), 2, {'knn/top1': 0.5}) == {'figures/loss_curve': 'loss_curve.png'}
+  assert not os.path.exists(tmp_path / 'probe_accuracy.png')

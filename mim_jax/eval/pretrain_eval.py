@@ -6,8 +6,8 @@ Keys (fractions in [0, 1]): ``linear_probe/top1`` (the MAE probe head: BatchNorm
 LARS), ``knn/top1`` (k=20, T=0.07), ``logreg/top1`` (scikit-learn logistic regression), each also under
 ``random_init/``; ``raw_pixels/logreg/top1``.
 
-Figures: ``reconstruction.png``, ``loss_curve.png`` (train loss, monitored losses, lr) and
-``probe_accuracy.png`` (the online monitors' accuracies against the step, with the final probes as last points);
+Figures: ``reconstruction.png``, ``loss_curve.png`` (train loss, monitored losses, lr) and, when accuracy
+monitors ran, ``probe_accuracy.png`` (their accuracies against the step, with the final probes as last points);
 the final accuracies are also appended to metrics.jsonl / TensorBoard as ``eval/...`` at the last step.
 """
 
@@ -116,10 +116,16 @@ def run_figures(workdir: str, step: int, results: dict) -> dict[str, str]:
   out: dict[str, str] = {}
   if jax.process_index() != 0 or not os.path.exists(metrics_path):
     return out
-  for key, name, draw, kwargs in (
-      ('figures/loss_curve', 'loss_curve.png', plots.plot_loss_curve, {'keys': ('train/loss', 'monitor/*loss')}),
-      ('figures/probe_accuracy', 'probe_accuracy.png', plots.plot_probe_curve,
-       {'keys': ('monitor/*top1', 'eval/linear_probe/top1', 'eval/knn/top1')})):
+  figures = [('figures/loss_curve', 'loss_curve.png', plots.plot_loss_curve,
+              {'keys': ('train/loss', 'monitor/*loss')})]
+  rows = plots.read_metrics_jsonl(metrics_path)
+  if any(k.startswith('monitor/') and k.endswith('top1') for row in rows for k in row):
+    figures.append(('figures/probe_accuracy', 'probe_accuracy.png', plots.plot_probe_curve,
+                    {'keys': ('monitor/*top1', 'eval/linear_probe/top1', 'eval/knn/top1')}))
+  else:  # the final probes alone are one point each: nothing to see against the step
+    log('probe_accuracy.png not drawn: no accuracy monitors in this run (add config.monitors.knn, see '
+        'mim_jax/eval/monitors.py).')
+  for key, name, draw, kwargs in figures:
     try:
       draw(metrics_path, os.path.join(workdir, name), **kwargs)
       out[key] = name
