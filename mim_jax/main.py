@@ -50,6 +50,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError('both --config and --workdir are required.')
+  from mim_jax import perf
+  perf.tune_host_allocator()  # before JAX starts its threads (see mim_jax/perf.py: no per-step page faults)
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
   from mim_jax.train import distributed, preemption

@@ -46,4 +46,4 @@ def test_compiles_for_a_tpu_slice_and_reports_per_device_memory():
 def test_a_step_that_cannot_fit_fails_with_the_fix():
   code, out, err = _aot('--topology=v5e-8', '--config.batch_size=4194304')  # ~70 GB of activations per chip
   assert code == 1, out + err[-3000:]
-  assert 'fits: NO' in out and 'RESOURCE_EXHAUSTED' in out and 'config.remat=True' in out
+  assert 'fits: NO' in out and 'RESOURCE_EXHAUSTED' in out and 'config.remat=full' in out

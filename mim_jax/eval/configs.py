@@ -180,7 +180,7 @@ def finetune(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
                                            label_smoothing=0.1))
   c.compute_dtype = 'float32'  # 'bfloat16' on accelerators (params and optimizer stay float32)
-  c.remat = False
+  c.remat = 'none'  # or 'full' / 'dots' (mim_jax.models.vit.REMAT_POLICIES)
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, async_save=True))
   c.eval_every_steps = -1  # -1: once per epoch, 0: only at the end (there is always one at the end)
   c.eval_batch_size = 1024

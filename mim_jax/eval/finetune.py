@@ -135,7 +135,7 @@ def build_model(config, pre: pretrained_lib.Pretrained, num_classes: int) -> Cla
   global_pool = bool(config.get('global_pool', True))
   encoder = pre.method.encoder_module().clone(
     drop_path=float(config.get('drop_path', 0.0)), use_mask_token=False, final_norm=not global_pool,
-    dtype=dtype_from_name(config.get('compute_dtype', 'float32')), remat=bool(config.get('remat', False)))
+    dtype=dtype_from_name(config.get('compute_dtype', 'float32')), remat=config.get('remat', 'none'))
   return Classifier(encoder, num_classes, global_pool, float(config.get('head_init_std', 2e-5)))
 
 

@@ -36,7 +36,7 @@ class MAEDecoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   attention_impl: str = 'einsum'
-  remat: bool = False
+  remat: bool | str = False  # see mim_jax.models.vit.REMAT_POLICIES
 
   @nn.compact
   def __call__(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:

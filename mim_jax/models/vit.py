@@ -78,6 +78,30 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, names)
 
 
+@jax.custom_vjp
+def materialize_cotangent(x: jax.Array) -> jax.Array:
+  """Identity whose cotangent passes an ``optimization_barrier``: the residual stream's gradient is then computed
+  once per block instead of being re-derived inside every consumer (see mim_jax.perf for why XLA:CPU needs it)."""
+  return x
+
+
+def _materialize_fwd(x):
+  return x, None
+
+
+def _materialize_bwd(_, g):
+  return (jax.lax.optimization_barrier(g),)
+
+
+materialize_cotangent.defvjp(_materialize_fwd, _materialize_bwd)
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """``x * Phi(x)`` written with ``erf``, as PyTorch computes it. (flax's form uses ``erfc``, whose XLA expansion
+  evaluates two ~60-term branches per element; XLA:CPU then repeats that in each consumer of the activation.)"""
+  return x * (0.5 + 0.5 * jax.lax.erf(x * np.float32(2**-0.5)).astype(x.dtype))
+
+
 class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -91,10 +115,12 @@ class Attention(nn.Module):
     hd = d // self.num_heads
     qkv = dense(3 * d, (EMBED, HEADS), self.dtype, 'qkv')(x)
     # The fused output is ordered (3, heads, head_dim), as in the reference's [3D, D] weight.
-    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, hd), 2, 0)
+    # split (whose gradient is one concatenate) rather than indexing a [3, ...] view (one pad + add per part).
+    q, k, v = (t.reshape(b, n, self.num_heads, hd) for t in jnp.split(qkv, 3, axis=-1))
     if self.attention_impl == 'einsum':
-      logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k)
-      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+      # Logits accumulate and the softmax runs in float32 whatever the compute dtype (the precision policy).
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
+      weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     elif self.attention_impl in ('xla', 'cudnn'):
       out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
@@ -111,7 +137,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     h = dense(self.hidden, (EMBED, MLP), self.dtype, 'fc1')(x)
-    h = nn.gelu(h, approximate=False)
+    h = gelu_exact(h)
     return dense(d, (MLP, EMBED), self.dtype, 'fc2')(h)
 
 
@@ -142,14 +168,39 @@ class Block(nn.Module):
     d = x.shape[-1]
     x = constrain(x, (BATCH, LENGTH, EMBED))
     y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x))
-    x = x + DropPath(self.drop_path, name='drop_path1')(y, deterministic)
+    x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path1')(y, deterministic))
     y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm2')(x))
-    return x + DropPath(self.drop_path, name='drop_path2')(y, deterministic)
+    return materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(y, deterministic))
 
 
-def block_class(remat: bool) -> type[Block]:
-  # Rematerialize a whole block in the backward pass: trades ~1/3 more compute for activation memory.
-  return nn.remat(Block, static_argnums=(2,)) if remat else Block
+# Rematerialization policies for a transformer block (config ``remat``): what the backward pass may keep from
+# the forward pass instead of recomputing it.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block input: least memory, ~1/3 more compute
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight-matmul outputs; recompute
+                                                                       # norms, GELU and attention
+}
+
+
+def remat_policy_name(remat: bool | str | None) -> str:
+  """Normalizes config ``remat``: False/None/'none' -> 'none', True -> 'full', or a name in REMAT_POLICIES."""
+  if isinstance(remat, str) and remat.lower() in ('true', 'false'):  # --config.remat=True on the command line
+    remat = remat.lower() == 'true'
+  if remat is None or remat is False or remat == 'none':
+    return 'none'
+  if remat is True:
+    return 'full'
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r} is not a rematerialization policy; use 'none', "
+                     f"{', '.join(repr(k) for k in REMAT_POLICIES)} (or True for 'full').")
+  return remat
+
+
+def block_class(remat: bool | str | None) -> type[Block]:
+  name = remat_policy_name(remat)
+  if name == 'none':
+    return Block
+  return nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[name])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +249,7 @@ class ViTEncoder(nn.Module):
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
   attention_impl: str = 'einsum'
-  remat: bool = False
+  remat: bool | str = False  # see REMAT_POLICIES
   # False: return the last block's output unnormalized. MAE fine-tuning with global pooling drops the final norm
   # and normalizes the pooled feature instead (fc_norm).
   final_norm: bool = True

@@ -6,7 +6,7 @@ allocated. The same code compiles the step for a TPU slice this host does not ha
 libtpu), the "will it fit on the pod" check before renting one:
 
   TPU_LIBRARY_PATH=/path/to/libtpu.so python -m mim_jax.train.aot \
-      --config=configs/mae/vit_large_in1k.py --topology=v5e-256 [--config.mesh.fsdp=16] [--config.remat=True]
+      --config=configs/mae/vit_large_in1k.py --topology=v5e-256 [--config.mesh.fsdp=16] [--config.remat=full]
 
 ``libtpu`` must match jax (jax 0.10.2 pins ``libtpu==0.0.42.*`` in its ``[tpu]`` extra). Install it into a
 separate directory so that plain runs on this host do not try to start a TPU backend:
@@ -37,7 +37,7 @@ TPU_HBM_BYTES = {
 }
 
 
-_HOW_TO_FIT = ('To fit: shard parameters and optimizer state with a larger config.mesh.fsdp, set config.remat=True '
+_HOW_TO_FIT = ('To fit: shard parameters and optimizer state with a larger config.mesh.fsdp, set config.remat=full '
                '(recompute activations per block), lower config.batch_size, or use config.compute_dtype=bfloat16.')
 
 

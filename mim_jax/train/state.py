@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mim_jax import perf
 from mim_jax.train import sharding as shd
 
 
@@ -73,7 +74,8 @@ def jit_train_step(train_step, state_shardings, mesh, rules):
   batch_sh = shd.batch_sharding(mesh)
   rep = shd.replicated(mesh)
   jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sh, rep),
-                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,),
+                   compiler_options=perf.compiler_options(mesh.devices.flat[0].platform))
 
   def step(state, batch, base_rng):
     with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
