@@ -452,7 +452,8 @@ def main(argv=None) -> None:
   env = {'cpu': platform.processor() or platform.machine(), 'python': platform.python_version(),
          'threads': args.threads or len(os.sched_getaffinity(0)), 'compute_dtype': args.compute_dtype,
          'attention': args.attention, 'remat': args.remat, 'steps': args.steps, 'warmup': args.warmup,
-         'repeats': args.repeats, 'baseline_malloc_tuning': args.baseline_malloc_tuning, 'load_start': os.getloadavg()[0], 'command': ' '.join(sys.argv)}
+         'repeats': args.repeats, 'baseline_malloc_tuning': args.baseline_malloc_tuning,
+         'load_start': os.getloadavg()[0], 'command': ' '.join(sys.argv)}
   print(f"measuring matmul peak ({env['threads']} threads)...", flush=True)
   peak = spawn('matmul', args)
   peak_flop_s = peak.get('peak_flop_s') if peak.get('ok') else None
