@@ -1,0 +1,46 @@
+"""benchmarks/train_step.py runs end to end and writes the records the README's table comes from; its FLOP
+counter counts what it should."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / 'benchmarks'))
+from flops import count_flops  # noqa: E402
+
+
+def test_flop_count_of_a_matmul_and_its_gradient():
+  a, b = jnp.ones((32, 48)), jnp.ones((48, 16))
+  assert count_flops(jnp.dot, a, b) == 2 * 32 * 48 * 16
+  # forward + two backward products (d/da and d/db), through jit and grad
+  loss = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.dot(a, b)), argnums=(0, 1)))
+  assert count_flops(loss, a, b) == 3 * 2 * 32 * 48 * 16
+  batched = count_flops(lambda q, k: jnp.einsum('bqd,bkd->bqk', q, k), jnp.ones((4, 10, 8)), jnp.ones((4, 12, 8)))
+  assert batched == 2 * 4 * 10 * 12 * 8
+
+
+def test_benchmark_writes_one_record_per_model(tmp_path):
+  has_torch = importlib.util.find_spec('transformers') is not None and importlib.util.find_spec('torch') is not None
+  frameworks = 'jax,torch' if has_torch else 'jax'
+  out = tmp_path / 'bench.json'
+  proc = subprocess.run([sys.executable, 'benchmarks/train_step.py', '--models', 'tiny4_32', '--batch', '8',
+                         '--steps', '1', '--warmup', '1', '--frameworks', frameworks, '--matmul-size', '256',
+                         '--json', str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert 'MAE ViT-Tiny/4@32' in proc.stdout  # the table
+  (record,) = json.loads(out.read_text())
+  assert record['model'] == 'tiny4_32' and record['batch'] == 8
+  assert record['mim_jax_img_s'] > 0 and record['jax_final_loss'] > 0
+  # ViT-Tiny/4 MAE, batch 8: 16 visible + CLS tokens in a 12 x 192 encoder, 65 in a 4 x 192 decoder; about 10 GFLOP
+  assert 5e9 < record['flops_per_step'] < 20e9, record['flops_per_step']
+  if has_torch:
+    assert record['baseline_img_s'] > 0
+    assert record['ratio'] == record['mim_jax_img_s'] / record['baseline_img_s']
