@@ -17,6 +17,14 @@ reference (defaults in parentheses):
   mask                      name (a mim_jax.masking generator) and its settings, e.g. ratio
   norm_pix_loss (True)      per-patch normalized pixel target
   compute_dtype ('float32') 'bfloat16' for mixed precision (params stay float32)
+                            or 'float16' (GPUs without bfloat16, e.g. V100/T4) with dynamic loss scaling; prefer
+                            'bfloat16' where the hardware has it (TPU, A100/H100, recent CPUs): same range as
+                            float32, no scaling, no skipped steps
+  loss_scale                float16 only: initial (2**15) and growth_interval (2000). The loss is scaled before
+                            the backward pass and the grads unscaled in float32; a step whose grads overflow is
+                            skipped and halves the scale (floor 1), growth_interval applied steps double it (cap
+                            2**24). Overflow skips are expected: counted in train/overflow_steps, logged with
+                            train/loss_scale, never a 'nonfinite' failure (mim_jax.train.state.DynamicLossScale)
   attention_impl ('einsum') 'xla' / 'cudnn' use jax.nn.dot_product_attention
   remat ('none')            per-block rematerialization in the backward pass: 'full' keeps only each block's input
                             (least memory, ~1/3 more compute), 'dots' also keeps the weight-matmul outputs
@@ -26,7 +34,8 @@ reference (defaults in parentheses):
   checkpoint                every_steps, keep, async_save, directory (None = <workdir>/checkpoints; may be
                             gs://... so that all hosts of a pod write to it)
   log_every                 steps between progress lines / metrics rows
-  nonfinite ('stop')        'stop': raise on a non-finite loss; 'skip': skip that update and count it
+  nonfinite ('stop')        'stop': raise on a non-finite loss/grad; 'skip': skip that update and count it in
+                            train/nonfinite_steps (float16 overflows under loss scaling do not count)
   eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval)
   monitors ({})             online evaluators every N steps, by name: kind knn / least_squares / reconstruction /
                             val_loss (see mim_jax.eval.monitors)
@@ -62,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask = ml_collections.ConfigDict(dict(name='random', ratio=0.75))
   c.norm_pix_loss = True
   c.compute_dtype = 'float32'
+  c.loss_scale = ml_collections.ConfigDict(dict(initial=2.0**15, growth_interval=2000))  # float16 only
   c.attention_impl = 'einsum'
   c.remat = 'none'
 
@@ -104,6 +114,15 @@ def _validate_remat(value) -> None:
     raise ValueError(f'config.{e}') from None
 
 
+def _validate_loss_scale(config: ml_collections.ConfigDict) -> None:
+  from mim_jax.train.state import loss_scaling_from_config
+
+  try:
+    loss_scaling_from_config(config)
+  except ValueError as e:
+    raise ValueError(f'config.{e} Set config.loss_scale.initial / growth_interval accordingly.') from None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad field and what would fix it."""
   from mim_jax import masking, methods
@@ -113,6 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if value not in choices:
       raise ValueError(f'config.{key}={value!r} is not one of {choices}.')
   _validate_remat(config.get('remat', 'none'))
+  _validate_loss_scale(config)
   if config.method not in methods.method_names():
     raise ValueError(f'config.method={config.method!r} is unknown; registered: {methods.method_names()}.')
   if config.mask.name not in masking.names():

@@ -198,8 +198,9 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, base_rng = jax.random.split(rng)
-  state, shardings = state_lib.create_sharded_state(state_lib.make_init_fn(objective, tx, example), init_rng,
-                                                    mesh, rules)
+  loss_scaling = state_lib.loss_scaling_from_config(config)  # compute_dtype='float16': dynamic loss scaling
+  state, shardings = state_lib.create_sharded_state(state_lib.make_init_fn(objective, tx, example, loss_scaling),
+                                                    init_rng, mesh, rules)
   if pre.source != 'random':
     encoder_params = pretrained_encoder_params(pre, model)
     pretrained_lib.check_same_structure(encoder_params, state.params['encoder'], 'the pre-trained encoder')
@@ -222,7 +223,8 @@ def run(config, workdir: str) -> dict[str, Any]:
       f'{opt.get("layer_decay", 1.0)}, drop path {model.encoder.drop_path}, random erasing '
       f'{objective.erasing_prob}, {mix}')
 
-  step_fn = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings, mesh, rules)
+  step_fn = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule, loss_scaling), shardings,
+                                     mesh, rules)
   forward = streaming.jit_forward(objective.logits, shardings.params, mesh, rules)
   eval_batch = int(config.get('eval_batch_size', 1024))
 

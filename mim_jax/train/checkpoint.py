@@ -12,6 +12,7 @@ the grain data-iterator state, so a resumed run sees exactly the batches it woul
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Optional
@@ -88,11 +89,38 @@ class Checkpointer:
     if with_data:
       self._check_data_processes(step)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
-    items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args)}
+    added = self._fields_added_since(step, abstract_state)
+    # partial_restore only for fields the state class gives defaults: any other mismatch stays an error.
+    items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args, partial_restore=bool(added))}
     if with_data:
       items['data'] = _grain().CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state']
+    state = restored['state']
+    if added:
+      state = state.replace(**{name: _place(default, getattr(abstract_state, name).sharding)
+                               for name, default in added.items()})
+      # partial_restore hands back the abstract leaf for anything else the checkpoint lacks.
+      lacking = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+                 if isinstance(leaf, jax.ShapeDtypeStruct)]
+      if lacking:
+        raise ValueError(f'checkpoint {self.directory}/{step} does not match this train state: it lacks '
+                         f'{", ".join(lacking[:8])}{"..." if len(lacking) > 8 else ""}.')
+    return state
+
+  def _fields_added_since(self, step: int, abstract_state: Any) -> dict[str, Any]:
+    """{name: default} for the fields of a dataclass state (``TrainState``'s loss-scale fields) that this
+    checkpoint predates, so that checkpoints written before those fields existed still restore. Empty when the
+    checkpoint has them all, or when a missing field has no default (then orbax reports the mismatch)."""
+    if not dataclasses.is_dataclass(abstract_state):
+      return {}
+    saved = self.manager.item_metadata(step)['state']
+    saved = getattr(saved, 'tree', saved)
+    if not isinstance(saved, dict):
+      return {}
+    missing = [f for f in dataclasses.fields(abstract_state) if f.name not in saved]
+    if any(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in missing):
+      return {}
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory() for f in missing}
 
   def _check_data_processes(self, step: int) -> None:
     files = [p.name for p in (epath.Path(self.directory) / str(step) / 'data').iterdir()]
@@ -113,6 +141,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _place(value: Any, sharding) -> jax.Array:
+  """``value`` laid out in ``sharding``, also one spanning several processes (each fills its own shards)."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

@@ -157,8 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         if done % config.log_every == 0 or done == stop_at or done == start + 1:
           rows = jax.device_get(pending)
           pending = []
-          avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-          avg['train/nonfinite_steps'] = int(rows[-1]['train/nonfinite_steps'])
+          avg = average_train_rows(rows)
           img_s, steps_s = progress.rate(done)
           avg['perf/images_per_s'] = img_s
           writer.write(done, avg)
@@ -239,7 +238,24 @@ def host_params(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def average_train_rows(rows: list[dict]) -> dict[str, float]:
+  """One metrics row for a log interval: the mean of each step metric, except for the counters and the loss
+  scale, which are running state (the interval's last value)."""
+  avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  avg['train/nonfinite_steps'] = int(rows[-1]['train/nonfinite_steps'])
+  if 'train/loss_scale' in avg:  # float16 loss scaling (state.DynamicLossScale)
+    avg['train/loss_scale'] = float(rows[-1]['train/loss_scale'])
+    avg['train/overflow_steps'] = int(rows[-1]['train/overflow_steps'])
+    # An overflow step's grad norm is inf by design (its update was skipped): average the steps that updated.
+    norms = [float(r['train/grad_norm']) for r in rows]
+    finite = [n for n in norms if np.isfinite(n)]
+    avg['train/grad_norm'] = float(np.mean(finite)) if finite else float(np.mean(norms))
+  return avg
+
+
 def _check_finite(nonfinite_steps: int, policy: str, step: int) -> None:
+  """Overflows under float16 loss scaling are not counted in ``nonfinite_steps`` (``train/overflow_steps``):
+  they are part of how the scale is found, so they never stop a run."""
   if nonfinite_steps and policy == 'stop':
     raise NonFiniteLossError(
         f'non-finite loss or gradient at or before step {step}: the update was skipped and no checkpoint '

@@ -73,7 +73,8 @@ class Progress:
   def line(self, step: int, metrics: Mapping[str, float], images_per_s: float, steps_per_s: float) -> str:
     eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('inf')
     parts = [f'step {step:>{len(str(self.total))}}/{self.total}']
-    for key, fmt in (('train/loss', '.4f'), ('train/lr', '.2e'), ('train/grad_norm', '.3f')):
+    for key, fmt in (('train/loss', '.4f'), ('train/lr', '.2e'), ('train/grad_norm', '.3f'),
+                     ('train/loss_scale', '.0f')):
       if key in metrics:
         parts.append(f'{key.split("/")[1]} {metrics[key]:{fmt}}')
     parts.append(f'{images_per_s:,.0f} img/s')
