@@ -34,8 +34,11 @@ reference (defaults in parentheses):
   checkpoint                every_steps, keep, async_save, directory (None = <workdir>/checkpoints; may be
                             gs://... so that all hosts of a pod write to it)
   log_every                 steps between progress lines / metrics rows
-  nonfinite ('stop')        'stop': raise on a non-finite loss/grad; 'skip': skip that update and count it in
-                            train/nonfinite_steps (float16 overflows under loss scaling do not count)
+  nonfinite ('stop')        'stop': raise on a non-finite loss/grad (checked at log steps and before each save; the
+                            update is skipped either way, so no checkpoint holds it); 'skip': skip that update and
+                            count it in train/nonfinite_steps (float16 overflows under loss scaling do not count)
+  transfer_guard ('allow')  'log' / 'disallow': report / refuse implicit host<->device copies in the step loop
+                            (jax.transfer_guard; the batch is put explicitly, metrics are fetched at log steps)
   eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval)
   monitors ({})             online evaluators every N steps, by name: kind knn / least_squares / reconstruction /
                             val_loss (see mim_jax.eval.monitors)
@@ -82,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.directory = config_dict.placeholder(str)
   c.log_every = 100
   c.nonfinite = 'stop'
+  c.transfer_guard = 'allow'
 
   c.eval = ml_collections.ConfigDict()
   c.eval.enabled = True
@@ -102,6 +106,7 @@ _CHOICES = {
     'compute_dtype': ('float32', 'bfloat16', 'float16'),
     'attention_impl': ('einsum', 'xla', 'cudnn'),
     'nonfinite': ('stop', 'skip'),
+    'transfer_guard': ('allow', 'log', 'disallow'),
 }
 
 

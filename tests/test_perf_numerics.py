@@ -169,3 +169,19 @@ def test_train_step_makes_no_host_device_transfer():
     with pytest.raises(Exception, match='Disallowed host-to-device'):  # the guard is live: a host batch is refused
       step(state, {'image': np.asarray(jax.device_get(batches[0]['image']))}, rng)
   assert int(state.step) == 3
+
+
+def test_train_loop_steps_make_no_implicit_transfer(tmp_path, monkeypatch):
+  config = load_config('configs/mae/digits.py', 'tiny')
+  config.eval.enabled = False
+  config.transfer_guard = 'disallow'
+  result = loop.train(config, str(tmp_path / 'run'))
+  assert int(result.state.step) == config.total_steps
+
+  # The guard is live inside the loop: a preprocessing step that sneaks a host array in is refused.
+  from mim_jax.data import device as data_device
+  real = data_device.preprocess
+  monkeypatch.setattr(data_device, 'preprocess', lambda batch, info: {
+      **real(batch, info), 'image': real(batch, info)['image'] + np.zeros((1,), np.float32)})
+  with pytest.raises(Exception, match='Disallowed host-to-device'):
+    loop.train(config, str(tmp_path / 'canary'))

@@ -138,22 +138,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     progress = metrics_lib.Progress(total_steps, config.batch_size, start)
     pending: list[dict] = []
     policy = config.get('nonfinite', 'stop')
-    previous = None
+    transfer_guard = config.get('transfer_guard', 'allow')
     distributed.barrier('train')
     t0 = time.perf_counter()
     with preemption.PreemptionGuard() as guard:
       for step in range(start, stop_at):
-        # uint8 pixels from the host are finished on the device (data.normalize_on_device / resize_on_device)
-        batch = data_device.preprocess(shd.global_batch(next(iterator), mesh), info)
-        if step == start and compiled is not None and not _same_avals(batch, batch_spec):
-          log('note: the batch differs from the compiled spec; compiling the step again for it.')
-          compiled = None
-        state, m = (compiled or step_fn)(state, batch, base_rng)
-        pending.append(m)
+        host_batch = next(iterator)
+        # transfer_guard 'disallow' (tests) turns any implicit host<->device copy of the step into an error: the
+        # batch goes up once, explicitly, and nothing comes back until a log step fetches the metrics.
+        with jax.transfer_guard(transfer_guard):
+          # uint8 pixels from the host are finished on the device (data.normalize_on_device / resize_on_device)
+          batch = data_device.preprocess(shd.global_batch(host_batch, mesh), info)
+          if step == start and compiled is not None and not _same_avals(batch, batch_spec):
+            log('note: the batch differs from the compiled spec; compiling the step again for it.')
+            compiled = None
+          state, m = (compiled or step_fn)(state, batch, base_rng)
+        pending.append(m)  # stays on the device until the next log step: no per-step host sync or transfer
         done = step + 1
-        if previous is not None and policy == 'stop':  # one step behind: the device keeps a step queued
-          _check_finite(int(previous['train/nonfinite_steps']), policy, done - 1)
-        previous = m
         if done % config.log_every == 0 or done == stop_at or done == start + 1:
           rows = jax.device_get(pending)
           pending = []
@@ -169,14 +170,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
             writer.write(done, {f'monitor/{monitor.name}/{k}': v for k, v in values.items()})
         preempted = guard.should_stop(done) and done != stop_at
         if (preempted or checkpointer.should_save(done)) and done != stop_at:
-          _check_finite(int(state.nonfinite_steps), policy, done)
+          _check_finite(int(jax.device_get(state.nonfinite_steps)), policy, done)
           checkpointer.save(done, state, iterator)
         if preempted:
           checkpointer.wait()
           log(f'Stopped by {signal.Signals(guard.signum).name}: checkpoint of step {done} saved in '
               f'{checkpointer.directory}; the same command resumes from it.')
           raise preemption.Preempted(done, guard.signum)
-    _check_finite(int(state.nonfinite_steps), policy, stop_at)
+    _check_finite(int(jax.device_get(state.nonfinite_steps)), policy, stop_at)
     if start < stop_at:
       checkpointer.save(stop_at, state, iterator)
     checkpointer.wait()
