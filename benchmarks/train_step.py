@@ -109,7 +109,9 @@ def jax_config(spec: dict, args):
   return c
 
 
-def run_jax(spec: dict, batch: int, args) -> dict:
+def build_jax_step(spec: dict, batch: int, args):
+  """``(step, compiled, info)``: ``step()`` runs one jitted mim_jax train step on a device-resident batch and
+  waits for it; ``info`` has the batch, compile time, memory and FLOPs. Also used by benchmarks/profile_step.py."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -175,12 +177,20 @@ def run_jax(spec: dict, batch: int, args) -> dict:
     jax.block_until_ready((holder['state'], metrics))
     holder['loss'] = metrics['train/loss']
 
+  info = dict(batch=batch, auto_batch=auto, compile_s=compile_s, memory_analysis_mib=mem_mib, flops_per_step=flops,
+              last_loss=lambda: float(holder['loss']))
+  return step, compiled, info
+
+
+def run_jax(spec: dict, batch: int, args) -> dict:
+  import jax
+
+  step, _, info = build_jax_step(spec, batch, args)
   result = timed_steps(step, args.warmup, args.steps)
-  loss = float(holder['loss'])
+  loss = info.pop('last_loss')()
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
-  result.update(batch=batch, auto_batch=auto, compile_s=compile_s, memory_analysis_mib=mem_mib,
-                flops_per_step=flops, final_loss=loss,
+  result.update(**info, final_loss=loss,
                 device_peak_mib=(stats or {}).get('peak_bytes_in_use', 0) / 2**20 or None,
                 devices=f'{jax.device_count()} x {device.device_kind}', jax_version=jax.__version__)
   return result
@@ -294,6 +304,15 @@ def run_torch(spec: dict, batch: int, args, compile_model: bool) -> dict:
 # Orchestration
 
 
+def parse_batch(value: str) -> int:
+  """A positive int, or 'auto' (0): the largest batch whose compiled step fits the device memory."""
+  if value == 'auto':
+    return 0
+  if not value.isdigit() or int(value) < 1:
+    raise argparse.ArgumentTypeError(f"--batch must be a positive int or 'auto', got {value!r}")
+  return int(value)
+
+
 def worker(args) -> None:
   threads = pin_cores(args.threads)
   if args.worker == 'jax' or (args.worker != 'matmul' and args.baseline_malloc_tuning):
@@ -319,8 +338,9 @@ def worker(args) -> None:
 def spawn(kind: str, args, model: str | None = None, batch: int | None = None) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--steps', str(args.steps),
          '--warmup', str(args.warmup), '--compute-dtype', args.compute_dtype, '--attention', args.attention,
-         '--remat', args.remat] + (['--baseline-malloc-tuning'] if args.baseline_malloc_tuning else [])
-  for flag, value in (('--model', model), ('--batch', batch), ('--threads', args.threads),
+         '--remat', args.remat, '--memory-fraction', str(args.memory_fraction)]
+  cmd += ['--baseline-malloc-tuning'] if args.baseline_malloc_tuning else []
+  for flag, value in (('--model', model), ('--batch', 'auto' if batch == 0 else batch), ('--threads', args.threads),
                       ('--matmul-size', args.matmul_size), ('--torch-device', args.torch_device)):
     if value:
       cmd += [flag, str(value)]
@@ -418,7 +438,9 @@ def print_table(records: list[dict], peak: dict, env: dict) -> None:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--models', default=DEFAULT_MODELS, help=f'comma-separated, from {sorted(MODELS)}')
-  p.add_argument('--batch', type=int, default=None, help='batch for every model (default: per model)')
+  p.add_argument('--batch', type=parse_batch, default=None,
+                 help="batch for every model (default: per model); 'auto': the largest that fits (accelerators, jax)")
+  p.add_argument('--memory-fraction', type=float, default=0.9, help='device memory --batch auto may use')
   p.add_argument('--steps', type=int, default=10, help='timed steps per measurement (>= 10 for the README)')
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--repeats', type=int, default=1, help='alternating repeats; the median is reported')
@@ -440,6 +462,8 @@ def main(argv=None) -> None:
     return worker(args)
   if args.steps < 1 or args.repeats < 1:
     p.error('--steps and --repeats must be >= 1')
+  if args.batch == 0 and args.frameworks != 'jax':
+    p.error("--batch auto sizes the jax step to the device memory: use it with --frameworks jax")
   models = [m.strip() for m in args.models.split(',') if m.strip()]
   unknown = [m for m in models if m not in MODELS]
   if unknown:
@@ -459,18 +483,20 @@ def main(argv=None) -> None:
   peak_flop_s = peak.get('peak_flop_s') if peak.get('ok') else None
   records = []
   for name in models:
-    batch = args.batch or MODELS[name]['batch']
+    batch = MODELS[name]['batch'] if args.batch is None else args.batch
     runs: dict[str, list[dict]] = {fw: [] for fw in frameworks}
     for rep in range(args.repeats):
       for fw in frameworks:
         print(f'{name} batch {batch}: {fw} (repeat {rep + 1}/{args.repeats})...', flush=True)
         r = spawn(fw, args, name, batch)
         runs[fw].append(r)
-        msg = (f"  {batch / r['s_per_step']:.1f} img/s, {r['s_per_step']:.3f} s/step, load {r['load_after']:.1f}"
-               if r.get('ok') else f"  failed: {r.get('error')}")
+        msg = (f"  {r.get('batch', batch) / r['s_per_step']:.1f} img/s, {r['s_per_step']:.3f} s/step, "
+               f"load {r['load_after']:.1f}" if r.get('ok') else f"  failed: {r.get('error')}")
         print(msg, flush=True)
         if r.get('devices'):
           env['devices'] = r['devices']
+    if batch == 0:  # auto: the batch the jax worker chose
+      batch = next((r['batch'] for r in runs.get('jax', []) if r.get('ok')), 0)
     rec = summarize(name, batch, runs, peak_flop_s)
     rec['env'] = {**env, 'matmul_peak_flop_s': peak_flop_s}
     records.append(rec)

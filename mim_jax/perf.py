@@ -29,8 +29,11 @@ _tuned: bool | None = None
 
 
 def compiler_options(platform: str) -> dict[str, str] | None:
-  """``jax.jit(..., compiler_options=...)`` for a train step on ``platform`` ('cpu', 'gpu', 'tpu')."""
-  return dict(_CPU_OPTIONS) if platform == 'cpu' else None
+  """``jax.jit(..., compiler_options=...)`` for a train step on ``platform`` ('cpu', 'gpu', 'tpu').
+  ``MIM_JAX_XLA_CPU_BARRIER=0`` turns the CPU option off (to measure what it buys: docs/performance.md)."""
+  if platform != 'cpu' or os.environ.get('MIM_JAX_XLA_CPU_BARRIER', '1') == '0':
+    return None
+  return dict(_CPU_OPTIONS)
 
 
 def tune_host_allocator() -> bool:

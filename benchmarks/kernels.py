@@ -1,0 +1,182 @@
+"""The pieces of a ViT train step, timed alone in JAX (XLA:CPU) and PyTorch: where the step's time goes and why.
+
+    python benchmarks/kernels.py                    # the shapes of MAE ViT-Tiny/4@32 b128 and ViT-B/16@224 b8
+    python benchmarks/kernels.py --only attention --threads 2
+
+Each piece runs forward + backward (what a train step does) on random float32 data; the median of 7 rounds of
+10 calls. JAX pieces are jitted; PyTorch runs eagerly with `torch.set_num_threads` = the same number of cores.
+
+* `dense`: one weight matrix product [tokens, in] x [in, out] (qkv / fc1 / fc2 shapes), forward only: the bulk
+  of the step's FLOPs;
+* `bmm`: the batched products inside attention ([batch*heads, N, d] x [.., d, N] and back), forward only;
+* `attention`: softmax attention on a fused qkv tensor, forward + backward: ours (`einsum`, the default, and
+  `jax.nn.dot_product_attention`) against torch's `scaled_dot_product_attention` (a fused flash kernel on CPU);
+* `layernorm`: flax `LayerNorm` vs `torch.nn.LayerNorm`, forward + backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+# (label, shapes) for the two benchmark models. Tokens: batch x (visible + CLS) in the encoder, batch x all in the
+# decoder.
+DENSE = [('tiny dec fc1', 8320, 192, 768), ('tiny dec fc2', 8320, 768, 192), ('tiny enc qkv', 2176, 192, 576),
+         ('B/16 enc fc1', 400, 768, 3072), ('B/16 dec fc1', 1576, 512, 2048)]
+BMM = [('B/16 dec q.k', 128, 197, 32, 197), ('B/16 dec p.v', 128, 197, 197, 32), ('tiny dec q.k', 384, 65, 64, 65)]
+ATTENTION = [('tiny enc', 128, 17, 3, 64), ('tiny dec', 128, 65, 3, 64), ('B/16 enc', 8, 50, 12, 64),
+             ('B/16 dec', 8, 197, 16, 32)]
+LAYERNORM = [('tiny dec', 8320, 192), ('B/16 dec', 1576, 512)]
+
+
+def timed(fn, rounds: int = 7, calls: int = 10) -> float:
+  fn()
+  fn()
+  times = []
+  for _ in range(rounds):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      fn()
+    times.append((time.perf_counter() - t0) / calls)
+  return statistics.median(times)
+
+
+def jax_pieces():
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  def ready(f):
+    return lambda *a: jax.block_until_ready(f(*a))
+
+  def dense(m, k, n):
+    a, b = jnp.asarray(np.random.randn(m, k), jnp.float32), jnp.asarray(np.random.randn(k, n), jnp.float32)
+    f = ready(jax.jit(jnp.dot))
+    return lambda: f(a, b)
+
+  def bmm(bh, m, k, n):
+    a, b = jnp.asarray(np.random.randn(bh, m, k), jnp.float32), jnp.asarray(np.random.randn(bh, k, n), jnp.float32)
+    f = ready(jax.jit(lambda a, b: jnp.einsum('bmk,bkn->bmn', a, b)))
+    return lambda: f(a, b)
+
+  def attention_core(b, n, h, d, impl):
+    """Attention on a given fused qkv (no projections), so it compares with torch's SDPA piece."""
+    qkv = jnp.asarray(np.random.randn(b, n, 3 * h * d), jnp.float32)
+    r = jnp.asarray(np.random.randn(b, n, h * d), jnp.float32)
+
+    def attend(qkv):
+      q, k, v = (t.reshape(b, n, h, d) for t in jnp.split(qkv, 3, axis=-1))
+      if impl == 'einsum':
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q * d ** -0.5, k, preferred_element_type=jnp.float32)
+        out = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
+      else:
+        out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+      return jnp.sum(out.reshape(b, n, h * d) * r)
+
+    f = ready(jax.jit(jax.grad(attend)))
+    return lambda: f(qkv)
+
+  def layernorm(m, d):
+    x = jnp.asarray(np.random.randn(m, d), jnp.float32)
+    r = jnp.asarray(np.random.randn(m, d), jnp.float32)
+    ln = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+    params = ln.init(jax.random.PRNGKey(0), x)
+    f = ready(jax.jit(jax.grad(lambda p, x: jnp.sum(ln.apply(p, x) * r), argnums=(0, 1))))
+    return lambda: f(params, x)
+
+  return dict(dense=dense, bmm=bmm, attention=attention_core, layernorm=layernorm)
+
+
+def torch_pieces(threads: int):
+  import torch
+  torch.set_num_threads(threads)
+
+  def dense(m, k, n):
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    return lambda: a @ b
+
+  def bmm(bh, m, k, n):
+    a, b = torch.randn(bh, m, k), torch.randn(bh, k, n)
+    return lambda: torch.bmm(a, b)
+
+  def attention(b, n, h, d):
+    qkv = torch.randn(b, n, 3 * h * d, requires_grad=True)
+    r = torch.randn(b, n, h * d)
+
+    def step():
+      q, k, v = qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+      out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, h * d)
+      (out * r).sum().backward()
+      qkv.grad = None
+
+    return step
+
+  def layernorm(m, d):
+    x = torch.randn(m, d, requires_grad=True)
+    r = torch.randn(m, d)
+    ln = torch.nn.LayerNorm(d, eps=1e-6)
+
+    def step():
+      (ln(x) * r).sum().backward()
+      x.grad = None
+      ln.zero_grad(set_to_none=True)
+
+    return step
+
+  return dict(dense=dense, bmm=bmm, attention=attention, layernorm=layernorm)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--only', default='dense,bmm,attention,layernorm')
+  p.add_argument('--threads', type=int, default=None, help='cores for both (default: all available)')
+  args = p.parse_args(argv)
+  cores = sorted(os.sched_getaffinity(0))
+  if args.threads:
+    os.sched_setaffinity(0, cores[:args.threads])
+  threads = len(os.sched_getaffinity(0))
+  only = set(args.only.split(','))
+  jx = jax_pieces()
+  try:
+    th = torch_pieces(threads)
+  except ImportError:
+    th = None
+    print('torch is not installed: JAX timings only (pip install torch)')
+  print(f'{threads} threads; ms per call (median), forward + backward unless noted; speed = torch ms / jax ms\n')
+  print(f"{'piece':28s} {'jax ms':>8} {'torch ms':>9} {'speed':>6}  note")
+
+  def row(name, jax_ms, torch_ms, note=''):
+    speed = f'{torch_ms / jax_ms:5.2f}x' if torch_ms else '-'
+    print(f"{name:28s} {jax_ms:8.2f} {torch_ms or float('nan'):9.2f} {speed:>6}  {note}", flush=True)
+
+  if 'dense' in only:
+    for label, m, k, n in DENSE:
+      j = timed(jx['dense'](m, k, n)) * 1e3
+      t = timed(th['dense'](m, k, n)) * 1e3 if th else None
+      row(f'dense {label}', j, t, f'forward only, [{m},{k}]x[{k},{n}], jax {2 * m * k * n / j / 1e6:.0f} GFLOP/s'
+          + (f', torch {2 * m * k * n / t / 1e6:.0f}' if t else ''))
+  if 'bmm' in only:
+    for label, bh, m, k, n in BMM:
+      j = timed(jx['bmm'](bh, m, k, n)) * 1e3
+      t = timed(th['bmm'](bh, m, k, n)) * 1e3 if th else None
+      row(f'bmm {label}', j, t, f'forward only, {bh} x [{m},{k}]x[{k},{n}], jax {2 * bh * m * k * n / j / 1e6:.0f} '
+          'GFLOP/s' + (f', torch {2 * bh * m * k * n / t / 1e6:.0f}' if t else ''))
+  if 'attention' in only:
+    for label, b, n, h, d in ATTENTION:
+      t = timed(th['attention'](b, n, h, d)) * 1e3 if th else None
+      for impl in ('einsum', 'xla'):
+        j = timed(jx['attention'](b, n, h, d, impl)) * 1e3
+        row(f'attention {label} ({impl})', j, t, f'B={b} N={n} heads={h} d={d}; torch: SDPA')
+  if 'layernorm' in only:
+    for label, m, d in LAYERNORM:
+      j = timed(jx['layernorm'](m, d)) * 1e3
+      t = timed(th['layernorm'](m, d)) * 1e3 if th else None
+      row(f'layernorm {label}', j, t, f'[{m},{d}]')
+
+
+if __name__ == '__main__':
+  main()
