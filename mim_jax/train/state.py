@@ -124,7 +124,7 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
       (loss, (metrics, extras)), grads = grad_fn(*args)
     else:
       loss, metrics, extras, grads = _scaled_value_and_grad(method.loss_fn, state.loss_scale, *args)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
