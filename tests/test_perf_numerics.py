@@ -35,8 +35,8 @@ def _batches(config, n):
   return [next(iterator) for _ in range(n)]
 
 
-def _train(config, batches):
-  """Losses and final params of ``len(batches)`` jitted train steps from the seed-0 init."""
+def _jitted_step(config):
+  """(initial state, jitted step, mesh) of the library's train step on one device, from the seed-0 init."""
   info = pipeline.dataset_info(config.data)
   method = methods.build(config, info.image_shape)
   tx, schedule, *_ = loop.build_optimizer(config, info)
@@ -45,6 +45,12 @@ def _train(config, batches):
   state, shardings = state_lib.create_sharded_state(init_fn, jax.random.PRNGKey(0), mesh, shd.DEFAULT_RULES)
   step = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh,
                                   shd.DEFAULT_RULES)
+  return state, step, mesh
+
+
+def _train(config, batches):
+  """Losses and final state of ``len(batches)`` jitted train steps from the seed-0 init."""
+  state, step, mesh = _jitted_step(config)
   losses = []
   for batch in batches:
     state, metrics = step(state, shd.global_batch(batch, mesh), jax.random.PRNGKey(1))
@@ -152,14 +158,7 @@ def test_host_allocator_tuning_only_before_jax_starts():
 def test_train_step_makes_no_host_device_transfer():
   config = _config()
   config.batch_size = 8
-  info = pipeline.dataset_info(config.data)
-  method = methods.build(config, info.image_shape)
-  tx, schedule, *_ = loop.build_optimizer(config, info)
-  mesh = shd.make_mesh(1, 1, devices=jax.devices()[:1])
-  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *info.image_shape)))
-  state, shardings = state_lib.create_sharded_state(init_fn, jax.random.PRNGKey(0), mesh, shd.DEFAULT_RULES)
-  step = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh,
-                                  shd.DEFAULT_RULES)
+  state, step, mesh = _jitted_step(config)
   batches = [shd.global_batch(b, mesh) for b in _batches(config, 3)]
   rng = jax.device_put(jax.random.PRNGKey(1), shd.replicated(mesh))
   state, _ = step(state, batches[0], rng)  # compile outside the guard
