@@ -3,7 +3,7 @@
     python benchmarks/train_step.py                         # ViT-Tiny/4@32 b128, ViT-S/16 b16, ViT-B/16 b8
     python benchmarks/train_step.py --models base16_224 --batch 8 --repeats 3 --json out.json
     python benchmarks/train_step.py --models base16_224,large16_224 --compute-dtype bfloat16 \\
-        --attention cudnn --batch 256 --frameworks jax                   # on a GPU
+        --attention cudnn --batch auto --frameworks jax      # on a GPU: the largest batch that fits
 
 Each measurement runs in its own child process (clean peak RSS, its own thread settings), the frameworks
 alternating within every repeat so that a change in machine load hits both sides alike:
