@@ -75,7 +75,19 @@ def converted(tmp_path_factory, photos):
 
 
 def test_dataset_readable_and_report_lists_every_skip(converted):
-  src, out, expect, result = converted
+  _check_converted(*converted)
+
+
+def test_a_few_hundred_jpegs(tmp_path, photos):
+  """The issue's acceptance case at its size: 300 JPEGs plus the corrupt / grayscale / tiny / odd ones."""
+  src, out = str(tmp_path / 'src'), str(tmp_path / 'out')
+  expect = _write_class_tree(src, photos, per_class=100)
+  result = prepare.prepare(src, out, name='pets', val_fraction=0.1, workers=2, progress=False)
+  _check_converted(src, out, expect, result)
+  assert sum(v == 'ok' for v in expect.values()) == 306
+
+
+def _check_converted(src, out, expect, result):
   assert result.rebuilt and os.path.exists(result.report_path)
   report = json.load(open(result.report_path))
   skipped = {s['file']: s['reason'] for s in report['skipped']}
