@@ -138,7 +138,7 @@ def test_float32_step_is_the_plain_unscaled_step(fp32):
     (loss, _), grads = jax.value_and_grad(method.loss_fn, has_aux=True)(state.params, state.extras, batch, rng,
                                                                         state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return loss, optax.global_norm(grads), optax.apply_updates(state.params, updates), opt_state
+    return loss, optax.tree.norm(grads), optax.apply_updates(state.params, updates), opt_state
 
   state = fp32.state
   for batch in _batches(2):
