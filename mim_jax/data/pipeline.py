@@ -6,12 +6,15 @@ Train pipeline (grain Dataset API), identical on every host given the same seed:
   ArrayRecord source (all examples of the split)
     -> repeat forever, each epoch globally shuffled (numpy permutation seeded with (seed, epoch))
     -> random_map(decode + augment), per-record rng from grain, keyed on (seed, global position) -> uint8 HWC
-    -> [process_index::process_count] (each host takes every N-th example of the global order)
+    -> host p of N takes block p of each run of N * b consecutive examples (b = the per-host batch), so its
+       batch k is rows [p*b, (p+1)*b) of what one host with batch N*b would get: the host count changes nothing
     -> batch(batch_size_per_host, drop_remainder) -> normalize (vectorized numpy), or uint8 batches for callers
        that normalize on the device (`allow_uint8_images=True` and data.normalize_on_device; see data/device.py)
     -> to_iter_dataset (read_threads prepare whole batches ahead) -> mp_prefetch(num_workers) if > 0
 
-Every host runs the same shuffle, so within an epoch the hosts see disjoint examples whose union is the epoch.
+Every host runs the same shuffle, so within an epoch the hosts see disjoint examples whose union is the epoch,
+and the global batch (hosts' batches stacked in process order, as `sharding.global_batch` does) is the same
+array whatever the number of hosts.
 The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` and `grain.checkpoint.CheckpointSave/
 CheckpointRestore` (orbax) restore it exactly, so a resumed run sees the same batches as an uninterrupted one.
 """
@@ -281,6 +284,28 @@ class _EpochShuffle(grain.MapDataset):
     return state
 
 
+class _HostBlocks(grain.MapDataset):
+  """Host `index` of `count`: from each run of `count * block` consecutive elements of `parent`, the `index`-th
+  block of `block` elements. With `block` = the per-host batch, host p's batch k holds rows [p*block,
+  (p+1)*block) of the batch k one host would draw with batch `count * block`."""
+
+  def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
+    super().__init__(parent)
+    self._block, self._index, self._count = int(block), int(index), int(count)
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._count
+
+  def __str__(self) -> str:
+    return f'HostBlocks(block={self._block}, index={self._index}, count={self._count})'
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    run, offset = divmod(int(index), self._block)
+    return self._parent[(run * self._count + self._index) * self._block + offset]
+
+
 class _Collate:
   """grain batch_fn: list of {'image': uint8 [H, W, C], 'label', ...} -> one dict of batch arrays.
 
@@ -385,7 +410,7 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
   # the number of workers, and differs between epochs.
   ds = ds.random_map(record_fn, seed=seed + 1)
   if process_count > 1:
-    ds = ds[process_index::process_count]
+    ds = _HostBlocks(ds, batch_size_per_host, process_index, process_count)
   # Batching the MapDataset (not the IterDataset) makes batches the unit of work for read threads and worker
   # processes: batch k always holds the same examples, whatever num_workers / read_threads are.
   if canvases:

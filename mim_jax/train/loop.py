@@ -197,7 +197,7 @@ def checkpoint_dir(config, workdir: str) -> str:
 
 
 def _train_iterator(config, per_host: int):
-  """This process's shard of the train data (every process takes every N-th example of the global order)."""
+  """This process's shard of the train data: block ``process_index`` of each global batch (see data/pipeline.py)."""
   return pipeline.train_iterator(config.data, per_host, seed=config.seed, process_index=jax.process_index(),
                                  process_count=jax.process_count(), allow_uint8_images=True)
 
