@@ -33,6 +33,15 @@ def run_python(code: str, *, devices: int = 1, timeout: int = 600, env: dict | N
   return proc.stdout
 
 
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A private tfds data_dir holding the bundled digits dataset, built once per test session."""
+  from mim_jax.data import digits
+  d = str(tmp_path_factory.mktemp('tfds'))
+  digits.ensure_digits(d)
+  return d
+
+
 @pytest.fixture
 def tiny_config():
   c = load_config('configs/mae/digits.py', 'tiny')

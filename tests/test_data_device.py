@@ -6,14 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mim_jax.data import device, device_crop, digits, pipeline, sample_images, transforms
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  digits.ensure_digits(d)
-  return d
+from mim_jax.data import device, device_crop, pipeline, sample_images, transforms
 
 
 @pytest.fixture

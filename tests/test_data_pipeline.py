@@ -11,13 +11,6 @@ import tensorflow_datasets as tfds
 from mim_jax.data import digits, pipeline, sources, transforms
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  digits.ensure_digits(d)
-  return d
-
-
 @pytest.fixture
 def cfg(data_dir):
   c = pipeline.default_data_config()
