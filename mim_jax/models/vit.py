@@ -175,7 +175,7 @@ class Block(nn.Module):
 
 # Rematerialization policies for a transformer block (config ``remat``): what the backward pass may keep from
 # the forward pass instead of recomputing it.
-REMAT_POLICIES: dict[str, Callable | None] = {
+REMAT_POLICIES: dict[str, Callable] = {
     'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block input: least memory, ~1/3 more compute
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight-matmul outputs; recompute
                                                                        # norms, GELU and attention
