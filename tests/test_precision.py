@@ -153,6 +153,22 @@ def test_float32_step_is_the_plain_unscaled_step(fp32):
   assert float(state.loss_scale) == 1.0 and int(state.good_steps) == 0 and int(state.overflow_steps) == 0
 
 
+def test_float32_nonfinite_batch_skips_the_update(fp32):
+  """A NaN in the batch makes loss and gradients non-finite: the step keeps parameters and optimizer state
+  (the update runs under a ``lax.cond``), counts the failure, and the next finite batch trains normally."""
+  state = fp32.state
+  bad = _batches(1)[0]
+  bad = {**bad, 'image': bad['image'].at[0, 0, 0, 0].set(jnp.nan)}
+  new, metrics = fp32.step(state, bad, BASE_RNG)
+  assert not np.isfinite(float(metrics['train/loss']))
+  _assert_same(new.params, state.params)
+  _assert_same(new.opt_state, state.opt_state)
+  assert int(new.nonfinite_steps) == 1 and int(metrics['train/nonfinite_steps']) == 1 and int(new.step) == 1
+  after, metrics = fp32.step(new, _batches(2)[1], BASE_RNG)
+  assert np.isfinite(float(metrics['train/loss'])) and int(after.nonfinite_steps) == 1
+  assert any(np.any(a != b) for a, b in zip(_leaves(after.opt_state), _leaves(new.opt_state)))
+
+
 class _ToyFloat16Method:
   """loss = sum(float16(w * k) * c): the backward pass casts c x scale to float16, so c = 1e5 overflows float16
   even at scale 1 while the float32 loss stays finite; a NaN in ``k`` makes the loss itself non-finite."""

@@ -125,17 +125,14 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
     else:
       loss, metrics, extras, grads = _scaled_value_and_grad(method.loss_fn, state.loss_scale, *args)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params, opt_state, extras = _update_if_finite(tx, finite, grads, state, extras)
     failed = ~finite
     scale_fields = {}
     if loss_scaling is not None:
       overflow, scale_fields = _next_loss_scale(loss_scaling, state, jnp.isfinite(loss), finite)
       failed = failed & ~overflow
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state), extras=keep(extras, state.extras),
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extras=extras,
                               nonfinite_steps=state.nonfinite_steps + failed.astype(jnp.int32), **scale_fields)
     metrics = {**{f'train/{k}': v for k, v in metrics.items()}, 'train/grad_norm': grad_norm,
                'train/lr': schedule(state.step), 'train/nonfinite_steps': new_state.nonfinite_steps}
@@ -144,6 +141,26 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
     return new_state, metrics
 
   return train_step
+
+
+def _update_if_finite(tx: optax.GradientTransformation, finite, grads, state: TrainState, new_extras):
+  """(params, opt_state, extras) after the optimizer update when ``finite``, else the state's own, unchanged.
+
+  A ``lax.cond`` rather than a ``where`` over every leaf: the update is only computed when it is taken, and a
+  taken update writes parameters and moments once instead of computing them and then selecting them against the
+  old values (three full passes over parameters and moments, which cost ViT-B/16 several percent of its step).
+  """
+
+  def apply(operands):
+    params, opt_state, grads, _, extras = operands
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, extras
+
+  def skip(operands):
+    params, opt_state, _, old_extras, _ = operands
+    return params, opt_state, old_extras
+
+  return jax.lax.cond(finite, apply, skip, (state.params, state.opt_state, grads, state.extras, new_extras))
 
 
 def _scaled_value_and_grad(loss_fn, scale, params, *args):
