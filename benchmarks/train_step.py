@@ -109,9 +109,26 @@ def jax_config(spec: dict, args):
   return c
 
 
-def build_jax_step(spec: dict, batch: int, args):
+def apply_overrides(config, overrides: dict | None):
+  """Sets ``{'remat': 'dots', 'mask.ratio': 0.5, ...}`` on the benchmark config; an unknown key is an error."""
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split('.')
+    node = config
+    for name in parents:
+      node = node.get(name) if hasattr(node, 'get') else None
+    if node is None or not hasattr(node, 'keys') or leaf not in node:
+      raise ValueError(f'unknown config key {key!r}; the benchmark config has: {sorted(config.keys())} '
+                       f'(nested keys with dots, e.g. mask.ratio)')
+    node[leaf] = value
+  return config
+
+
+def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = None, devices=None,
+                   compiler_options: dict | None = None, count: bool = True):
   """``(step, compiled, info)``: ``step()`` runs one jitted mim_jax train step on a device-resident batch and
-  waits for it; ``info`` has the batch, compile time, memory and FLOPs. Also used by benchmarks/profile_step.py."""
+  waits for it; ``info`` has the batch, compile time, memory and FLOPs (``count=False``: no FLOP count).
+  ``overrides`` (config keys), ``devices`` (the mesh's) and ``compiler_options`` (extra XLA options) make the
+  variants of benchmarks/ab_step.py. Also used by benchmarks/profile_step.py."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -126,7 +143,7 @@ def build_jax_step(spec: dict, batch: int, args):
   from mim_jax.train import state as state_lib
 
   image_shape = (spec['image'], spec['image'], CHANNELS)
-  config = jax_config(spec, args)
+  config = apply_overrides(jax_config(spec, args), overrides)
 
   def build(cfg):
     method = methods.build(cfg, image_shape)
@@ -135,13 +152,13 @@ def build_jax_step(spec: dict, batch: int, args):
     return method, tx, schedule
 
   method, tx, schedule = build(config)
-  mesh = shd.make_mesh(-1, 1)
+  mesh = shd.make_mesh(-1, 1, devices=devices)
   rules = shd.DEFAULT_RULES
   init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *image_shape), jnp.float32))
   rng = jax.random.PRNGKey(0)
   state, shardings = state_lib.create_sharded_state(init_fn, rng, mesh, rules)
   train_step = state_lib.make_train_step(method, tx, schedule)
-  step_fn = state_lib.jit_train_step(train_step, shardings, mesh, rules)
+  step_fn = state_lib.jit_train_step(train_step, shardings, mesh, rules, compiler_options)
   base_rng = jax.device_put(jax.random.PRNGKey(1), shd.replicated(mesh))
 
   def compile_for(b):
@@ -150,7 +167,7 @@ def build_jax_step(spec: dict, batch: int, args):
 
   auto = None
   if not batch:
-    batch, auto = largest_batch(compile_for, args.memory_fraction, len(jax.devices()))
+    batch, auto = largest_batch(compile_for, args.memory_fraction, mesh.size)
   shd.check_batch_divisible(batch, mesh)
   images = np.random.RandomState(0).standard_normal((batch, *image_shape)).astype(np.float32)
   batch_arrays = shd.global_batch({'image': images}, mesh)
@@ -161,14 +178,15 @@ def build_jax_step(spec: dict, batch: int, args):
   mem = footprint_bytes(compiled)
   mem_mib = mem / 2**20 if mem is not None else None
 
-  # Model FLOPs: the same step with XLA attention (a fused kernel hides its matmuls) and no rematerialization.
-  flop_cfg = jax_config(spec, args)
-  flop_cfg.attention_impl = 'xla'
-  flop_cfg.remat = 'none'
-  f_method, f_tx, f_schedule = build(flop_cfg)
-  f_step = state_lib.make_train_step(f_method, f_tx, f_schedule)
-  with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
-    flops = count_flops(f_step, state, batch_arrays, base_rng)
+  flops = None
+  if count:  # model FLOPs: the same step with XLA attention (a fused kernel hides its matmuls), no remat
+    flop_cfg = apply_overrides(jax_config(spec, args), overrides)
+    flop_cfg.attention_impl = 'xla'
+    flop_cfg.remat = 'none'
+    f_method, f_tx, f_schedule = build(flop_cfg)
+    f_step = state_lib.make_train_step(f_method, f_tx, f_schedule)
+    with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
+      flops = count_flops(f_step, state, batch_arrays, base_rng)
 
   holder = {'state': state}
 

@@ -44,3 +44,33 @@ def test_benchmark_writes_one_record_per_model(tmp_path):
   if has_torch:
     assert record['baseline_img_s'] > 0
     assert record['ratio'] == record['mim_jax_img_s'] / record['baseline_img_s']
+
+
+def test_ab_variants_parse():
+  import ab_step
+
+  assert ab_step.parse_variant('base') == {'name': 'base', 'overrides': {}, 'compiler_options': {}, 'devices': None}
+  v = ab_step.parse_variant('x:remat=dots,xla.xla_cpu_enable_fast_math=true,devices=2,mask.ratio=0.5')
+  assert v['overrides'] == {'remat': 'dots', 'mask.ratio': 0.5}
+  assert v['compiler_options'] == {'xla_cpu_enable_fast_math': True} and v['devices'] == 2
+  for bad in (':remat=dots', 'x:remat', 'x:=3'):
+    try:
+      ab_step.parse_variant(bad)
+    except ValueError as e:
+      assert bad in str(e)
+    else:
+      raise AssertionError(f'{bad!r} was accepted')
+
+
+def test_ab_step_runs_and_pairs_identical_variants():
+  """Two variants that differ only in an XLA option train identically (same loss) and both get timed."""
+  proc = subprocess.run([sys.executable, 'benchmarks/ab_step.py', '--model', 'tiny4_32', '--batch', '4',
+                         '--steps', '2', '--warmup', '1', 'base',
+                         'conc:xla.xla_cpu_enable_concurrency_optimized_scheduler=true'],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(('base ', 'conc '))]
+  assert [r[0] for r in rows] == ['base', 'conc'], proc.stdout
+  assert rows[0][3] == '1.000'  # the reference against itself
+  assert rows[0][-1] == rows[1][-1]  # same final loss
+  assert all(float(r[1]) > 0 for r in rows)

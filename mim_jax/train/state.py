@@ -193,12 +193,14 @@ def _next_loss_scale(loss_scaling: DynamicLossScale, state: TrainState, loss_fin
   return overflow, fields
 
 
-def jit_train_step(train_step, state_shardings, mesh, rules):
+def jit_train_step(train_step, state_shardings, mesh, rules, compiler_options: dict | None = None):
+  """The step jitted over ``mesh`` with the state donated. ``compiler_options`` are XLA options added to
+  :func:`mim_jax.perf.compiler_options`' (benchmarks/ab_step.py uses them to compare XLA settings)."""
   batch_sh = shd.batch_sharding(mesh)
   rep = shd.replicated(mesh)
+  options = {**(perf.compiler_options(mesh.devices.flat[0].platform) or {}), **(compiler_options or {})}
   jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sh, rep),
-                   out_shardings=(state_shardings, rep), donate_argnums=(0,),
-                   compiler_options=perf.compiler_options(mesh.devices.flat[0].platform))
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,), compiler_options=options or None)
 
   def step(state, batch, base_rng):
     with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
