@@ -101,6 +101,13 @@ def test_warmup_cosine_schedule_per_step():
   assert optim.scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
 
 
+def test_warmup_longer_than_the_run_warms_up_over_the_whole_run():
+  """A smoke run of a recipe (--config.total_steps=4 with 40 warmup epochs) must not stop in optax."""
+  for warmup in (4, 1000):
+    s = optim.warmup_cosine(1.0, total_steps=4, warmup_steps=warmup)
+    assert [float(s(i)) for i in range(5)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
 def test_adamw_applies_decay_only_where_masked():
   params = {'w': jnp.ones((2, 2)), 'b': jnp.ones((2,))}
   import ml_collections

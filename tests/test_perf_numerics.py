@@ -184,3 +184,13 @@ def test_train_loop_steps_make_no_implicit_transfer(tmp_path, monkeypatch):
       **real(batch, info), 'image': real(batch, info)['image'] + np.zeros((1,), np.float32)})
   with pytest.raises(Exception, match='Disallowed host-to-device'):
     loop.train(config, str(tmp_path / 'canary'))
+
+
+def test_cudnn_attention_off_gpu_is_a_clear_error():
+  from mim_jax.models import vit
+
+  vit.check_attention_impl('cudnn', 'gpu')
+  for impl in ('einsum', 'xla'):
+    vit.check_attention_impl(impl, 'cpu')
+  with pytest.raises(ValueError, match="attention_impl='cudnn'.*needs an NVIDIA GPU.*'cpu'.*Use 'einsum'"):
+    vit.check_attention_impl('cudnn', 'cpu')

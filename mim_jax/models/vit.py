@@ -102,6 +102,13 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   return x * (0.5 + 0.5 * jax.lax.erf(x * np.float32(2**-0.5)).astype(x.dtype))
 
 
+def check_attention_impl(attention_impl: str, platform: str) -> None:
+  """A clear error, before anything compiles, for an attention implementation this platform cannot run."""
+  if attention_impl == 'cudnn' and platform != 'gpu':
+    raise ValueError(f"config.attention_impl='cudnn' (cuDNN flash attention) needs an NVIDIA GPU, but this run's "
+                     f"devices are {platform!r}. Use 'einsum' (the default) or 'xla' here.")
+
+
 class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32

@@ -24,6 +24,7 @@ from mim_jax import methods
 from mim_jax.data import device as data_device
 from mim_jax.data import pipeline
 from mim_jax.eval import monitors as monitors_lib
+from mim_jax.models import vit
 from mim_jax.train import aot
 from mim_jax.train import checkpoint as ckpt_lib
 from mim_jax.train import distributed
@@ -90,6 +91,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
   rules = shd.rules_from_config(config.mesh.get('rules', None))
   shd.check_batch_divisible(config.batch_size, mesh)
+  vit.check_attention_impl(config.get('attention_impl', 'einsum'), mesh.devices.flat[0].platform)
   method = methods.build(config, info.image_shape)
   tx, schedule, total_steps, warmup_steps, peak_lr = build_optimizer(config, info)
 

@@ -27,7 +27,10 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
 def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> optax.Schedule:
   if total_steps < 1:
     raise ValueError(f'total_steps must be >= 1, got {total_steps}.')
-  warmup_steps = min(warmup_steps, total_steps)
+  if warmup_steps >= total_steps:
+    # A run shorter than its warmup (a smoke test of a recipe with --config.total_steps=N): it warms up to
+    # ``peak_lr`` over all of its steps. (optax's cosine would be left with no decay steps and refuse.)
+    return optax.linear_schedule(0.0, peak_lr, total_steps)
   return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
                                             decay_steps=total_steps, end_value=min_lr)
 
