@@ -1,9 +1,12 @@
 """The method configs (SimMIM, HPM, the masking ablation): they load, validate and build their method; the
 digits ones keep the quickstart's budget; each runs end to end on the bundled data (slow)."""
 
+import subprocess
+import sys
+
 import jax
 import pytest
-from conftest import load_config
+from conftest import REPO, load_config
 
 from mim_jax import config as config_lib
 from mim_jax import methods
@@ -99,3 +102,13 @@ def test_config_runs_end_to_end(path, arg, tmp_path):
   summary = run(c, str(tmp_path), 'train_eval')
   assert summary['method'] == c.method and summary['checkpoint_step'] == c.total_steps
   assert 0.0 <= summary['knn/top1'] <= 1.0 and (tmp_path / 'summary.json').exists()
+
+
+def test_mistyped_config_override_is_a_one_line_error(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'mim_jax.main', '--config=configs/mae/digits.py',
+                         '--config.eval.enabeld=False', f'--workdir={tmp_path}'], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert 'Did you mean "enabled"' in proc.stderr and '--config.eval.enabeld' in proc.stderr
+  assert not any(tmp_path.iterdir())  # nothing ran
