@@ -56,6 +56,7 @@ def main(argv):
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
   from mim_jax.train import distributed, preemption
+  from mim_jax.train.checkpoint import UnreadableCheckpointError
   try:
     distributed.maybe_initialize()  # before anything touches a device (see mim_jax/train/distributed.py)
     run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)
@@ -64,6 +65,11 @@ def main(argv):
     sys.exit(e.exit_code)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
+    if isinstance(e, UnreadableCheckpointError):
+      # tensorstore's reads still in flight print 'Event loop is closed' tracebacks (from native code) into
+      # orbax's closed loop until the interpreter is gone; nothing is left to save, so leave at once.
+      sys.stderr.flush()
+      os._exit(2)
     sys.exit(2)
 
 

@@ -184,3 +184,25 @@ def test_nonfinite_loss_stops_without_a_poisoned_checkpoint_or_is_skipped(tmp_pa
   step, params = _final_params(tmp_path / 'stop')
   assert step == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   assert lines['SKIP'] == 'SKIP 6 1 True', proc.stdout  # 6 steps, one update skipped, parameters finite
+
+
+def test_damaged_checkpoint_is_a_clear_error_whose_advice_works(tmp_path, compile_cache):
+  """The newest checkpoint's array files are truncated (a bad copy, a full disk): resuming names it, says how
+  to fall back to the previous one, and following that advice resumes from it."""
+  _cli(tmp_path, compile_cache, '--config.total_steps=4')
+  damaged = tmp_path / 'checkpoints' / '4'
+  data_files = [f for f in (damaged / 'state').rglob('*') if f.is_file() and f.parent.name == 'd']
+  assert data_files
+  for f in data_files:
+    f.write_bytes(b'')
+  proc = subprocess.run([sys.executable, '-m', 'mim_jax.main', *ARGS, f'--workdir={tmp_path}',
+                         '--config.total_steps=6'], cwd=REPO, env=_env(compile_cache), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-6000:]
+  (line,) = [x for x in proc.stderr.splitlines() if x.startswith('error:')]
+  assert f'checkpoint {damaged} could not be read' in line and 'resume from step 2' in line, line
+  move = line.split('(mv ')[1].rstrip(').').split()
+  os.rename(move[0], move[1])
+  out = _cli(tmp_path, compile_cache, '--config.total_steps=6')
+  assert 'resum' in out.lower() and sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                                           if p.name.isdigit()) == [2, 4, 6]

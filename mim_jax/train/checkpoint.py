@@ -30,6 +30,10 @@ MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 _GRAIN_STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
 
 
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint exists but cannot be restored (damaged files, or a train state it does not match)."""
+
+
 def _grain():
   from grain import checkpoint as gckpt  # grain's orbax handler for iterator positions (one file per process)
   return gckpt
@@ -89,12 +93,16 @@ class Checkpointer:
     if with_data:
       self._check_data_processes(step)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
-    added = self._fields_added_since(step, abstract_state)
-    # partial_restore only for fields the state class gives defaults: any other mismatch stays an error.
-    items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args, partial_restore=bool(added))}
-    if with_data:
-      items['data'] = _grain().CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      added = self._fields_added_since(step, abstract_state)
+      # partial_restore only for fields the state class gives defaults: any other mismatch stays an error.
+      items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args,
+                                               partial_restore=bool(added))}
+      if with_data:
+        items['data'] = _grain().CheckpointRestore(data_iterator)
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax / tensorstore raise many types here; the user needs the step and the way out
+      raise UnreadableCheckpointError(self._unreadable_message(step, e)) from e
     state = restored['state']
     if added:
       state = state.replace(**{name: _place(default, getattr(abstract_state, name).sharding)
@@ -106,6 +114,19 @@ class Checkpointer:
         raise ValueError(f'checkpoint {self.directory}/{step} does not match this train state: it lacks '
                          f'{", ".join(lacking[:8])}{"..." if len(lacking) > 8 else ""}.')
     return state
+
+  def _unreadable_message(self, step: int, error: BaseException) -> str:
+    root = error
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+      root = root.__cause__ or root.__context__
+    detail = (str(root).strip().splitlines() or [type(root).__name__])[0][:400]
+    earlier = [s for s in self.all_steps() if s < step]
+    path = os.path.join(self.directory, str(step))
+    way_out = (f'move it away to resume from step {earlier[-1]} (mv {path} {path}.unreadable)' if earlier else
+               f'move it away to start from scratch (mv {path} {path}.unreadable)')
+    return (f'checkpoint {path} could not be read into this run\'s train state: {detail}. If the config changed '
+            f'since it was written (model, optimizer, method), use a new --workdir; if its files are damaged '
+            f'(a truncated copy, a full disk), {way_out}.')
 
   def _fields_added_since(self, step: int, abstract_state: Any) -> dict[str, Any]:
     """{name: default} for the fields of a dataclass state (``TrainState``'s loss-scale fields) that this
