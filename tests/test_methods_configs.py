@@ -112,3 +112,16 @@ def test_mistyped_config_override_is_a_one_line_error(tmp_path):
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   assert 'Did you mean "enabled"' in proc.stderr and '--config.eval.enabeld' in proc.stderr
   assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_eval_without_a_checkpoint_is_one_line_and_creates_nothing(tmp_path):
+  """--mode=eval on a workdir that never trained: the error alone (the checkpoint reader starts no background
+  cleanup that could outlive the process and print over it), and no empty checkpoints/ left behind."""
+  for _ in range(3):  # the race it guards against showed up in about one run in three
+    proc = subprocess.run([sys.executable, '-m', 'mim_jax.main', '--config=configs/mae/digits.py', '--mode=eval',
+                           f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines[-1] == f'error: no checkpoint under {tmp_path}/checkpoints; train first.', proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / 'checkpoints').exists()

@@ -59,14 +59,17 @@ class Checkpointer:
   """Thin wrapper so the trainer reads as: ``latest_step()``, ``should_save()``, ``restore()``, ``save()``,
   ``close()``."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    """``read_only``: for loading only (evaluation, export): the directory is neither created nor cleaned of
+    unfinished saves (orbax does that in a background thread, which a short-lived reader can exit before)."""
     self.directory = directory if '://' in directory else os.path.abspath(directory)  # gs://... stays a URL
     self.every_steps = max(1, int(every_steps))
     # The trainer decides when to save (interval, preemption, end) and always saves with force=True, so every
     # process takes the same decision at the same step without orbax's own policies.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=self.every_steps,
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        max_to_keep=keep, save_interval_steps=self.every_steps, enable_async_checkpointing=async_save,
+        create=not read_only, cleanup_tmp_directories=not read_only)
     handlers = {'state': _state_handler(), 'data': _grain().CheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 

@@ -276,7 +276,7 @@ def load_params(workdir: str, config: ml_collections.ConfigDict, step: Optional[
   abstract = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
   rep = shd.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract)
-  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(config, workdir), every_steps=1)
+  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(config, workdir), every_steps=1, read_only=True)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
