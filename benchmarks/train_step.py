@@ -111,15 +111,13 @@ def jax_config(spec: dict, args):
 
 def apply_overrides(config, overrides: dict | None):
   """Sets ``{'remat': 'dots', 'mask.ratio': 0.5, ...}`` on the benchmark config; an unknown key is an error."""
-  for key, value in (overrides or {}).items():
-    *parents, leaf = key.split('.')
-    node = config
-    for name in parents:
-      node = node.get(name) if hasattr(node, 'get') else None
-    if node is None or not hasattr(node, 'keys') or leaf not in node:
-      raise ValueError(f'unknown config key {key!r}; the benchmark config has: {sorted(config.keys())} '
-                       f'(nested keys with dots, e.g. mask.ratio)')
-    node[leaf] = value
+  config.lock()  # ml_collections then refuses keys the config does not have (with a did-you-mean hint)
+  try:
+    config.update_from_flattened_dict(dict(overrides or {}))
+  except (KeyError, AttributeError) as e:
+    hint = [line for line in str(e).strip('\'"').split('\\n') if line.startswith('Did you mean')]
+    raise ValueError(f'unknown config key in {sorted(overrides)}; the benchmark config has: '
+                     f'{sorted(config.keys())} (nested keys with dots, e.g. mask.ratio). {" ".join(hint)}') from None
   return config
 
 

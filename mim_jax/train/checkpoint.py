@@ -114,8 +114,9 @@ class Checkpointer:
       lacking = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
                  if isinstance(leaf, jax.ShapeDtypeStruct)]
       if lacking:
-        raise ValueError(f'checkpoint {self.directory}/{step} does not match this train state: it lacks '
-                         f'{", ".join(lacking[:8])}{"..." if len(lacking) > 8 else ""}.')
+        raise UnreadableCheckpointError(
+            f'checkpoint {self.directory}/{step} does not match this train state: it lacks '
+            f'{", ".join(lacking[:8])}{"..." if len(lacking) > 8 else ""}.')
     return state
 
   def _unreadable_message(self, step: int, error: BaseException) -> str:
