@@ -13,7 +13,6 @@ Evaluation configs set ``config.task`` ('linear_probe', 'knn', 'finetune'; see m
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
 
@@ -73,21 +72,12 @@ def main(argv):
     sys.exit(2)
 
 
-def _unquote(error: BaseException) -> str:
-  """The message of ml_collections' missing-key error: an AttributeError wrapping a KeyError whose message is
-  the quoted key (and a "Did you mean" hint), quoted again by each repr."""
-  text = error
-  while isinstance(text, BaseException):
-    text = text.args[0] if text.args else ''
-  text = str(text)
-  for _ in range(3):
-    if len(text) < 2 or text[0] != text[-1] or text[0] not in '"\'':
-      break
-    try:
-      text = str(ast.literal_eval(text))
-    except (ValueError, SyntaxError):
-      break
-  return text
+def _innermost_message(error: BaseException) -> str:
+  """ml_collections raises an AttributeError wrapping a KeyError whose message is the quoted key and, for a near
+  miss, a "Did you mean" hint."""
+  while isinstance(error, BaseException):
+    error = error.args[0] if error.args else ''
+  return str(error)
 
 
 def parse_flags(argv):
@@ -96,7 +86,7 @@ def parse_flags(argv):
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:  # ml_collections' config_flags: the override names no config key
     overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
-    detail = _unquote(e).replace('\n', ' ')
+    detail = _innermost_message(e).replace('\n', ' ')
     print(f'error: a config override names a key the config does not have: {detail} '
           f'(overrides given: {", ".join(overrides) or "none"}). The keys and their defaults are in '
           f'mim_jax/config.py and the --config file.', file=sys.stderr)
