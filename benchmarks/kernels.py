@@ -9,9 +9,11 @@ Each piece runs forward + backward (what a train step does) on random float32 da
 * `dense`: one weight matrix product [tokens, in] x [in, out] (qkv / fc1 / fc2 shapes), forward only: the bulk
   of the step's FLOPs;
 * `bmm`: the batched products inside attention ([batch*heads, N, d] x [.., d, N] and back), forward only;
-* `attention`: softmax attention on a fused qkv tensor, forward + backward: ours (`einsum`, the default, and
-  `jax.nn.dot_product_attention`) against torch's `scaled_dot_product_attention` (a fused flash kernel on CPU);
-* `layernorm`: flax `LayerNorm` vs `torch.nn.LayerNorm`, forward + backward.
+* `attention`: softmax attention on a fused qkv tensor, forward + backward: ours (`einsum`, the default,
+  `jax.nn.dot_product_attention`, and `deferred`: the softmax normalization applied to the output, as flash
+  attention does) against torch's `scaled_dot_product_attention` (a fused flash kernel on CPU);
+* `layernorm`: flax `LayerNorm` (two-pass variance, as the models use, and `use_fast_variance=True`) vs
+  `torch.nn.LayerNorm`, forward + backward.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def jax_pieces():
       if impl == 'einsum':
         logits = jnp.einsum('bqhd,bkhd->bhqk', q * d ** -0.5, k, preferred_element_type=jnp.float32)
         out = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
+      elif impl == 'deferred':  # flash attention's order: normalize the [N, d] output, not the [N, N] weights
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q * d ** -0.5, k, preferred_element_type=jnp.float32)
+        p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+        out = jnp.einsum('bhqk,bkhd->bqhd', p, v) / jnp.transpose(p.sum(-1), (0, 2, 1))[..., None]
       else:
         out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
       return jnp.sum(out.reshape(b, n, h * d) * r)
@@ -80,10 +86,10 @@ def jax_pieces():
     f = ready(jax.jit(jax.grad(attend)))
     return lambda: f(qkv)
 
-  def layernorm(m, d):
+  def layernorm(m, d, fast_variance=False):
     x = jnp.asarray(np.random.randn(m, d), jnp.float32)
     r = jnp.asarray(np.random.randn(m, d), jnp.float32)
-    ln = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+    ln = nn.LayerNorm(epsilon=1e-6, use_fast_variance=fast_variance)
     params = ln.init(jax.random.PRNGKey(0), x)
     f = ready(jax.jit(jax.grad(lambda p, x: jnp.sum(ln.apply(p, x) * r), argnums=(0, 1))))
     return lambda: f(params, x)
@@ -168,14 +174,16 @@ def main(argv=None) -> None:
   if 'attention' in only:
     for label, b, n, h, d in ATTENTION:
       t = timed(th['attention'](b, n, h, d)) * 1e3 if th else None
-      for impl in ('einsum', 'xla'):
+      for impl in ('einsum', 'xla', 'deferred'):
         j = timed(jx['attention'](b, n, h, d, impl)) * 1e3
         row(f'attention {label} ({impl})', j, t, f'B={b} N={n} heads={h} d={d}; torch: SDPA')
   if 'layernorm' in only:
     for label, m, d in LAYERNORM:
-      j = timed(jx['layernorm'](m, d)) * 1e3
       t = timed(th['layernorm'](m, d)) * 1e3 if th else None
-      row(f'layernorm {label}', j, t, f'[{m},{d}]')
+      for fast in (False, True):
+        j = timed(jx['layernorm'](m, d, fast)) * 1e3
+        row(f'layernorm {label}' + (' (fast var)' if fast else ''), j, t,
+            f'[{m},{d}]' + ('; one pass for E[x], E[x^2] (use_fast_variance=True)' if fast else ''))
 
 
 if __name__ == '__main__':
