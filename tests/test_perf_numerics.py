@@ -105,6 +105,31 @@ def test_remat_policies_give_the_same_loss_and_gradients(policy):
     np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize('overrides', [{}, {'remat': 'full'}, {'attention_impl': 'xla'}])
+def test_mae_train_loss_on_masked_queries_equals_the_full_forward(overrides):
+  """The train loss skips the last decoder block's work on visible tokens; loss and gradients must be those
+  of the reference-shaped forward (every token through every block, masked mean)."""
+  config = _config(**overrides)
+  info = pipeline.dataset_info(config.data)
+  images = jnp.asarray(_batches(config, 1)[0]['image'], jnp.float32)
+  method = methods.build(config, info.image_shape)
+  params, _ = method.init(jax.random.PRNGKey(0), images[:2])
+  mask = method.masker(jax.random.PRNGKey(3), images.shape[0])
+  assert mask.ids_masked.shape == (images.shape[0], mask.mask.shape[1] - mask.len_keep)
+  np.testing.assert_array_equal(  # ids_masked names exactly the masked tokens
+      np.take_along_axis(np.asarray(mask.mask), np.asarray(mask.ids_masked), axis=1), 1.0)
+
+  full = jax.jit(jax.value_and_grad(lambda p: method.forward(p, images, mask)['loss']))
+  fast = jax.jit(jax.value_and_grad(lambda p: method.masked_loss(p, images, mask)))
+  (loss_ref, grads_ref), (loss, grads) = full(params), fast(params)
+  np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(g, r, atol=1e-7, rtol=1e-4)
+  # and the fast path is what training runs
+  assert float(method.loss_fn(params, {}, {'image': images}, jax.random.PRNGKey(3), 0)[0]) == pytest.approx(
+      float(loss), rel=1e-6)
+
+
 def test_remat_config_values():
   assert remat_policy_name(False) == remat_policy_name('none') == remat_policy_name('False') == 'none'
   assert remat_policy_name(True) == remat_policy_name('true') == 'full'

@@ -38,6 +38,13 @@ class MaskInfo:
   def bool_mask(self) -> jax.Array:
     return self.mask > 0.5
 
+  @property
+  def ids_masked(self) -> jax.Array:
+    """int32 ``[B, N - K]``: the raster indices of the masked tokens (the inverse of ``ids_restore``, past the
+    visible ones; in the generator's shuffled order, not raster order)."""
+    ids_shuffle = jnp.argsort(self.ids_restore, axis=1).astype(jnp.int32)
+    return ids_shuffle[:, self.len_keep:]
+
 
 def num_visible(num_tokens: int, mask_ratio: float) -> int:
   """Visible-token count exactly as the MAE reference computes it: ``int(N * (1 - ratio))``.

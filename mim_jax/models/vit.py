@@ -67,6 +67,15 @@ def dense(features: int, names: tuple[str, str], dtype: Dtype, name: str) -> nn.
                   bias_init=_param_init(zeros, (names[1],)), name=name)
 
 
+def token_dense(layer: nn.Dense, x: jax.Array) -> jax.Array:
+  """``layer`` applied to ``x [..., tokens, in]`` as one 2D matrix product over all tokens.
+
+  Same values and parameters as ``layer(x)``, but its weight gradient then contracts a single (tokens) axis:
+  given ``[batch, tokens]`` as two contracted axes, XLA:CPU transposes the output gradient (and recomputes the
+  GELU gradient for the copy) before every weight-gradient product; see docs/performance.md."""
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
   # Statistics in float32 whatever the compute dtype: this is where bf16 training goes unstable.
   return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
@@ -115,15 +124,19 @@ class Attention(nn.Module):
   attention_impl: str = 'einsum'  # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention backends)
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, query_ids: jax.Array | None = None) -> jax.Array:
+    """``x`` ``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]`` only those tokens attend (to all N)
+    and the result is ``[B, M, D]``."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
     hd = d // self.num_heads
-    qkv = dense(3 * d, (EMBED, HEADS), self.dtype, 'qkv')(x)
+    qkv = token_dense(dense(3 * d, (EMBED, HEADS), self.dtype, 'qkv'), x)
     # The fused output is ordered (3, heads, head_dim), as in the reference's [3D, D] weight.
     # split (whose gradient is one concatenate) rather than indexing a [3, ...] view (one pad + add per part).
     q, k, v = (t.reshape(b, n, self.num_heads, hd) for t in jnp.split(qkv, 3, axis=-1))
+    if query_ids is not None:
+      q = jnp.take_along_axis(q, query_ids[:, :, None, None], axis=1)
     if self.attention_impl == 'einsum':
       # Logits accumulate and the softmax runs in float32 whatever the compute dtype (the precision policy).
       logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
@@ -133,7 +146,7 @@ class Attention(nn.Module):
       out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     else:
       raise ValueError(f"attention_impl must be 'einsum', 'xla' or 'cudnn', got {self.attention_impl!r}.")
-    return dense(d, (HEADS, EMBED), self.dtype, 'proj')(out.reshape(b, n, d))
+    return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out.reshape(b, q.shape[1], d))
 
 
 class Mlp(nn.Module):
@@ -143,9 +156,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
-    h = dense(self.hidden, (EMBED, MLP), self.dtype, 'fc1')(x)
+    h = token_dense(dense(self.hidden, (EMBED, MLP), self.dtype, 'fc1'), x)
     h = gelu_exact(h)
-    return dense(d, (MLP, EMBED), self.dtype, 'fc2')(h)
+    return token_dense(dense(d, (MLP, EMBED), self.dtype, 'fc2'), h)
 
 
 class DropPath(nn.Module):
@@ -171,10 +184,15 @@ class Block(nn.Module):
   attention_impl: str = 'einsum'
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None) -> jax.Array:
+    """``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]``, only those tokens' outputs ``[B, M, D]``
+    (they still attend to all N): the last block of a decoder whose loss reads only some tokens."""
     d = x.shape[-1]
     x = constrain(x, (BATCH, LENGTH, EMBED))
-    y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x))
+    y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x),
+                                                                               query_ids)
+    if query_ids is not None:
+      x = jnp.take_along_axis(x, query_ids[:, :, None], axis=1)
     x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path1')(y, deterministic))
     y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm2')(x))
     return materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(y, deterministic))
@@ -278,7 +296,7 @@ class ViTEncoder(nn.Module):
       raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
     gh, gw = self.grid(images.shape[1:3])
     patches = patchify(images, self.patch_size)
-    x = dense(self.width, (PATCH, EMBED), self.dtype, 'patch_embed')(patches.astype(self.dtype))
+    x = token_dense(dense(self.width, (PATCH, EMBED), self.dtype, 'patch_embed'), patches.astype(self.dtype))
     if mask is not None:
       if not self.use_mask_token:
         raise ValueError('this encoder was built without a mask token (use_mask_token=False).')
