@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from conftest import REPO
 
@@ -49,7 +52,9 @@ def test_benchmark_writes_one_record_per_model(tmp_path):
 def test_ab_variants_parse():
   import ab_step
 
-  assert ab_step.parse_variant('base') == {'name': 'base', 'overrides': {}, 'compiler_options': {}, 'devices': None}
+  assert ab_step.parse_variant('base') == {'name': 'base', 'overrides': {}, 'compiler_options': {}, 'devices': None,
+                                           'rev': None}
+  assert ab_step.parse_variant('old:rev=HEAD~1')['rev'] == 'HEAD~1'
   v = ab_step.parse_variant('x:remat=dots,xla.xla_cpu_enable_fast_math=true,devices=2,mask.ratio=0.5')
   assert v['overrides'] == {'remat': 'dots', 'mask.ratio': 0.5}
   assert v['compiler_options'] == {'xla_cpu_enable_fast_math': True} and v['devices'] == 2
@@ -74,3 +79,21 @@ def test_ab_step_runs_and_pairs_identical_variants():
   assert rows[0][3] == '1.000'  # the reference against itself
   assert rows[0][-1] == rows[1][-1]  # same final loss
   assert all(float(r[1]) > 0 for r in rows)
+
+
+def test_ab_step_times_a_git_revision_of_the_library_next_to_this_checkout():
+  """rev=COMMIT: that commit's mim_jax runs in its own worker process, taking turns with this checkout's."""
+  proc = subprocess.run([sys.executable, 'benchmarks/ab_step.py', '--model', 'tiny4_32', '--batch', '4',
+                         '--steps', '2', '--warmup', '1', 'committed:rev=HEAD', 'checkout'],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  sources = dict(line.split(': mim_jax from ') for line in proc.stdout.splitlines() if ': mim_jax from ' in line)
+  assert sources['variant committed'].startswith(tempfile.gettempdir()), sources  # extracted with git archive
+  assert os.path.samefile(sources['variant checkout'], REPO), sources
+  rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(('committed ', 'checkout '))]
+  assert [r[0] for r in rows] == ['committed', 'checkout'], proc.stdout
+  assert all(float(r[1]) > 0 and np.isfinite(float(r[-1])) for r in rows)
+
+  bad = subprocess.run([sys.executable, 'benchmarks/ab_step.py', '--steps', '1', 'a:rev=no-such-commit', 'b'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and 'rev=no-such-commit: git archive failed' in bad.stderr, bad.stderr[-2000:]
