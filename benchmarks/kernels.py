@@ -12,6 +12,9 @@ Each piece runs forward + backward (what a train step does) on random float32 da
 * `attention`: softmax attention on a fused qkv tensor, forward + backward: ours (`einsum`, the default,
   `jax.nn.dot_product_attention`, and `deferred`: the softmax normalization applied to the output, as flash
   attention does) against torch's `scaled_dot_product_attention` (a fused flash kernel on CPU);
+* `mlp`: a transformer MLP (fc1, exact GELU, fc2), forward + backward, with the dense layers applied to
+  `[batch, tokens, features]` (`flat=False`) or to the tokens flattened to 2D as the models do
+  (`mim_jax.models.vit.token_dense`): the second avoids a transposed copy before each weight gradient;
 * `layernorm`: flax `LayerNorm` (two-pass variance, as the models use, and `use_fast_variance=True`) vs
   `torch.nn.LayerNorm`, forward + backward.
 """
@@ -33,6 +36,7 @@ BMM = [('B/16 dec q.k', 128, 197, 32, 197), ('B/16 dec p.v', 128, 197, 197, 32),
 ATTENTION = [('tiny enc', 128, 17, 3, 64), ('tiny dec', 128, 65, 3, 64), ('B/16 enc', 8, 50, 12, 64),
              ('B/16 dec', 8, 197, 16, 32)]
 LAYERNORM = [('tiny dec', 8320, 192), ('B/16 dec', 1576, 512)]
+MLP = [('tiny dec', 128, 65, 192), ('tiny enc', 128, 17, 192), ('B/16 dec', 8, 197, 512)]
 
 
 def timed(fn, rounds: int = 7, calls: int = 10) -> float:
@@ -86,6 +90,21 @@ def jax_pieces():
     f = ready(jax.jit(jax.grad(attend)))
     return lambda: f(qkv)
 
+  def mlp(b, n, d, flat):
+    from mim_jax.models.vit import gelu_exact
+    x = jnp.asarray(np.random.randn(b, n, d), jnp.float32)
+    r = jnp.asarray(np.random.randn(b, n, d), jnp.float32)
+    w1 = jnp.asarray(np.random.randn(d, 4 * d) * d ** -0.5, jnp.float32)
+    w2 = jnp.asarray(np.random.randn(4 * d, d) * (4 * d) ** -0.5, jnp.float32)
+
+    def loss(w, x):
+      h = x.reshape(-1, d) if flat else x
+      y = gelu_exact(h @ w[0]) @ w[1]
+      return jnp.sum(y.reshape(x.shape) * r)
+
+    f = ready(jax.jit(jax.grad(loss, argnums=(0, 1))))
+    return lambda: f((w1, w2), x)
+
   def layernorm(m, d, fast_variance=False):
     x = jnp.asarray(np.random.randn(m, d), jnp.float32)
     r = jnp.asarray(np.random.randn(m, d), jnp.float32)
@@ -94,7 +113,7 @@ def jax_pieces():
     f = ready(jax.jit(jax.grad(lambda p, x: jnp.sum(ln.apply(p, x) * r), argnums=(0, 1))))
     return lambda: f(params, x)
 
-  return dict(dense=dense, bmm=bmm, attention=attention_core, layernorm=layernorm)
+  return dict(dense=dense, bmm=bmm, attention=attention_core, mlp=mlp, layernorm=layernorm)
 
 
 def torch_pieces(threads: int):
@@ -133,12 +152,25 @@ def torch_pieces(threads: int):
 
     return step
 
-  return dict(dense=dense, bmm=bmm, attention=attention, layernorm=layernorm)
+  def mlp(b, n, d):
+    x = torch.randn(b, n, d, requires_grad=True)
+    r = torch.randn(b, n, d)
+    fc1, fc2 = torch.nn.Linear(d, 4 * d, bias=False), torch.nn.Linear(4 * d, d, bias=False)
+
+    def step():
+      (fc2(torch.nn.functional.gelu(fc1(x))) * r).sum().backward()
+      x.grad = None
+      fc1.zero_grad(set_to_none=True)
+      fc2.zero_grad(set_to_none=True)
+
+    return step
+
+  return dict(dense=dense, bmm=bmm, attention=attention, mlp=mlp, layernorm=layernorm)
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--only', default='dense,bmm,attention,layernorm')
+  p.add_argument('--only', default='dense,bmm,attention,mlp,layernorm')
   p.add_argument('--threads', type=int, default=None, help='cores for both (default: all available)')
   args = p.parse_args(argv)
   cores = sorted(os.sched_getaffinity(0))
@@ -177,6 +209,13 @@ def main(argv=None) -> None:
       for impl in ('einsum', 'xla', 'deferred'):
         j = timed(jx['attention'](b, n, h, d, impl)) * 1e3
         row(f'attention {label} ({impl})', j, t, f'B={b} N={n} heads={h} d={d}; torch: SDPA')
+  if 'mlp' in only:
+    for label, b, n, d in MLP:
+      t = timed(th['mlp'](b, n, d)) * 1e3 if th else None
+      for flat in (False, True):
+        j = timed(jx['mlp'](b, n, d, flat)) * 1e3
+        row(f'mlp {label}' + (' (2D tokens)' if flat else ' (3D)'), j, t,
+            f'[{b},{n},{d}] -> {4 * d} -> {d}' + ('; as the models run it' if flat else ''))
   if 'layernorm' in only:
     for label, m, d in LAYERNORM:
       t = timed(th['layernorm'](m, d)) * 1e3 if th else None

@@ -148,7 +148,8 @@ def _update_if_finite(tx: optax.GradientTransformation, finite, grads, state: Tr
 
   A ``lax.cond`` rather than a ``where`` over every leaf: the update is only computed when it is taken, and a
   taken update writes parameters and moments once instead of computing them and then selecting them against the
-  old values (three full passes over parameters and moments, which cost ViT-B/16 several percent of its step).
+  old values (three full passes over parameters and moments: in ViT-B/16's profile the optimizer's op time went
+  from 343 to 194 ms, and the step's memory from 3155 to 2745 MiB; docs/performance.md).
   """
 
   def apply(operands):
