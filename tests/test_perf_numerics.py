@@ -211,6 +211,22 @@ def test_train_loop_steps_make_no_implicit_transfer(tmp_path, monkeypatch):
     loop.train(config, str(tmp_path / 'canary'))
 
 
+def test_padded_attention_equals_unpadded():
+  # What cuDNN gets for odd sequence lengths (mim_jax.models.vit.fused_attention), checked here through XLA's
+  # implementation of the same call: padding one query and one key token, masked by length, changes nothing.
+  from mim_jax.models.vit import padded_attention
+
+  kq, kk, kv, kt = jax.random.split(jax.random.PRNGKey(0), 4)
+  q, k, v = (jax.random.normal(key, (2, n, 3, 8)) for key, n in ((kq, 7), (kk, 9), (kv, 9)))
+  target = jax.random.normal(kt, (2, 7, 3, 8))
+  plain = lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(q, k, v, implementation='xla') * target)
+  padded = lambda q, k, v: jnp.sum(padded_attention(q, k, v, 'xla') * target)
+  assert padded_attention(q, k, v, 'xla').shape == q.shape
+  np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), rtol=1e-5)
+  for gp, gu in zip(jax.grad(padded, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(gp, gu, atol=1e-5)
+
+
 def test_cudnn_attention_off_gpu_is_a_clear_error():
   from mim_jax.models import vit
 
@@ -219,3 +235,8 @@ def test_cudnn_attention_off_gpu_is_a_clear_error():
     vit.check_attention_impl(impl, 'cpu')
   with pytest.raises(ValueError, match="attention_impl='cudnn'.*needs an NVIDIA GPU.*'cpu'.*Use 'einsum'"):
     vit.check_attention_impl('cudnn', 'cpu')
+  # cuDNN's fused attention has no float32 kernel: a clear error at trace time, not one from inside jax.
+  x = jnp.zeros((1, 4, 8))
+  params = vit.Attention(2).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="'cudnn'.*bfloat16 or float16.*float32.*compute_dtype='bfloat16'"):
+    vit.Attention(2, attention_impl='cudnn').apply(params, x)

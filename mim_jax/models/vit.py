@@ -118,6 +118,30 @@ def check_attention_impl(attention_impl: str, platform: str) -> None:
                      f"devices are {platform!r}. Use 'einsum' (the default) or 'xla' here.")
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+  """``jax.nn.dot_product_attention`` on ``[B, T, H, D]`` queries and ``[B, S, H, D]`` keys/values.
+
+  cuDNN's training kernels refuse odd sequence lengths (jax raises "Unsupported sequence length Q 197, KV
+  197"), and a ViT's class token makes them odd (196 + 1). So odd lengths are padded by one token and the padded
+  keys masked out through ``key_value_seq_lengths``; the padded query rows are sliced off (their cotangent is
+  zero). Even lengths, and the 'xla' implementation, go straight through.
+  """
+  t, s = q.shape[1], k.shape[1]
+  if implementation != 'cudnn' or (t % 2 == 0 and s % 2 == 0):
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  return padded_attention(q, k, v, implementation)
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+  """Attention with both sequence lengths padded to even and the padding masked (see ``fused_attention``)."""
+  b, t, s = q.shape[0], q.shape[1], k.shape[1]
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), implementation=implementation,
+                                     query_seq_lengths=jnp.full((b,), t, jnp.int32),
+                                     key_value_seq_lengths=jnp.full((b,), s, jnp.int32))
+  return out[:, :t]
+
+
 class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -143,7 +167,11 @@ class Attention(nn.Module):
       weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     elif self.attention_impl in ('xla', 'cudnn'):
-      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+      if self.attention_impl == 'cudnn' and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention) takes bfloat16 or float16 operands, but "
+                         f"this model computes in {q.dtype}. Set config.compute_dtype='bfloat16' (or 'float16'), "
+                         f"or use attention_impl='xla' in float32.")
+      out = fused_attention(q, k, v, self.attention_impl)
     else:
       raise ValueError(f"attention_impl must be 'einsum', 'xla' or 'cudnn', got {self.attention_impl!r}.")
     return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out.reshape(b, q.shape[1], d))
