@@ -159,9 +159,14 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   step_fn = state_lib.jit_train_step(train_step, shardings, mesh, rules, compiler_options)
   base_rng = jax.device_put(jax.random.PRNGKey(1), shd.replicated(mesh))
 
+  compiled_for = {}  # batch -> (compiled step, compile seconds): --batch auto's last probe is the step it runs
+
   def compile_for(b):
-    images = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32, sharding=shd.batch_sharding(mesh))
-    return step_fn.lower(state, {'image': images}, base_rng).compile()
+    if b not in compiled_for:
+      images = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32, sharding=shd.batch_sharding(mesh))
+      t0 = time.perf_counter()
+      compiled_for[b] = (step_fn.lower(state, {'image': images}, base_rng).compile(), time.perf_counter() - t0)
+    return compiled_for[b][0]
 
   auto = None
   if not batch:
@@ -170,9 +175,8 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   images = np.random.RandomState(0).standard_normal((batch, *image_shape)).astype(np.float32)
   batch_arrays = shd.global_batch({'image': images}, mesh)
 
-  t0 = time.perf_counter()
   compiled = compile_for(batch)
-  compile_s = time.perf_counter() - t0
+  compile_s = compiled_for[batch][1]
   mem = footprint_bytes(compiled)
   mem_mib = mem / 2**20 if mem is not None else None
 
@@ -221,13 +225,14 @@ def footprint_bytes(compiled) -> int | None:
           - mem.alias_size_in_bytes)
 
 
-def largest_batch(compile_for, fraction: float, devices: int, probes=(64, 128), multiple: int = 32):
+def largest_batch(compile_for, fraction: float, devices: int, probes=(64, 128), multiple: int = 32,
+                  limit: int | None = None):
   """The largest batch (a multiple of ``multiple`` x devices) whose compiled footprint fits ``fraction`` of the
-  device memory, from the footprints of two compiled probe batches (memory is linear in the batch), then
-  checked by compiling the candidate itself."""
+  device memory (``limit`` bytes; default: what the first device reports), from the footprints of two compiled
+  probe batches (memory is linear in the batch), then checked by compiling the candidate itself."""
   import jax
 
-  limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
+  limit = limit or (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
   if not limit:
     raise ValueError('--batch auto needs an accelerator that reports its memory (memory_stats()["bytes_limit"]).')
   budget = fraction * limit
@@ -391,6 +396,9 @@ def summarize(name: str, batch: int, runs: dict[str, list[dict]], peak: float | 
     rec[f'{fw}_repeats_s_per_step'] = [r['s_per_step'] for r in ok]
     if fw != 'jax':
       rec[f'{fw}_attn_implementation'] = ok[-1].get('attn_implementation')
+    for key in ('jax_version', 'torch_version', 'transformers_version'):
+      if ok[-1].get(key):
+        rec[key] = ok[-1][key]
   jax_ok = [r for r in runs.get('jax', []) if r.get('ok')]
   if jax_ok:
     rec['mim_jax_img_s'] = rec['jax_img_s']

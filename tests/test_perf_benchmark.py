@@ -30,6 +30,31 @@ def test_flop_count_of_a_matmul_and_its_gradient():
   assert batched == 2 * 4 * 10 * 12 * 8
 
 
+def test_auto_batch_is_the_largest_that_fits():
+  import train_step
+
+  class Compiled:  # what footprint_bytes reads: 1 GB fixed + 100 MB per image, plus a 2 GB unmodelled bump
+    def __init__(self, b):
+      self.b = b
+
+    def memory_analysis(self):
+      need = 10**9 + 10**8 * self.b + (2 * 10**9 if self.b > 600 else 0)
+      return type('Mem', (), dict(argument_size_in_bytes=need, output_size_in_bytes=0, temp_size_in_bytes=0,
+                                  alias_size_in_bytes=0))()
+
+  compiled = []
+
+  def compile_for(b):
+    compiled.append(b)
+    return Compiled(b)
+
+  batch, info = train_step.largest_batch(compile_for, 0.9, 1, limit=80 * 10**9)
+  # 72 GB budget: the linear fit says 710 -> 704 (a multiple of 32); 704 needs 73.4 GB with the bump, so the
+  # search steps down by 10% to 608 (63.8 GB, fits). Probes 64 and 128, then the two candidates, each once.
+  assert batch == 608 and [b for b, _ in info['tried']] == [704, 608]
+  assert compiled == [64, 128, 704, 608]
+
+
 def test_benchmark_writes_one_record_per_model(tmp_path):
   has_torch = importlib.util.find_spec('transformers') is not None and importlib.util.find_spec('torch') is not None
   frameworks = 'jax,torch' if has_torch else 'jax'
