@@ -202,7 +202,8 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=12, help='timed rounds (each runs every variant once)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--compute-dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
-  parser.add_argument('--attention', default='einsum', choices=['einsum', 'xla', 'cudnn'])
+  parser.add_argument('--attention', default='', choices=['', 'auto', 'einsum', 'cpu_fused', 'xla', 'cudnn'],
+                      help="attention_impl (default: each variant's library default)")
   parser.add_argument('--remat', default='none')
   args = parser.parse_args(argv)
   variants = [parse_variant(v) for v in args.variants]

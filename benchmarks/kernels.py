@@ -9,9 +9,10 @@ Each piece runs forward + backward (what a train step does) on random float32 da
 * `dense`: one weight matrix product [tokens, in] x [in, out] (qkv / fc1 / fc2 shapes), forward only: the bulk
   of the step's FLOPs;
 * `bmm`: the batched products inside attention ([batch*heads, N, d] x [.., d, N] and back), forward only;
-* `attention`: softmax attention on a fused qkv tensor, forward + backward: ours (`einsum`, the default,
-  `jax.nn.dot_product_attention`, and `deferred`: the softmax normalization applied to the output, as flash
-  attention does) against torch's `scaled_dot_product_attention` (a fused flash kernel on CPU);
+* `attention`: softmax attention on a fused qkv tensor, forward + backward: ours (`einsum`; `cpu_fused`, the
+  C++ kernel of mim_jax.kernels.attention_cpu that the models use on one CPU device; `jax.nn.dot_product_attention`;
+  and `deferred`: the softmax normalization applied to the output, as flash attention does) against torch's
+  `scaled_dot_product_attention` (a fused flash kernel on CPU);
 * `mlp`: a transformer MLP (fc1, exact GELU, fc2), forward + backward, with the dense layers applied to
   `[batch, tokens, features]` (`flat=False`) or to the tokens flattened to 2D as the models do
   (`mim_jax.models.vit.token_dense`): the second avoids a transposed copy before each weight gradient;
@@ -79,6 +80,9 @@ def jax_pieces():
       if impl == 'einsum':
         logits = jnp.einsum('bqhd,bkhd->bhqk', q * d ** -0.5, k, preferred_element_type=jnp.float32)
         out = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
+      elif impl == 'cpu_fused':  # mim_jax.kernels.attention_cpu, what attention_impl='auto' runs on one CPU
+        from mim_jax.kernels import attention_cpu
+        out = attention_cpu.attention(q, k, v)
       elif impl == 'deferred':  # flash attention's order: normalize the [N, d] output, not the [N, N] weights
         logits = jnp.einsum('bqhd,bkhd->bhqk', q * d ** -0.5, k, preferred_element_type=jnp.float32)
         p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
@@ -206,7 +210,9 @@ def main(argv=None) -> None:
   if 'attention' in only:
     for label, b, n, h, d in ATTENTION:
       t = timed(th['attention'](b, n, h, d)) * 1e3 if th else None
-      for impl in ('einsum', 'xla', 'deferred'):
+      from mim_jax.kernels import attention_cpu
+      fused = ('cpu_fused',) if attention_cpu.available() else ()
+      for impl in ('einsum', *fused, 'xla', 'deferred'):
         j = timed(jx['attention'](b, n, h, d, impl)) * 1e3
         row(f'attention {label} ({impl})', j, t, f'B={b} N={n} heads={h} d={d}; torch: SDPA')
   if 'mlp' in only:

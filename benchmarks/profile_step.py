@@ -63,7 +63,8 @@ def main(argv=None) -> None:
   p.add_argument('--model', default='tiny4_32', choices=sorted(bench.MODELS))
   p.add_argument('--batch', type=int, default=None, help='default: the model\'s benchmark batch')
   p.add_argument('--compute-dtype', default='float32', choices=('float32', 'bfloat16', 'float16'))
-  p.add_argument('--attention', default='einsum', choices=('einsum', 'xla', 'cudnn'))
+  p.add_argument('--attention', default='', choices=('', 'auto', 'einsum', 'cpu_fused', 'xla', 'cudnn'),
+                 help="attention_impl (default: the library's default, 'auto')")
   p.add_argument('--remat', default='none')
   p.add_argument('--top', type=int, default=15, help='also list the N most expensive single ops')
   p.add_argument('--trace-dir', default=None, help='keep the trace here (default: a temporary directory)')

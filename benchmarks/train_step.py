@@ -102,11 +102,17 @@ def jax_config(spec: dict, args):
   c.mask = ml_collections.ConfigDict(dict(name='random', ratio=MASK_RATIO))
   c.norm_pix_loss = True
   c.compute_dtype = args.compute_dtype
-  c.attention_impl = args.attention
+  c.attention_impl = args.attention or library_default_attention()
   c.remat = args.remat
   c.optimizer = ml_collections.ConfigDict(dict(name='adamw', base_lr=1.5e-4, b1=0.9, b2=0.95, eps=1e-8,
                                                weight_decay=0.05, min_lr=0.0))
   return c
+
+
+def library_default_attention() -> str:
+  """The attention_impl default of the mim_jax being benchmarked (a past commit's, under ab_step's rev=)."""
+  from mim_jax.models import vit
+  return vit.Attention.__dataclass_fields__['attention_impl'].default
 
 
 def apply_overrides(config, overrides: dict | None):
@@ -358,7 +364,7 @@ def worker(args) -> None:
 
 def spawn(kind: str, args, model: str | None = None, batch: int | None = None) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--steps', str(args.steps),
-         '--warmup', str(args.warmup), '--compute-dtype', args.compute_dtype, '--attention', args.attention,
+         '--warmup', str(args.warmup), '--compute-dtype', args.compute_dtype, '--attention', args.attention or '',
          '--remat', args.remat, '--memory-fraction', str(args.memory_fraction)]
   cmd += ['--baseline-malloc-tuning'] if args.baseline_malloc_tuning else []
   for flag, value in (('--model', model), ('--batch', 'auto' if batch == 0 else batch), ('--threads', args.threads),
@@ -470,7 +476,8 @@ def main(argv=None) -> None:
   p.add_argument('--repeats', type=int, default=1, help='alternating repeats; the median is reported')
   p.add_argument('--frameworks', default='jax,torch,torch_compile')
   p.add_argument('--compute-dtype', default='float32', choices=('float32', 'bfloat16', 'float16'))
-  p.add_argument('--attention', default='einsum', choices=('einsum', 'xla', 'cudnn'))
+  p.add_argument('--attention', default='', choices=('', 'auto', 'einsum', 'cpu_fused', 'xla', 'cudnn'),
+                 help="attention_impl (default: the library's default, 'auto')")
   p.add_argument('--remat', default='none')
   p.add_argument('--threads', type=int, default=None, help='cores for both sides (default: all available)')
   p.add_argument('--matmul-size', type=int, default=None)
@@ -499,7 +506,7 @@ def main(argv=None) -> None:
 
   env = {'cpu': platform.processor() or platform.machine(), 'python': platform.python_version(),
          'threads': args.threads or len(os.sched_getaffinity(0)), 'compute_dtype': args.compute_dtype,
-         'attention': args.attention, 'remat': args.remat, 'steps': args.steps, 'warmup': args.warmup,
+         'attention': args.attention or 'default', 'remat': args.remat, 'steps': args.steps, 'warmup': args.warmup,
          'repeats': args.repeats, 'baseline_malloc_tuning': args.baseline_malloc_tuning,
          'load_start': os.getloadavg()[0], 'command': ' '.join(sys.argv)}
   print(f"measuring matmul peak ({env['threads']} threads)...", flush=True)

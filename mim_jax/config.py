@@ -25,7 +25,9 @@ reference (defaults in parentheses):
                             skipped and halves the scale (floor 1), growth_interval applied steps double it (cap
                             2**24). Overflow skips are expected: counted in train/overflow_steps, logged with
                             train/loss_scale, never a 'nonfinite' failure (mim_jax.train.state.DynamicLossScale)
-  attention_impl ('einsum') 'xla' / 'cudnn' use jax.nn.dot_product_attention
+  attention_impl ('auto')    'auto': the fused C++ CPU kernel (mim_jax.kernels.attention_cpu) on a single CPU device
+                            in float32, else 'einsum'; 'cpu_fused' insists on the kernel; 'xla' / 'cudnn' use
+                            jax.nn.dot_product_attention ('cudnn': GPU, bfloat16/float16)
   remat ('none')            per-block rematerialization in the backward pass: 'full' keeps only each block's input
                             (least memory, ~1/3 more compute), 'dots' also keeps the weight-matmul outputs
                             (mim_jax.models.vit.REMAT_POLICIES); True/False mean 'full'/'none'
@@ -75,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.norm_pix_loss = True
   c.compute_dtype = 'float32'
   c.loss_scale = ml_collections.ConfigDict(dict(initial=2.0**15, growth_interval=2000))  # float16 only
-  c.attention_impl = 'einsum'
+  c.attention_impl = 'auto'
   c.remat = 'none'
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -104,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 _CHOICES = {
     'compute_dtype': ('float32', 'bfloat16', 'float16'),
-    'attention_impl': ('einsum', 'xla', 'cudnn'),
+    'attention_impl': ('auto', 'einsum', 'cpu_fused', 'xla', 'cudnn'),
     'nonfinite': ('stop', 'skip'),
     'transfer_guard': ('allow', 'log', 'disallow'),
 }

@@ -105,7 +105,7 @@ def test_remat_policies_give_the_same_loss_and_gradients(policy):
     np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'remat': 'full'}, {'attention_impl': 'xla'}])
+@pytest.mark.parametrize('overrides', [{}, {'remat': 'full'}, {'attention_impl': 'einsum'}, {'attention_impl': 'xla'}])
 def test_mae_train_loss_on_masked_queries_equals_the_full_forward(overrides):
   """The train loss skips the last decoder block's work on visible tokens; loss and gradients must be those
   of the reference-shaped forward (every token through every block, masked mean)."""
@@ -233,8 +233,11 @@ def test_cudnn_attention_off_gpu_is_a_clear_error():
   vit.check_attention_impl('cudnn', 'gpu')
   for impl in ('einsum', 'xla'):
     vit.check_attention_impl(impl, 'cpu')
-  with pytest.raises(ValueError, match="attention_impl='cudnn'.*needs an NVIDIA GPU.*'cpu'.*Use 'einsum'"):
+  with pytest.raises(ValueError, match="attention_impl='cudnn'.*needs an NVIDIA GPU.*'cpu'.*Use 'auto'"):
     vit.check_attention_impl('cudnn', 'cpu')
+  vit.check_attention_impl('cpu_fused', 'cpu')
+  with pytest.raises(ValueError, match="attention_impl='cpu_fused' is a CPU kernel.*'gpu'"):
+    vit.check_attention_impl('cpu_fused', 'gpu')
   # cuDNN's fused attention has no float32 kernel: a clear error at trace time, not one from inside jax.
   x = jnp.zeros((1, 4, 8))
   params = vit.Attention(2).init(jax.random.PRNGKey(0), x)

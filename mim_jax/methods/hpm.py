@@ -161,7 +161,7 @@ class HPM(MAE):
     depth = h.predictor_depth if h.predictor_depth > 0 else m.decoder.depth
     self.predictor = MAEDecoder(width=m.decoder.width, depth=depth, num_heads=m.decoder.num_heads,
                                 mlp_ratio=m.decoder.get('mlp_ratio', 4.0), out_dim=1, grid_hw=self.grid_hw,
-                                dtype=dtype, attention_impl=config.get('attention_impl', 'einsum'),
+                                dtype=dtype, attention_impl=config.get('attention_impl', 'auto'),
                                 remat=config.get('remat', False))
     self.model = HPMModel(self.encoder, self.decoder, self.predictor)
     self._total_steps = h.total_steps if h.total_steps > 0 else None

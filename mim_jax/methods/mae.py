@@ -32,7 +32,7 @@ class MAE(Method):
     super().__init__(config, image_shape)
     m = config.model
     dtype = dtype_from_name(config.get('compute_dtype', 'float32'))
-    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'einsum'), remat=config.get('remat', False))
+    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'auto'), remat=config.get('remat', False))
     self.encoder = encoder_from_config(m.encoder, **common)
     h, w, c = image_shape
     self.grid_hw = self.encoder.grid((h, w))

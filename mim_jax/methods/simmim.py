@@ -60,7 +60,7 @@ class SimMIM(Method):
   def __init__(self, config, image_shape):
     super().__init__(config, image_shape)
     dtype = dtype_from_name(config.get('compute_dtype', 'float32'))
-    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'einsum'), remat=config.get('remat', False))
+    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'auto'), remat=config.get('remat', False))
     self.encoder = encoder_from_config(config.model.encoder, use_mask_token=True, **common)
     h, w, c = image_shape
     self.grid_hw = self.encoder.grid((h, w))

@@ -38,7 +38,7 @@ class MAEDecoder(nn.Module):
   grid_hw: tuple[int, int]
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
-  attention_impl: str = 'einsum'
+  attention_impl: str = 'auto'
   remat: bool | str = False  # see mim_jax.models.vit.REMAT_POLICIES
 
   @nn.compact

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax.kernels import attention_cpu
 from mim_jax.targets import patchify
 
 Dtype = Any
@@ -111,11 +112,17 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   return x * (0.5 + 0.5 * jax.lax.erf(x * np.float32(2**-0.5)).astype(x.dtype))
 
 
+ATTENTION_IMPLS = ('auto', 'einsum', 'cpu_fused', 'xla', 'cudnn')
+
+
 def check_attention_impl(attention_impl: str, platform: str) -> None:
   """A clear error, before anything compiles, for an attention implementation this platform cannot run."""
   if attention_impl == 'cudnn' and platform != 'gpu':
     raise ValueError(f"config.attention_impl='cudnn' (cuDNN flash attention) needs an NVIDIA GPU, but this run's "
-                     f"devices are {platform!r}. Use 'einsum' (the default) or 'xla' here.")
+                     f"devices are {platform!r}. Use 'auto' (the default), 'einsum' or 'xla' here.")
+  if attention_impl == 'cpu_fused' and platform != 'cpu':
+    raise ValueError(f"config.attention_impl='cpu_fused' is a CPU kernel, but this run's devices are {platform!r}. "
+                     f"Use 'auto' (the default), 'einsum', 'xla' or 'cudnn' here.")
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
@@ -145,7 +152,8 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
 class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
-  attention_impl: str = 'einsum'  # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention backends)
+  # 'auto' | 'einsum' | 'cpu_fused' (mim_jax.kernels.attention_cpu) | 'xla' | 'cudnn' (jax.nn.dot_product_attention)
+  attention_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, query_ids: jax.Array | None = None) -> jax.Array:
@@ -161,19 +169,29 @@ class Attention(nn.Module):
     q, k, v = (t.reshape(b, n, self.num_heads, hd) for t in jnp.split(qkv, 3, axis=-1))
     if query_ids is not None:
       q = jnp.take_along_axis(q, query_ids[:, :, None, None], axis=1)
-    if self.attention_impl == 'einsum':
+    impl = self.attention_impl
+    if impl == 'auto':  # the fused CPU kernel where it applies, else einsum
+      impl = 'cpu_fused' if attention_cpu.supported(q.shape, k.shape, q.dtype) else 'einsum'
+    elif impl == 'cpu_fused':
+      reason = attention_cpu.unsupported_reason(q.shape, k.shape, q.dtype)
+      if reason or not attention_cpu.available():
+        raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason or attention_cpu.status_reason()}. "
+                         f"Use attention_impl='auto', which falls back to 'einsum' where the kernel does not apply.")
+    if impl == 'cpu_fused':
+      out = attention_cpu.attention(q, k, v)
+    elif impl == 'einsum':
       # Logits accumulate and the softmax runs in float32 whatever the compute dtype (the precision policy).
       logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
       weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    elif self.attention_impl in ('xla', 'cudnn'):
-      if self.attention_impl == 'cudnn' and q.dtype not in (jnp.bfloat16, jnp.float16):
+    elif impl in ('xla', 'cudnn'):
+      if impl == 'cudnn' and q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention) takes bfloat16 or float16 operands, but "
                          f"this model computes in {q.dtype}. Set config.compute_dtype='bfloat16' (or 'float16'), "
                          f"or use attention_impl='xla' in float32.")
-      out = fused_attention(q, k, v, self.attention_impl)
+      out = fused_attention(q, k, v, impl)
     else:
-      raise ValueError(f"attention_impl must be 'einsum', 'xla' or 'cudnn', got {self.attention_impl!r}.")
+      raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}.")
     return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out.reshape(b, q.shape[1], d))
 
 
@@ -209,7 +227,7 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
-  attention_impl: str = 'einsum'
+  attention_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None) -> jax.Array:
@@ -301,7 +319,7 @@ class ViTEncoder(nn.Module):
   use_mask_token: bool = False
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
-  attention_impl: str = 'einsum'
+  attention_impl: str = 'auto'
   remat: bool | str = False  # see REMAT_POLICIES
   # False: return the last block's output unnormalized. MAE fine-tuning with global pooling drops the final norm
   # and normalizes the pooled feature instead (fc_norm).

@@ -91,7 +91,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
   rules = shd.rules_from_config(config.mesh.get('rules', None))
   shd.check_batch_divisible(config.batch_size, mesh)
-  vit.check_attention_impl(config.get('attention_impl', 'einsum'), mesh.devices.flat[0].platform)
+  vit.check_attention_impl(config.get('attention_impl', 'auto'), mesh.devices.flat[0].platform)
   method = methods.build(config, info.image_shape)
   tx, schedule, total_steps, warmup_steps, peak_lr = build_optimizer(config, info)
 
