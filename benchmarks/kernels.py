@@ -82,7 +82,7 @@ def jax_pieces():
         out = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
       elif impl == 'cpu_fused':  # mim_jax.kernels.attention_cpu, what attention_impl='auto' runs on one CPU
         from mim_jax.kernels import attention_cpu
-        out = attention_cpu.attention(q, k, v)
+        out = attention_cpu.packed_attention(qkv.reshape(b, n, 3, h, d))
       elif impl == 'deferred':  # flash attention's order: normalize the [N, d] output, not the [N, N] weights
         logits = jnp.einsum('bqhd,bkhd->bhqk', q * d ** -0.5, k, preferred_element_type=jnp.float32)
         p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))

@@ -42,21 +42,39 @@ def test_kernel_matches_einsum_values_and_gradients(shape):
     np.testing.assert_allclose(gf, gr, atol=1e-5 * float(jnp.max(jnp.abs(gr))), rtol=1e-4)
 
 
+@pytest.mark.parametrize('shape', [(2, 17, 3, 64), (3, 197, 2, 32), (1, 5, 1, 16)], ids=str)
+def test_packed_kernel_matches_einsum_values_and_gradients(shape):
+  b, n, h, d = shape
+  kx, kt = jax.random.split(jax.random.PRNGKey(sum(shape)))
+  qkv = 2 * jax.random.normal(kx, (b, n, 3, h, d))
+  target = jax.random.normal(kt, (b, n, h, d))
+  ref = lambda qkv: jnp.sum(_reference(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]) * target)
+  fused = lambda qkv: jnp.sum(attention_cpu.packed_attention(qkv) * target)
+  (loss_r, grad_r), (loss_f, grad_f) = jax.jit(jax.value_and_grad(ref))(qkv), jax.jit(jax.value_and_grad(fused))(qkv)
+  np.testing.assert_allclose(loss_f, loss_r, rtol=1e-5)
+  np.testing.assert_allclose(grad_f, grad_r, atol=1e-5 * float(jnp.max(jnp.abs(grad_r))), rtol=1e-4)
+
+
 def test_kernel_propagates_nan():
   q = jnp.ones((1, 4, 1, 16)).at[0, 2, 0, 3].set(jnp.nan)
   out = attention_cpu.attention(q, jnp.ones((1, 5, 1, 16)), jnp.ones((1, 5, 1, 16)))
   assert np.isnan(out[0, 2]).all() and np.isfinite(np.delete(np.asarray(out[0]), 2, axis=0)).all()
 
 
-def _hlo(impl, dtype=jnp.float32, width=64, heads=2):
+def _hlo(impl, dtype=jnp.float32, width=64, heads=2, query_ids=None):
   x = jnp.zeros((2, 9, width), dtype)
   module = Attention(heads, dtype=dtype, attention_impl=impl)
   params = module.init(jax.random.PRNGKey(0), x)
-  return jax.jit(jax.grad(lambda p: jnp.sum(module.apply(p, x)).astype(jnp.float32))).lower(params).as_text()
+  loss = lambda p: jnp.sum(module.apply(p, x, query_ids)).astype(jnp.float32)
+  return jax.jit(jax.grad(loss)).lower(params).as_text()
 
 
 def test_auto_uses_the_kernel_only_where_it_applies():
-  assert 'mim_jax_attention_cpu_forward' in _hlo('auto') and 'mim_jax_attention_cpu_backward' in _hlo('auto')
+  # All tokens attend: the packed kernel reads the qkv projection in place. Some queries: the separate one.
+  hlo = _hlo('auto')
+  assert 'mim_jax_attention_cpu_packed_forward' in hlo and 'mim_jax_attention_cpu_packed_backward' in hlo
+  hlo = _hlo('auto', query_ids=jnp.array([[1, 4, 5], [0, 2, 8]]))
+  assert 'mim_jax_attention_cpu_forward' in hlo and 'mim_jax_attention_cpu_backward' in hlo
   assert 'mim_jax_attention_cpu' not in _hlo('einsum')
   assert 'mim_jax_attention_cpu' not in _hlo('auto', jnp.bfloat16)  # float32 only
   assert 'mim_jax_attention_cpu' not in _hlo('auto', width=40, heads=2)  # head dim 20: not a multiple of 16

@@ -7,12 +7,17 @@
 //
 // Layout: q [B, T, H, D], k and v [B, S, H, D], out [B, T, H, D] (the models' token-major layout, so no
 // transposes outside); probs [B, H, T, S16] is the saved softmax (S16 = S rounded up to 16, zero-padded), the
-// residual of the backward pass. D must be a multiple of 16. Pairs run in parallel with OpenMP.
+// residual of the backward pass. D must be a multiple of 16. Pairs run in parallel on XLA's own intra-op
+// thread pool (an OpenMP pool beside it made both spin against each other: the ops around the kernel ran 2x
+// slower).
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -74,94 +79,182 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t 
 
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
+// Runs body(i, scratch) for i in [0, n) on the caller and up to num_threads - 1 tasks of XLA's pool, which take
+// items from a shared counter; scratch is a per-worker zero-initialized buffer of scratch_size floats. The caller
+// never waits for a task that has not started (it takes the remaining items itself), so a busy pool cannot
+// deadlock it; tasks that start after the last item just return (the counters they touch are shared_ptr-owned).
+template <typename Body>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t scratch_size, Body body) {
+  struct Counters {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto counters = std::make_shared<Counters>();
+  auto work = [counters, n, scratch_size, body]() {
+    std::vector<float> scratch;
+    for (int64_t i; (i = counters->next.fetch_add(1)) < n;) {
+      if (scratch.empty()) scratch.assign(scratch_size, 0.0f);
+      body(i, scratch.data());
+      counters->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));  // a copy per task
+  work();
+  while (counters->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
 // x [S rows of D, row stride rs] -> xt [D, S16], the padding columns left as they are (zero).
 void transpose_into(const float* x, int64_t S, int64_t D, int64_t rs, float* xt, int64_t S16) {
   for (int64_t s = 0; s < S; ++s)
     for (int64_t d = 0; d < D; ++d) xt[d * S16 + s] = x[s * rs + d];
 }
 
-struct Dims {
-  int64_t B, T, S, H, D, S16, rs;
+// One (batch, head) pair: q rows [T, D] with row stride qs; k and v rows [S, D] with stride kvs; out rows with
+// stride os; p its [T, S16] softmax; kt a [D, S16] scratch tile whose padding columns are 0.
+void forward_pair(const float* q, int64_t qs, const float* k, const float* v, int64_t kvs, float* out, int64_t os,
+                  float* p, int64_t T, int64_t S, int64_t D, int64_t S16, float* kt) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  transpose_into(k, S, D, kvs, kt, S16);
+  gemm(T, S16, D, q, qs, 1, kt, S16, p, S16, scale);  // logits
+  for (int64_t t = 0; t < T; ++t) {  // softmax over the S real keys; padding probabilities are 0
+    float* row = p + t * S16;
+    const float m = *std::max_element(row, row + S);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t s = 0; s < S; ++s) {
+      row[s] = std::exp(row[s] - m);
+      sum += row[s];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t s = 0; s < S; ++s) row[s] *= inv;
+    std::fill(row + S, row + S16, 0.0f);
+  }
+  gemm(T, D, S, p, S16, 1, v, kvs, out, os, 1.0f);  // out = P V
+}
+
+// The gradients of one pair: g (d out) rows with stride gs; dq rows with stride dqs, dk and dv with dkvs.
+// scratch: [D, S16] (padding columns 0) then [T, S16].
+void backward_pair(const float* q, int64_t qs, const float* k, const float* v, int64_t kvs, const float* p,
+                   const float* g, int64_t gs, float* dq, int64_t dqs, float* dk, float* dv, int64_t dkvs,
+                   int64_t T, int64_t S, int64_t D, int64_t S16, float* scratch) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  float* vt = scratch;
+  float* ds = scratch + D * S16;
+  transpose_into(v, S, D, kvs, vt, S16);
+  gemm(T, S16, D, g, gs, 1, vt, S16, ds, S16, 1.0f);  // dP = dO V^T
+  for (int64_t t = 0; t < T; ++t) {  // dLogits = P * (dP - rowsum(P * dP)), times the scale
+    const float* pr = p + t * S16;
+    float* dr = ds + t * S16;
+    float dot = 0.0f;
+    for (int64_t s = 0; s < S16; ++s) dot += pr[s] * dr[s];
+    for (int64_t s = 0; s < S16; ++s) dr[s] = pr[s] * (dr[s] - dot) * scale;
+  }
+  gemm(T, D, S, ds, S16, 1, k, kvs, dq, dqs, 1.0f);  // dQ = dLogits K
+  gemm(S, D, T, ds, 1, S16, q, qs, dk, dkvs, 1.0f);  // dK = dLogits^T Q
+  gemm(S, D, T, p, 1, S16, g, gs, dv, dkvs, 1.0f);   // dV = P^T dO
+}
+
+ffi::Error CheckHeadDim(int64_t D) {
+  if (D % 16 != 0) return ffi::Error::InvalidArgument("attention_cpu: head dim must be a multiple of 16");
+  return ffi::Error::Success();
+}
+
+// Separate operands: q [B, T, H, D], k and v [B, S, H, D] (MAE's last decoder block: only masked queries).
+struct Separate {
+  int64_t B, T, S, H, D, S16;
+  static ffi::ErrorOr<Separate> From(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k) {
+    auto qd = q.dimensions(), kd = k.dimensions();
+    if (qd.size() != 4 || kd.size() != 4 || qd[0] != kd[0] || qd[2] != kd[2] || qd[3] != kd[3])
+      return ffi::Unexpected(ffi::Error::InvalidArgument("attention_cpu: q must be [B, T, H, D], k, v [B, S, H, D]"));
+    return Separate{qd[0], qd[1], kd[1], qd[2], qd[3], round16(kd[1])};
+  }
+  int64_t q_offset(int64_t b, int64_t h) const { return (b * T * H + h) * D; }
+  int64_t kv_offset(int64_t b, int64_t h) const { return (b * S * H + h) * D; }
 };
 
-ffi::Error GetDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, Dims& dims) {
-  auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || qd[0] != kd[0] || qd[2] != kd[2] || qd[3] != kd[3])
-    return ffi::Error::InvalidArgument("attention_cpu: q must be [B, T, H, D] and k, v [B, S, H, D]");
-  if (qd[3] % 16 != 0) return ffi::Error::InvalidArgument("attention_cpu: head dim must be a multiple of 16");
-  dims = Dims{qd[0], qd[1], kd[1], qd[2], qd[3], round16(kd[1]), qd[2] * qd[3]};
-  return ffi::Error::Success();
-}
-
-ffi::Error Forward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> probs) {
-  Dims dims;
-  if (ffi::Error error = GetDims(q, k, dims); error.failure()) return error;
-  const auto [B, T, S, H, D, S16, rs] = dims;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  auto dims = Separate::From(q, k);
+  if (dims.has_error()) return dims.error();
+  const Separate d = dims.value();
+  if (auto e = CheckHeadDim(d.D); e.failure()) return e;
   const float *Q = q.typed_data(), *K = k.typed_data(), *V = v.typed_data();
   float *O = out->typed_data(), *P = probs->typed_data();
-#pragma omp parallel
-  {
-    std::vector<float> kt(D * S16, 0.0f);
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * H; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const int64_t qo = (b * T * H + h) * D, ko = (b * S * H + h) * D;
-      float* p = P + bh * T * S16;
-      transpose_into(K + ko, S, D, rs, kt.data(), S16);
-      gemm(T, S16, D, Q + qo, rs, 1, kt.data(), S16, p, S16, scale);  // logits
-      for (int64_t t = 0; t < T; ++t) {  // softmax over the S real keys; padding probabilities are 0
-        float* row = p + t * S16;
-        const float m = *std::max_element(row, row + S);
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)  // with glibc's vector expf (libmvec)
-        for (int64_t s = 0; s < S; ++s) {
-          row[s] = std::exp(row[s] - m);
-          sum += row[s];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t s = 0; s < S; ++s) row[s] *= inv;
-        std::fill(row + S, row + S16, 0.0f);
-      }
-      gemm(T, D, S, p, S16, 1, V + ko, rs, O + qo, rs, 1.0f);  // out = P V
-    }
-  }
+  const int64_t rs = d.H * d.D;
+  parallel_for(pool, d.B * d.H, d.D * d.S16, [=](int64_t bh, float* kt) {
+    const int64_t b = bh / d.H, h = bh % d.H, qo = d.q_offset(b, h), ko = d.kv_offset(b, h);
+    forward_pair(Q + qo, rs, K + ko, V + ko, rs, O + qo, rs, P + bh * d.T * d.S16, d.T, d.S, d.D, d.S16, kt);
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                     ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
-  Dims dims;
-  if (ffi::Error error = GetDims(q, k, dims); error.failure()) return error;
-  const auto [B, T, S, H, D, S16, rs] = dims;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  auto dims = Separate::From(q, k);
+  if (dims.has_error()) return dims.error();
+  const Separate d = dims.value();
+  if (auto e = CheckHeadDim(d.D); e.failure()) return e;
   const float *Q = q.typed_data(), *K = k.typed_data(), *V = v.typed_data(), *P = probs.typed_data(),
               *G = dout.typed_data();
   float *dQ = dq->typed_data(), *dK = dk->typed_data(), *dV = dv->typed_data();
-#pragma omp parallel
-  {
-    std::vector<float> vt(D * S16, 0.0f), ds(T * S16);
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * H; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const int64_t qo = (b * T * H + h) * D, ko = (b * S * H + h) * D;
-      const float* p = P + bh * T * S16;
-      transpose_into(V + ko, S, D, rs, vt.data(), S16);
-      gemm(T, S16, D, G + qo, rs, 1, vt.data(), S16, ds.data(), S16, 1.0f);  // dP = dO V^T
-      for (int64_t t = 0; t < T; ++t) {  // dLogits = P * (dP - rowsum(P * dP)), times the scale
-        const float* pr = p + t * S16;
-        float* dr = ds.data() + t * S16;
-        float dot = 0.0f;
-        for (int64_t s = 0; s < S16; ++s) dot += pr[s] * dr[s];
-        for (int64_t s = 0; s < S16; ++s) dr[s] = pr[s] * (dr[s] - dot) * scale;
-      }
-      gemm(T, D, S, ds.data(), S16, 1, K + ko, rs, dQ + qo, rs, 1.0f);  // dQ = dLogits K
-      gemm(S, D, T, ds.data(), 1, S16, Q + qo, rs, dK + ko, rs, 1.0f);  // dK = dLogits^T Q
-      gemm(S, D, T, p, 1, S16, G + qo, rs, dV + ko, rs, 1.0f);          // dV = P^T dO
-    }
+  const int64_t rs = d.H * d.D;
+  parallel_for(pool, d.B * d.H, (d.D + d.T) * d.S16, [=](int64_t bh, float* scratch) {
+    const int64_t b = bh / d.H, h = bh % d.H, qo = d.q_offset(b, h), ko = d.kv_offset(b, h);
+    backward_pair(Q + qo, rs, K + ko, V + ko, rs, P + bh * d.T * d.S16, G + qo, rs, dQ + qo, rs, dK + ko, dV + ko,
+                  rs, d.T, d.S, d.D, d.S16, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+// Packed operands: qkv [B, N, 3, H, D], the qkv projection's output as it is (no slicing copies); the
+// gradient comes back in the same layout. out and d out are [B, N, H, D].
+struct Packed {
+  int64_t B, N, H, D, S16;
+  static ffi::ErrorOr<Packed> From(const ffi::Buffer<ffi::F32>& qkv) {
+    auto x = qkv.dimensions();
+    if (x.size() != 5 || x[2] != 3)
+      return ffi::Unexpected(ffi::Error::InvalidArgument("attention_cpu: packed qkv must be [B, N, 3, H, D]"));
+    return Packed{x[0], x[1], x[3], x[4], round16(x[1])};
   }
+  int64_t qkv_offset(int64_t b, int64_t h) const { return b * N * 3 * H * D + h * D; }
+  int64_t out_offset(int64_t b, int64_t h) const { return (b * N * H + h) * D; }
+};
+
+ffi::Error PackedForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> out,
+                         ffi::ResultBuffer<ffi::F32> probs) {
+  auto dims = Packed::From(qkv);
+  if (dims.has_error()) return dims.error();
+  const Packed d = dims.value();
+  if (auto e = CheckHeadDim(d.D); e.failure()) return e;
+  const float* X = qkv.typed_data();
+  float *O = out->typed_data(), *P = probs->typed_data();
+  const int64_t hd = d.H * d.D, xs = 3 * hd;
+  parallel_for(pool, d.B * d.H, d.D * d.S16, [=](int64_t bh, float* kt) {
+    const int64_t b = bh / d.H, h = bh % d.H;
+    const float* x = X + d.qkv_offset(b, h);
+    forward_pair(x, xs, x + hd, x + 2 * hd, xs, O + d.out_offset(b, h), hd, P + bh * d.N * d.S16, d.N, d.N, d.D,
+                 d.S16, kt);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error PackedBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> probs,
+                          ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv) {
+  auto dims = Packed::From(qkv);
+  if (dims.has_error()) return dims.error();
+  const Packed d = dims.value();
+  if (auto e = CheckHeadDim(d.D); e.failure()) return e;
+  const float *X = qkv.typed_data(), *P = probs.typed_data(), *G = dout.typed_data();
+  float* dX = dqkv->typed_data();
+  const int64_t hd = d.H * d.D, xs = 3 * hd;
+  parallel_for(pool, d.B * d.H, (d.D + d.N) * d.S16, [=](int64_t bh, float* scratch) {
+    const int64_t b = bh / d.H, h = bh % d.H, xo = d.qkv_offset(b, h);
+    const float* x = X + xo;
+    float* dx = dX + xo;
+    backward_pair(x, xs, x + hd, x + 2 * hd, xs, P + bh * d.N * d.S16, G + d.out_offset(b, h), hd, dx, xs, dx + hd,
+                  dx + 2 * hd, xs, d.N, d.N, d.D, d.S16, scratch);
+  });
   return ffi::Error::Success();
 }
 
@@ -169,6 +262,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffe
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MimJaxAttentionForward, Forward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -177,6 +271,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MimJaxAttentionForward, Forward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MimJaxAttentionBackward, Backward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -184,4 +279,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MimJaxAttentionBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MimJaxAttentionPackedForward, PackedForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MimJaxAttentionPackedBackward, PackedBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

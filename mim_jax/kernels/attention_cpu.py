@@ -4,7 +4,7 @@ XLA:CPU runs attention as separate batched matrix products, transposes and softm
 ``[B, H, T, S]`` logits, which at ViT sizes costs 2-3x what the arithmetic needs (docs/performance.md,
 "Fused CPU attention"). The kernel does one (batch, head) pair per task with everything in cache.
 
-The kernel is compiled on first use with the system C++ compiler (``$CXX`` or ``g++``, with OpenMP) against the
+The kernel is compiled on first use with the system C++ compiler (``$CXX`` or ``g++``) against the
 FFI headers that jaxlib ships, into ``~/.cache/mim_jax/kernels`` (``MIM_JAX_KERNEL_CACHE`` overrides), under a
 name keyed by the source, the flags, jaxlib's version and the CPU's instruction-set flags (it is built with
 ``-march=native``). The build is atomic, so concurrent processes are safe. :func:`available` says whether it
@@ -29,8 +29,14 @@ import jax.numpy as jnp
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'attention_cpu.cc')
 # -fno-math-errno lets expf inline; no -ffast-math: NaN and inf must propagate for the train step's guard.
-FLAGS = ('-O3', '-march=native', '-fopenmp', '-fno-math-errno', '-fPIC', '-shared', '-std=c++17')
-_FORWARD, _BACKWARD = 'mim_jax_attention_cpu_forward', 'mim_jax_attention_cpu_backward'
+# -fopenmp-simd: the `omp simd` loop hints only (threads come from XLA's pool, not OpenMP).
+FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-fno-math-errno', '-fPIC', '-shared', '-std=c++17')
+_TARGETS = {  # FFI target name -> the handler symbol in attention_cpu.cc
+    'mim_jax_attention_cpu_forward': 'MimJaxAttentionForward',
+    'mim_jax_attention_cpu_backward': 'MimJaxAttentionBackward',
+    'mim_jax_attention_cpu_packed_forward': 'MimJaxAttentionPackedForward',
+    'mim_jax_attention_cpu_packed_backward': 'MimJaxAttentionPackedBackward',
+}
 
 _lock = threading.Lock()
 _status: dict[str, object] = {}  # 'ok': bool, 'reason': str (why not), 'path': the loaded library
@@ -91,8 +97,8 @@ def available() -> bool:
         try:
           path = build()
           lib = ctypes.CDLL(path)
-          jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.MimJaxAttentionForward), platform='cpu')
-          jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.MimJaxAttentionBackward), platform='cpu')
+          for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
           _status.update(ok=True, path=path, reason='')
         except Exception as e:  # noqa: BLE001 - any failure means: use the einsum path
           _status.update(ok=False, reason=f'{type(e).__name__}: {e}')
@@ -125,11 +131,14 @@ def supported(q_shape, k_shape, dtype) -> bool:
   return unsupported_reason(q_shape, k_shape, dtype) is None and available()
 
 
+def _probs_type(b, h, t, s, dtype):
+  return jax.ShapeDtypeStruct((b, h, t, -(-s // 16) * 16), dtype)  # the saved softmax, keys padded to 16
+
+
 def _forward_call(q, k, v):
   b, t, h, _ = q.shape
-  s16 = -(-k.shape[1] // 16) * 16
-  out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, t, s16), q.dtype))
-  return jax.ffi.ffi_call(_FORWARD, out_types)(q, k, v)
+  out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), _probs_type(b, h, t, k.shape[1], q.dtype))
+  return jax.ffi.ffi_call('mim_jax_attention_cpu_forward', out_types)(q, k, v)
 
 
 @jax.custom_vjp
@@ -147,7 +156,35 @@ def _attention_fwd(q, k, v):
 def _attention_bwd(residuals, g):
   q, k, v, probs = residuals
   out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
-  return tuple(jax.ffi.ffi_call(_BACKWARD, out_types)(q, k, v, probs, g.astype(q.dtype)))
+  return tuple(jax.ffi.ffi_call('mim_jax_attention_cpu_backward', out_types)(q, k, v, probs, g.astype(q.dtype)))
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _packed_forward_call(qkv):
+  b, n, _, h, d = qkv.shape
+  out_types = (jax.ShapeDtypeStruct((b, n, h, d), qkv.dtype), _probs_type(b, h, n, n, qkv.dtype))
+  return jax.ffi.ffi_call('mim_jax_attention_cpu_packed_forward', out_types)(qkv)
+
+
+@jax.custom_vjp
+def packed_attention(qkv: jax.Array) -> jax.Array:
+  """:func:`attention` of ``q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]`` for ``qkv`` ``[B, N, 3, H, D]``
+  (the qkv projection's output, reshaped for free), read and differentiated in place: no slicing copies in the
+  forward pass and no concatenation of the three gradients in the backward pass."""
+  return _packed_forward_call(qkv)[0]
+
+
+def _packed_fwd(qkv):
+  out, probs = _packed_forward_call(qkv)
+  return out, (qkv, probs)
+
+
+def _packed_bwd(residuals, g):
+  qkv, probs = residuals
+  out_type = jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)
+  return (jax.ffi.ffi_call('mim_jax_attention_cpu_packed_backward', out_type)(qkv, probs, g.astype(qkv.dtype)),)
+
+
+packed_attention.defvjp(_packed_fwd, _packed_bwd)

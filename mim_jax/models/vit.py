@@ -177,7 +177,9 @@ class Attention(nn.Module):
       if reason or not attention_cpu.available():
         raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason or attention_cpu.status_reason()}. "
                          f"Use attention_impl='auto', which falls back to 'einsum' where the kernel does not apply.")
-    if impl == 'cpu_fused':
+    if impl == 'cpu_fused' and query_ids is None:  # straight from the projection's [B, N, 3, H, D] output
+      out = attention_cpu.packed_attention(qkv.reshape(b, n, 3, self.num_heads, hd))
+    elif impl == 'cpu_fused':
       out = attention_cpu.attention(q, k, v)
     elif impl == 'einsum':
       # Logits accumulate and the softmax runs in float32 whatever the compute dtype (the precision policy).
