@@ -8,18 +8,15 @@
 // Layout: q [B, T, H, D], k and v [B, S, H, D], out [B, T, H, D] (the models' token-major layout, so no
 // transposes outside); probs [B, H, T, S16] is the saved softmax (S16 = S rounded up to 16, zero-padded), the
 // residual of the backward pass. D must be a multiple of 16. Pairs run in parallel on XLA's own intra-op
-// thread pool (an OpenMP pool beside it made both spin against each other: the ops around the kernel ran 2x
-// slower).
+// thread pool (cpu_parallel.h).
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -78,30 +75,6 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t 
 }
 
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
-
-// Runs body(i, scratch) for i in [0, n) on the caller and up to num_threads - 1 tasks of XLA's pool, which take
-// items from a shared counter; scratch is a per-worker zero-initialized buffer of scratch_size floats. The caller
-// never waits for a task that has not started (it takes the remaining items itself), so a busy pool cannot
-// deadlock it; tasks that start after the last item just return (the counters they touch are shared_ptr-owned).
-template <typename Body>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t scratch_size, Body body) {
-  struct Counters {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto counters = std::make_shared<Counters>();
-  auto work = [counters, n, scratch_size, body]() {
-    std::vector<float> scratch;
-    for (int64_t i; (i = counters->next.fetch_add(1)) < n;) {
-      if (scratch.empty()) scratch.assign(scratch_size, 0.0f);
-      body(i, scratch.data());
-      counters->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));  // a copy per task
-  work();
-  while (counters->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
-}
 
 // x [S rows of D, row stride rs] -> xt [D, S16], the padding columns left as they are (zero).
 void transpose_into(const float* x, int64_t S, int64_t D, int64_t rs, float* xt, int64_t S16) {
@@ -181,7 +154,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   const float *Q = q.typed_data(), *K = k.typed_data(), *V = v.typed_data();
   float *O = out->typed_data(), *P = probs->typed_data();
   const int64_t rs = d.H * d.D;
-  parallel_for(pool, d.B * d.H, d.D * d.S16, [=](int64_t bh, float* kt) {
+  mim_jax::parallel_for(pool, d.B * d.H, d.D * d.S16, [=](int64_t bh, float* kt) {
     const int64_t b = bh / d.H, h = bh % d.H, qo = d.q_offset(b, h), ko = d.kv_offset(b, h);
     forward_pair(Q + qo, rs, K + ko, V + ko, rs, O + qo, rs, P + bh * d.T * d.S16, d.T, d.S, d.D, d.S16, kt);
   });
@@ -199,7 +172,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
               *G = dout.typed_data();
   float *dQ = dq->typed_data(), *dK = dk->typed_data(), *dV = dv->typed_data();
   const int64_t rs = d.H * d.D;
-  parallel_for(pool, d.B * d.H, (d.D + d.T) * d.S16, [=](int64_t bh, float* scratch) {
+  mim_jax::parallel_for(pool, d.B * d.H, (d.D + d.T) * d.S16, [=](int64_t bh, float* scratch) {
     const int64_t b = bh / d.H, h = bh % d.H, qo = d.q_offset(b, h), ko = d.kv_offset(b, h);
     backward_pair(Q + qo, rs, K + ko, V + ko, rs, P + bh * d.T * d.S16, G + qo, rs, dQ + qo, rs, dK + ko, dV + ko,
                   rs, d.T, d.S, d.D, d.S16, scratch);
@@ -230,7 +203,7 @@ ffi::Error PackedForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::R
   const float* X = qkv.typed_data();
   float *O = out->typed_data(), *P = probs->typed_data();
   const int64_t hd = d.H * d.D, xs = 3 * hd;
-  parallel_for(pool, d.B * d.H, d.D * d.S16, [=](int64_t bh, float* kt) {
+  mim_jax::parallel_for(pool, d.B * d.H, d.D * d.S16, [=](int64_t bh, float* kt) {
     const int64_t b = bh / d.H, h = bh % d.H;
     const float* x = X + d.qkv_offset(b, h);
     forward_pair(x, xs, x + hd, x + 2 * hd, xs, O + d.out_offset(b, h), hd, P + bh * d.N * d.S16, d.N, d.N, d.D,
@@ -248,7 +221,7 @@ ffi::Error PackedBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::
   const float *X = qkv.typed_data(), *P = probs.typed_data(), *G = dout.typed_data();
   float* dX = dqkv->typed_data();
   const int64_t hd = d.H * d.D, xs = 3 * hd;
-  parallel_for(pool, d.B * d.H, (d.D + d.N) * d.S16, [=](int64_t bh, float* scratch) {
+  mim_jax::parallel_for(pool, d.B * d.H, (d.D + d.N) * d.S16, [=](int64_t bh, float* scratch) {
     const int64_t b = bh / d.H, h = bh % d.H, xo = d.qkv_offset(b, h);
     const float* x = X + xo;
     float* dx = dX + xo;

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax.kernels import attention_cpu
+from mim_jax.kernels import attention_cpu, layernorm_cpu
 from mim_jax.targets import patchify
 
 Dtype = Any
@@ -77,7 +77,26 @@ def token_dense(layer: nn.Dense, x: jax.Array) -> jax.Array:
   return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
-def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
+class CpuLayerNorm(nn.Module):
+  """``nn.LayerNorm``'s parameters (``scale``, ``bias``) and math, run by the C++ kernel
+  (``mim_jax.kernels.layernorm_cpu``: one pass over each row forward and one backward)."""
+
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    scale = self.param('scale', _param_init(ones, (EMBED,)), (d,), jnp.float32)
+    bias = self.param('bias', _param_init(zeros, (EMBED,)), (d,), jnp.float32)
+    y = layernorm_cpu.layer_norm(x.reshape(-1, d).astype(jnp.float32), scale, bias, self.epsilon)
+    return y.reshape(x.shape)
+
+
+def layer_norm(dtype: Dtype, name: str) -> nn.Module:
+  """LayerNorm (eps 1e-6, two-pass variance): the CPU kernel where it applies (one CPU device, float32), else
+  flax's. Same parameters either way."""
+  if layernorm_cpu.applies(dtype):
+    return CpuLayerNorm(epsilon=1e-6, name=name)
   # Statistics in float32 whatever the compute dtype: this is where bf16 training goes unstable.
   return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
                       scale_init=_param_init(ones, (EMBED,)), bias_init=_param_init(zeros, (EMBED,)),
