@@ -104,3 +104,10 @@ except ValueError as e:
   assert "no C++ compiler 'no-such-compiler-xyz'" in out
   out = run_python(code, env={'MIM_JAX_CPU_ATTENTION': '0'})
   assert out.split()[-1] == 'EINSUM'
+
+
+def test_kernel_under_vmap_runs_per_example():
+  qkv = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 5, 3, 1, 16))
+  loss = lambda x: jnp.sum(jnp.sin(attention_cpu.packed_attention(x)))
+  per_example = jax.vmap(jax.grad(loss))(qkv)
+  np.testing.assert_allclose(per_example, jnp.stack([jax.grad(loss)(x) for x in qkv]), atol=1e-6)

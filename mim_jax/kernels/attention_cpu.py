@@ -52,6 +52,11 @@ def supported(q_shape, k_shape, dtype) -> bool:
   return unsupported_reason(q_shape, k_shape, dtype) is None and available()
 
 
+def _ffi(target: str, out_types):
+  # Under vmap (per-example gradients, say) the kernel runs once per example.
+  return jax.ffi.ffi_call(target, out_types, vmap_method='sequential')
+
+
 def _probs_type(b, h, t, s, dtype):
   return jax.ShapeDtypeStruct((b, h, t, -(-s // 16) * 16), dtype)  # the saved softmax, keys padded to 16
 
@@ -59,7 +64,7 @@ def _probs_type(b, h, t, s, dtype):
 def _forward_call(q, k, v):
   b, t, h, _ = q.shape
   out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), _probs_type(b, h, t, k.shape[1], q.dtype))
-  return jax.ffi.ffi_call('mim_jax_attention_cpu_forward', out_types)(q, k, v)
+  return _ffi('mim_jax_attention_cpu_forward', out_types)(q, k, v)
 
 
 @jax.custom_vjp
@@ -77,7 +82,7 @@ def _attention_fwd(q, k, v):
 def _attention_bwd(residuals, g):
   q, k, v, probs = residuals
   out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
-  return tuple(jax.ffi.ffi_call('mim_jax_attention_cpu_backward', out_types)(q, k, v, probs, g.astype(q.dtype)))
+  return tuple(_ffi('mim_jax_attention_cpu_backward', out_types)(q, k, v, probs, g.astype(q.dtype)))
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
@@ -86,7 +91,7 @@ attention.defvjp(_attention_fwd, _attention_bwd)
 def _packed_forward_call(qkv):
   b, n, _, h, d = qkv.shape
   out_types = (jax.ShapeDtypeStruct((b, n, h, d), qkv.dtype), _probs_type(b, h, n, n, qkv.dtype))
-  return jax.ffi.ffi_call('mim_jax_attention_cpu_packed_forward', out_types)(qkv)
+  return _ffi('mim_jax_attention_cpu_packed_forward', out_types)(qkv)
 
 
 @jax.custom_vjp
@@ -105,7 +110,7 @@ def _packed_fwd(qkv):
 def _packed_bwd(residuals, g):
   qkv, probs = residuals
   out_type = jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)
-  return (jax.ffi.ffi_call('mim_jax_attention_cpu_packed_backward', out_type)(qkv, probs, g.astype(qkv.dtype)),)
+  return (_ffi('mim_jax_attention_cpu_packed_backward', out_type)(qkv, probs, g.astype(qkv.dtype)),)
 
 
 packed_attention.defvjp(_packed_fwd, _packed_bwd)
