@@ -1,5 +1,5 @@
 // Shared by the CPU kernels: a parallel loop on XLA's own intra-op thread pool (the FFI ThreadPool context).
-// (An OpenMP pool beside XLA's made both spin against each other: the ops around a kernel ran 2x slower.)
+// One pool for the whole process: no second (OpenMP) set of worker threads competing with XLA's for the cores.
 #ifndef MIM_JAX_KERNELS_CPU_PARALLEL_H_
 #define MIM_JAX_KERNELS_CPU_PARALLEL_H_
 
