@@ -364,7 +364,7 @@ def worker(args) -> None:
 
 def spawn(kind: str, args, model: str | None = None, batch: int | None = None) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--steps', str(args.steps),
-         '--warmup', str(args.warmup), '--compute-dtype', args.compute_dtype, '--attention', args.attention or '',
+         '--warmup', str(args.warmup), '--compute-dtype', args.compute_dtype, '--attention', args.attention,
          '--remat', args.remat, '--memory-fraction', str(args.memory_fraction)]
   cmd += ['--baseline-malloc-tuning'] if args.baseline_malloc_tuning else []
   for flag, value in (('--model', model), ('--batch', 'auto' if batch == 0 else batch), ('--threads', args.threads),

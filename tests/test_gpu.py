@@ -60,7 +60,7 @@ def attention_errors(impl: str, dtype, *, tokens=197, width=768, heads=12, queri
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16], ids=['bfloat16', 'float16'])
 @pytest.mark.parametrize('queries', [None, 147, 98], ids=['all_tokens', 'masked_queries', 'even_queries'])
 def test_cudnn_attention_matches_einsum(dtype, queries):
-  # 197 tokens (ViT-B/16's 196 + class token) and 147 queries are odd: cuDNN gets them padded (fused_attention).
+  # 197 tokens (ViT-B/16's 196 + class token) and 147 queries are odd: cuDNN gets them padded (vit.jax_attention).
   fused, low = attention_errors('cudnn', dtype, queries=queries)
   # Output, d/dx, then the qkv/proj parameter gradients. bf16 keeps 8 mantissa bits (2^-9 = 2e-3 per rounding).
   for name, f, l_ in zip(['out', 'dx', *(f'param{i}' for i in range(len(fused) - 2))], fused, low):

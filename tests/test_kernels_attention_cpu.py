@@ -97,11 +97,17 @@ try:
   Attention(2, attention_impl='cpu_fused').apply(p, x)
 except ValueError as e:
   print('ERROR', e)
+from mim_jax.kernels import attention_cpu
+try:  # called directly: a clear error rather than XLA's 'No FFI handler registered'
+  attention_cpu.attention(jnp.zeros((1, 2, 1, 16)), jnp.zeros((1, 2, 1, 16)), jnp.zeros((1, 2, 1, 16)))
+except RuntimeError as e:
+  print('DIRECT', e)
 """
   env = {'CXX': 'no-such-compiler-xyz', 'MIM_JAX_KERNEL_CACHE': str(tmp_path)}
   out = run_python(f'import warnings\nwarnings.simplefilter("always")\n{code_no_compiler}', env=env)
   assert 'EINSUM' in out and "ERROR attention_impl='cpu_fused' cannot run here" in out
   assert "no C++ compiler 'no-such-compiler-xyz'" in out
+  assert 'DIRECT the fused CPU attention kernel is unavailable' in out
   out = run_python(code, env={'MIM_JAX_CPU_ATTENTION': '0'})
   assert out.split()[-1] == 'EINSUM'
 

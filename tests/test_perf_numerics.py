@@ -212,7 +212,7 @@ def test_train_loop_steps_make_no_implicit_transfer(tmp_path, monkeypatch):
 
 
 def test_padded_attention_equals_unpadded():
-  # What cuDNN gets for odd sequence lengths (mim_jax.models.vit.fused_attention), checked here through XLA's
+  # What cuDNN gets for odd sequence lengths (mim_jax.models.vit.jax_attention), checked here through XLA's
   # implementation of the same call: padding one query and one key token, masked by length, changes nothing.
   from mim_jax.models.vit import padded_attention
 

@@ -2,12 +2,11 @@
 
 XLA:CPU runs attention as separate batched matrix products, transposes and softmax fusions over the
 ``[B, H, T, S]`` logits, which at ViT sizes costs 2-3x what the arithmetic needs (docs/performance.md,
-"Fused CPU attention"). The kernel does one (batch, head) pair per task with everything in cache.
+"Fused CPU kernels"). The kernel does one (batch, head) pair per task with everything in cache.
 
-The kernel is compiled on first use (``ffi_build``: g++, cached per machine). :func:`available` says whether it
-could be built and loaded; ``attention_impl='auto'`` (the models' default) then uses it where :func:`supported`
-holds and falls back to the einsum path elsewhere, with one warning naming the reason when the build fails.
-``MIM_JAX_CPU_ATTENTION=0`` turns it off.
+The kernel is compiled on first use (``ffi_build``: g++, cached per machine). ``attention_impl='auto'`` (the
+models' default) uses it where :func:`unsupported_reason` is None and the einsum path elsewhere; a failed build
+warns once with the reason. ``MIM_JAX_CPU_ATTENTION=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -36,25 +35,18 @@ def status_reason() -> str:
   return LIBRARY.status_reason()
 
 
-def unsupported_reason(q_shape, k_shape, dtype) -> str | None:
-  """Why the kernel cannot take these operands in this process (None: it can): it needs one CPU device
-  (ffi_build.single_cpu_device_reason), float32, and a head dim that is a multiple of 16."""
+def unsupported_reason(q_shape, dtype) -> str | None:
+  """Why the kernel cannot take queries of this shape and dtype in this process (None: it can): it needs one
+  CPU device (ffi_build.single_cpu_device_reason), float32, a head dim that is a multiple of 16, and a build."""
   if reason := ffi_build.single_cpu_device_reason():
     return reason
   if jnp.dtype(dtype) != jnp.float32:
     return f'dtype {jnp.dtype(dtype).name}, not float32'
   if q_shape[-1] % 16:
     return f'head dim {q_shape[-1]} is not a multiple of 16'
+  if not available():
+    return status_reason()
   return None
-
-
-def supported(q_shape, k_shape, dtype) -> bool:
-  return unsupported_reason(q_shape, k_shape, dtype) is None and available()
-
-
-def _ffi(target: str, out_types):
-  # Under vmap (per-example gradients, say) the kernel runs once per example.
-  return jax.ffi.ffi_call(target, out_types, vmap_method='sequential')
 
 
 def _probs_type(b, h, t, s, dtype):
@@ -64,13 +56,13 @@ def _probs_type(b, h, t, s, dtype):
 def _forward_call(q, k, v):
   b, t, h, _ = q.shape
   out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), _probs_type(b, h, t, k.shape[1], q.dtype))
-  return _ffi('mim_jax_attention_cpu_forward', out_types)(q, k, v)
+  return LIBRARY.ffi_call('mim_jax_attention_cpu_forward', out_types)(q, k, v)
 
 
 @jax.custom_vjp
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """``softmax(q k^T / sqrt(d)) v`` for ``q`` ``[B, T, H, D]`` and ``k``, ``v`` ``[B, S, H, D]`` (float32, D a
-  multiple of 16) -> ``[B, T, H, D]``. Call :func:`supported` first."""
+  multiple of 16) -> ``[B, T, H, D]``."""
   return _forward_call(q, k, v)[0]
 
 
@@ -82,7 +74,7 @@ def _attention_fwd(q, k, v):
 def _attention_bwd(residuals, g):
   q, k, v, probs = residuals
   out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
-  return tuple(_ffi('mim_jax_attention_cpu_backward', out_types)(q, k, v, probs, g.astype(q.dtype)))
+  return tuple(LIBRARY.ffi_call('mim_jax_attention_cpu_backward', out_types)(q, k, v, probs, g.astype(q.dtype)))
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
@@ -91,7 +83,7 @@ attention.defvjp(_attention_fwd, _attention_bwd)
 def _packed_forward_call(qkv):
   b, n, _, h, d = qkv.shape
   out_types = (jax.ShapeDtypeStruct((b, n, h, d), qkv.dtype), _probs_type(b, h, n, n, qkv.dtype))
-  return _ffi('mim_jax_attention_cpu_packed_forward', out_types)(qkv)
+  return LIBRARY.ffi_call('mim_jax_attention_cpu_packed_forward', out_types)(qkv)
 
 
 @jax.custom_vjp
@@ -110,7 +102,7 @@ def _packed_fwd(qkv):
 def _packed_bwd(residuals, g):
   qkv, probs = residuals
   out_type = jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)
-  return (_ffi('mim_jax_attention_cpu_packed_backward', out_type)(qkv, probs, g.astype(qkv.dtype)),)
+  return (LIBRARY.ffi_call('mim_jax_attention_cpu_packed_backward', out_type)(qkv, probs, g.astype(qkv.dtype)),)
 
 
 packed_attention.defvjp(_packed_fwd, _packed_bwd)

@@ -108,6 +108,13 @@ class CpuKernelLibrary:
     """Why :meth:`available` returned False ('' if it did not)."""
     return str(self._status.get('reason', ''))
 
+  def ffi_call(self, target: str, out_types):
+    """``jax.ffi.ffi_call`` of one of this library's targets, built and registered first (a clear error, not
+    XLA's 'No FFI handler registered', when it cannot be). Under vmap it runs once per example."""
+    if not self.available():
+      raise RuntimeError(f'the {self.what} is unavailable: {self.status_reason()}')
+    return jax.ffi.ffi_call(target, out_types, vmap_method='sequential')
+
 
 def single_cpu_device_reason() -> str | None:
   """Why an FFI CPU kernel cannot run in this process (None: it can): it needs the CPU backend and one device

@@ -28,16 +28,11 @@ def applies(dtype) -> bool:
           and LIBRARY.available())
 
 
-def _ffi(target: str, out_types):
-  # Under vmap (per-example gradients, say) the kernel runs once per example.
-  return jax.ffi.ffi_call(target, out_types, vmap_method='sequential')
-
-
 def _forward_call(x, scale, bias, epsilon):
   m, d = x.shape
   out_types = (jax.ShapeDtypeStruct((m, d), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.float32),
                jax.ShapeDtypeStruct((m,), jnp.float32))
-  return _ffi('mim_jax_layernorm_cpu_forward', out_types)(x, scale, bias, epsilon=np.float32(epsilon))
+  return LIBRARY.ffi_call('mim_jax_layernorm_cpu_forward', out_types)(x, scale, bias, epsilon=np.float32(epsilon))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -56,7 +51,7 @@ def _layer_norm_bwd(epsilon, residuals, g):
   d = x.shape[1]
   out_types = (jax.ShapeDtypeStruct(x.shape, jnp.float32), jax.ShapeDtypeStruct((d,), jnp.float32),
                jax.ShapeDtypeStruct((d,), jnp.float32))
-  return tuple(_ffi('mim_jax_layernorm_cpu_backward', out_types)(x, scale, mean, rstd,
+  return tuple(LIBRARY.ffi_call('mim_jax_layernorm_cpu_backward', out_types)(x, scale, mean, rstd,
                                                                              g.astype(jnp.float32)))
 
 

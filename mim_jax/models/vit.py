@@ -144,7 +144,7 @@ def check_attention_impl(attention_impl: str, platform: str) -> None:
                      f"Use 'auto' (the default), 'einsum', 'xla' or 'cudnn' here.")
 
 
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+def jax_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
   """``jax.nn.dot_product_attention`` on ``[B, T, H, D]`` queries and ``[B, S, H, D]`` keys/values.
 
   cuDNN's training kernels refuse odd sequence lengths (jax raises "Unsupported sequence length Q 197, KV
@@ -159,7 +159,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: st
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
-  """Attention with both sequence lengths padded to even and the padding masked (see ``fused_attention``)."""
+  """Attention with both sequence lengths padded to even and the padding masked (see ``jax_attention``)."""
   b, t, s = q.shape[0], q.shape[1], k.shape[1]
   pad = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
   out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), implementation=implementation,
@@ -189,13 +189,12 @@ class Attention(nn.Module):
     if query_ids is not None:
       q = jnp.take_along_axis(q, query_ids[:, :, None, None], axis=1)
     impl = self.attention_impl
-    if impl == 'auto':  # the fused CPU kernel where it applies, else einsum
-      impl = 'cpu_fused' if attention_cpu.supported(q.shape, k.shape, q.dtype) else 'einsum'
-    elif impl == 'cpu_fused':
-      reason = attention_cpu.unsupported_reason(q.shape, k.shape, q.dtype)
-      if reason or not attention_cpu.available():
-        raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason or attention_cpu.status_reason()}. "
+    if impl in ('auto', 'cpu_fused'):
+      reason = attention_cpu.unsupported_reason(q.shape, q.dtype)
+      if reason and impl == 'cpu_fused':
+        raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason}. "
                          f"Use attention_impl='auto', which falls back to 'einsum' where the kernel does not apply.")
+      impl = 'einsum' if reason else 'cpu_fused'  # 'auto': the fused CPU kernel where it applies
     if impl == 'cpu_fused' and query_ids is None:  # straight from the projection's [B, N, 3, H, D] output
       out = attention_cpu.packed_attention(qkv.reshape(b, n, 3, self.num_heads, hd))
     elif impl == 'cpu_fused':
@@ -210,7 +209,7 @@ class Attention(nn.Module):
         raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention) takes bfloat16 or float16 operands, but "
                          f"this model computes in {q.dtype}. Set config.compute_dtype='bfloat16' (or 'float16'), "
                          f"or use attention_impl='xla' in float32.")
-      out = fused_attention(q, k, v, impl)
+      out = jax_attention(q, k, v, impl)
     else:
       raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}.")
     return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out.reshape(b, q.shape[1], d))
