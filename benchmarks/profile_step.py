@@ -53,7 +53,7 @@ def group_of(op_name: str) -> str:
 
 def op_names_from_hlo(hlo_text: str) -> dict[str, str]:
   names = {}
-  for m in re.finditer(r'^\s*%(\S+) = \S+ \w+\(.*?op_name="([^"]*)"', hlo_text, re.M):
+  for m in re.finditer(r'^\s*%(\S+) = \S+ [\w-]+\(.*?op_name="([^"]*)"', hlo_text, re.M):
     names[m.group(1)] = m.group(2)
   return names
 
