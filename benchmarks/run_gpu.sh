@@ -3,14 +3,14 @@
 #
 #   bash benchmarks/run_gpu.sh OUTDIR checks  # devices and versions, then pytest tests/test_gpu.py (~2.5 min on H100)
 #   bash benchmarks/run_gpu.sh OUTDIR fixed   # MAE B/16 b512 (and HF ViTMAE eager) and L/16 b256, bf16, cuDNN
-#   bash benchmarks/run_gpu.sh OUTDIR auto    # the same models at the largest batch that fits (several compiles
-#                                             # of 3+ minutes each on an H100: more than one call's time)
+#   bash benchmarks/run_gpu.sh OUTDIR auto_b16  # MAE B/16 at the largest batch that fits (one call each: quick
+#   bash benchmarks/run_gpu.sh OUTDIR auto_l16  # probe compiles without autotuning, then one full 3+ min compile)
 #
 # Writes OUTDIR/<part>*.log and .json. Run from the repository root with mim_jax and ml_collections importable.
 # docs/performance.md has the results of `checks` and `fixed` (session 5, one H100).
 set -uo pipefail
-out=${1:?usage: run_gpu.sh OUTDIR checks|fixed|auto}
-part=${2:?usage: run_gpu.sh OUTDIR checks|fixed|auto}
+out=${1:?usage: run_gpu.sh OUTDIR checks|fixed|auto_b16|auto_l16}
+part=${2:?usage: run_gpu.sh OUTDIR checks|fixed|auto_b16|auto_l16}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}  # what --batch auto may size for
@@ -27,8 +27,9 @@ case $part in
       | tee "$out/fixed_b16.log"
     "${bench[@]}" --frameworks jax,torch --models large16_224 --batch 256 --json "$out/fixed_l16.json" 2>&1 \
       | tee "$out/fixed_l16.log" ;;
-  auto)
-    "${bench[@]}" --frameworks jax --models base16_224,large16_224 --batch auto --json "$out/auto.json" 2>&1 \
-      | tee "$out/auto.log" ;;
-  *) echo "unknown part $part (checks|fixed|auto)"; exit 2 ;;
+  auto_b16|auto_l16)
+    model=$([ "$part" = auto_b16 ] && echo base16_224 || echo large16_224)
+    "${bench[@]}" --frameworks jax --models "$model" --batch auto --json "$out/$part.json" 2>&1 \
+      | tee "$out/$part.log" ;;
+  *) echo "unknown part $part (checks|fixed|auto_b16|auto_l16)"; exit 2 ;;
 esac

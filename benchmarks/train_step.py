@@ -165,14 +165,21 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   step_fn = state_lib.jit_train_step(train_step, shardings, mesh, rules, compiler_options)
   base_rng = jax.device_put(jax.random.PRNGKey(1), shd.replicated(mesh))
 
-  compiled_for = {}  # batch -> (compiled step, compile seconds): --batch auto's last probe is the step it runs
+  # --batch auto sizes the step from the memory analyses of several compiles. On a GPU most of a compile is
+  # XLA's autotuning of the matmul and fusion kernels (3+ minutes for ViT-B/16 on an H100), which a footprint
+  # estimate does not need: 'quick' compiles skip it. The step that runs is always a full compile.
+  quick_options = {'xla_gpu_autotune_level': 0} if mesh.devices.flat[0].platform == 'gpu' else None
+  compiled_for = {}  # (batch, quick) -> (compiled step, compile seconds)
 
-  def compile_for(b):
-    if b not in compiled_for:
+  def compile_for(b, quick=False):
+    key = (b, bool(quick and quick_options))
+    if key not in compiled_for:
       images = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32, sharding=shd.batch_sharding(mesh))
       t0 = time.perf_counter()
-      compiled_for[b] = (step_fn.lower(state, {'image': images}, base_rng).compile(), time.perf_counter() - t0)
-    return compiled_for[b][0]
+      lowered = step_fn.lower(state, {'image': images}, base_rng)
+      compiled = lowered.compile(compiler_options=quick_options) if key[1] else lowered.compile()
+      compiled_for[key] = (compiled, time.perf_counter() - t0)
+    return compiled_for[key][0]
 
   auto = None
   if not batch:
@@ -181,8 +188,8 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   images = np.random.RandomState(0).standard_normal((batch, *image_shape)).astype(np.float32)
   batch_arrays = shd.global_batch({'image': images}, mesh)
 
-  compiled = compile_for(batch)
-  compile_s = compiled_for[batch][1]
+  compiled = compile_for(batch)  # --batch auto's last full compile is this one: it is not compiled twice
+  compile_s = compiled_for[(batch, False)][1]
   mem = footprint_bytes(compiled)
   mem_mib = mem / 2**20 if mem is not None else None
 
@@ -234,8 +241,12 @@ def footprint_bytes(compiled) -> int | None:
 def largest_batch(compile_for, fraction: float, devices: int, probes=(64, 128), multiple: int = 32,
                   limit: int | None = None):
   """The largest batch (a multiple of ``multiple`` x devices) whose compiled footprint fits ``fraction`` of the
-  device memory (``limit`` bytes; default: what the first device reports), from the footprints of two compiled
-  probe batches (memory is linear in the batch), then checked by compiling the candidate itself."""
+  device memory (``limit`` bytes; default: what the first device reports).
+
+  ``compile_for(batch, quick=False)`` returns a compiled step; a quick one may skip autotuning and is only used
+  to estimate. The footprints of two quick probe batches give a line (memory is linear in the batch); the
+  candidate it predicts is checked with quick compiles, stepping down by 10% until one fits, and then with a
+  full compile, stepping down again if the full one needs more."""
   import jax
 
   limit = limit or (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
@@ -244,17 +255,18 @@ def largest_batch(compile_for, fraction: float, devices: int, probes=(64, 128), 
   budget = fraction * limit
   step = multiple * devices
   b1, b2 = (p * devices for p in probes)
-  m1, m2 = footprint_bytes(compile_for(b1)), footprint_bytes(compile_for(b2))
+  m1, m2 = (footprint_bytes(compile_for(b, quick=True)) for b in (b1, b2))
   per_image = (m2 - m1) / (b2 - b1)
   fixed = m1 - per_image * b1
   batch = max(int((budget - fixed) / per_image) // step * step, step)
   tried = []
-  while batch > step:
-    need = footprint_bytes(compile_for(batch))
-    tried.append((batch, need))
-    if need <= budget:
-      break
-    batch = max(int(batch * 0.9) // step * step, step)
+  for quick in (True, False):
+    while True:
+      need = footprint_bytes(compile_for(batch, quick=quick))
+      tried.append((batch, need, 'quick' if quick else 'full'))
+      if need <= budget or batch <= step:
+        break
+      batch = max(int(batch * 0.9) // step * step, step)
   return batch, {'limit_bytes': limit, 'budget_bytes': budget, 'per_image_bytes': per_image,
                  'fixed_bytes': fixed, 'tried': tried}
 

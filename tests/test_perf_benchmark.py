@@ -33,26 +33,37 @@ def test_flop_count_of_a_matmul_and_its_gradient():
 def test_auto_batch_is_the_largest_that_fits():
   import train_step
 
-  class Compiled:  # what footprint_bytes reads: 1 GB fixed + 100 MB per image, plus a 2 GB unmodelled bump
-    def __init__(self, b):
-      self.b = b
+  class Compiled:  # what footprint_bytes reads: 1 GB fixed + 100 MB per image, plus a 2 GB unmodelled bump;
+    # a full compile (autotuned) needs 1 GB more than a quick one from 600 images on
+    def __init__(self, b, quick):
+      self.b, self.quick = b, quick
 
     def memory_analysis(self):
       need = 10**9 + 10**8 * self.b + (2 * 10**9 if self.b > 600 else 0)
+      need += 10**9 if self.b >= 600 and not self.quick else 0
       return type('Mem', (), dict(argument_size_in_bytes=need, output_size_in_bytes=0, temp_size_in_bytes=0,
                                   alias_size_in_bytes=0))()
 
   compiled = []
 
-  def compile_for(b):
-    compiled.append(b)
-    return Compiled(b)
+  def compile_for(b, quick=False):
+    compiled.append((b, quick))
+    return Compiled(b, quick)
 
   batch, info = train_step.largest_batch(compile_for, 0.9, 1, limit=80 * 10**9)
-  # 72 GB budget: the linear fit says 710 -> 704 (a multiple of 32); 704 needs 73.4 GB with the bump, so the
-  # search steps down by 10% to 608 (63.8 GB, fits). Probes 64 and 128, then the two candidates, each once.
-  assert batch == 608 and [b for b, _ in info['tried']] == [704, 608]
-  assert compiled == [64, 128, 704, 608]
+  # 72 GB budget: the quick probes (64, 128) fit a line that says 710 -> 704 (a multiple of 32); 704 needs
+  # 73.4 GB with the bump, so the quick search steps down by 10% to 608 (63.8 GB quick). The full compile of 608
+  # needs 64.8 GB: it fits too, so 608 it is, each batch compiled once per kind.
+  assert batch == 608
+  assert compiled == [(64, True), (128, True), (704, True), (608, True), (608, False)]
+  assert [(b, kind) for b, _, kind in info['tried']] == [(704, 'quick'), (608, 'quick'), (608, 'full')]
+
+  # A full compile that needs more than the quick one said steps down again, with full compiles.
+  compiled.clear()
+  batch, info = train_step.largest_batch(compile_for, 0.9, 1, limit=int(71.5 * 10**9))
+  # 64.35 GB budget: line -> 633 -> 608; quick 608 needs 63.8 GB (fits), full 64.8 GB does not -> full 544.
+  assert batch == 544
+  assert compiled[-3:] == [(608, True), (608, False), (544, False)]
 
 
 def test_benchmark_writes_one_record_per_model(tmp_path):
