@@ -44,9 +44,10 @@ def group_of(op_name: str) -> str:
     return 'LayerNorm'
   if '/mlp/' in op_name:
     return 'MLP elementwise (GELU, bias grads)'
-  if 'optimization_barrier' in op_name or 'add_any' in op_name:
+  if 'optimization_barrier' in op_name or 'add_any' in op_name or re.search(r'blocks_(\d+|N)/add$', op_name):
     return 'residual stream'
-  if re.search(r'adam|optax|select_n|global_norm|square', op_name, re.I):
+  # cond/: the non-finite guard's branch that applies the update
+  if re.search(r'adam|optax|select_n|global_norm|square|^cond/', op_name, re.I):
     return 'optimizer + guard + grad norm'
   return 'other: ' + op_name.rsplit('/', 1)[-1][:40]
 
