@@ -54,7 +54,9 @@ def group_of(op_name: str) -> str:
 
 def op_names_from_hlo(hlo_text: str) -> dict[str, str]:
   names = {}
-  for m in re.finditer(r'^\s*%(\S+) = \S+ [\w-]+\(.*?op_name="([^"]*)"', hlo_text, re.M):
+  # Any instruction line: '[ROOT ]%name = <shape> <opcode>(...), ..., metadata={op_name="..."}'. The shape may
+  # be a tuple with spaces, and opcodes may have dashes (custom-call: the fused kernels).
+  for m in re.finditer(r'^\s*(?:ROOT )?%(\S+) = [^\n]*?op_name="([^"]*)"', hlo_text, re.M):
     names[m.group(1)] = m.group(2)
   return names
 

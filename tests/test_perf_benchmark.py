@@ -133,3 +133,24 @@ def test_ab_step_times_a_git_revision_of_the_library_next_to_this_checkout():
   bad = subprocess.run([sys.executable, 'benchmarks/ab_step.py', '--steps', '1', 'a:rev=no-such-commit', 'b'],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and 'rev=no-such-commit: git archive failed' in bad.stderr, bad.stderr[-2000:]
+
+
+def test_profile_reads_every_instruction_kind():
+  """profile_step joins trace events to HLO instructions by name: custom calls (the fused kernels; tuple results
+  with spaces, an opcode with a dash) and ROOT lines must be found, or their time silently drops out."""
+  import profile_step
+
+  hlo = '\n'.join([
+      '  %fusion.3 = f32[8,16]{1,0} fusion(%p), kind=kLoop, calls=%c, '
+      'metadata={op_name="jit(train_step)/jvp(MAEModel)/encoder/blocks_0/mlp/fc1/dot_general"}',
+      '  %ffi_call.7 = (f32[2,17,3,64]{3,2,1,0}, f32[2,3,17,32]{3,2,1,0}) custom-call(%q), '
+      'custom_call_target="x", metadata={op_name="jit(train_step)/jvp(MAEModel)/encoder/blocks_0/attn/ffi_call"}',
+      '  ROOT %add.2 = f32[8]{0} add(%a, %b), metadata={op_name="jit(train_step)/cond/branch_1_fun/add"}',
+      '  %param.1 = f32[8]{0} parameter(0)',
+  ])
+  names = profile_step.op_names_from_hlo(hlo)
+  assert set(names) == {'fusion.3', 'ffi_call.7', 'add.2'}
+  assert profile_step.group_of(names['ffi_call.7'].replace('jit(train_step)/', '')).startswith('attention')
+  assert profile_step.group_of(names['fusion.3']).startswith('dense matmuls')
+  assert profile_step.group_of('cond/branch_1_fun/add').startswith('optimizer')
+  assert profile_step.group_of('jvp(MAEModel)/decoder/decoder_blocks_N/add') == 'residual stream'
