@@ -61,6 +61,27 @@ def test_kernel_propagates_nan():
   assert np.isnan(out[0, 2]).all() and np.isfinite(np.delete(np.asarray(out[0]), 2, axis=0)).all()
 
 
+def test_softmax_exponentials_are_accurate_over_the_whole_range():
+  """The kernel's vectorized exp: probabilities within a few ulp of a float64 softmax for logits from 0 down to
+  -120 (e^-87 and below flush to 0). Logits q.k / sqrt(D) are exact here (q = sqrt(D) e_0, k_s = l_s e_0), and
+  one-hot values v_s = e_s make the output's first S columns the probabilities themselves."""
+  s_len, d = 40, 64
+  logits = -np.linspace(0.0, 120.0, s_len, dtype=np.float32)
+  scales = np.array([1.0, 0.5, 0.03125, -1.0], np.float32)  # per query row: steep, mild, nearly flat, reversed
+  q = np.zeros((1, len(scales), 1, d), np.float32)
+  q[0, :, 0, 0] = np.sqrt(d) * scales
+  k = np.zeros((1, s_len, 1, d), np.float32)
+  k[0, :, 0, 0] = logits
+  v = np.eye(s_len, d, dtype=np.float32)[None, :, None, :]
+  probs = np.asarray(attention_cpu.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)))[0, :, 0, :s_len]
+  z = scales[:, None] * logits[None, :]  # float32, exact; z - max rounds in float32 as in any float32 softmax
+  ref = np.exp((z - z.max(axis=1, keepdims=True)).astype(np.float64))
+  ref /= ref.sum(axis=1, keepdims=True)
+  normal = ref > 1e-37
+  np.testing.assert_allclose(probs[normal], ref[normal], rtol=1e-6)
+  assert np.all(probs[~normal] <= 1e-37) and (~normal).any()
+
+
 def _hlo(impl, dtype=jnp.float32, width=64, heads=2, query_ids=None):
   x = jnp.zeros((2, 9, width), dtype)
   module = Attention(heads, dtype=dtype, attention_impl=impl)

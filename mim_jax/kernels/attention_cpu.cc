@@ -26,6 +26,38 @@ namespace {
 typedef float v16 __attribute__((vector_size(64)));  // GCC vector extension: AVX-512 or 2 x AVX2 registers
 inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
 inline void store(float* p, v16 x) { std::memcpy(p, &x, sizeof x); }
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+// e^x on 16 lanes, for x <= 88 (softmax feeds it x - max <= 0). Why not std::exp: it is scalar (glibc's vector
+// expf is only used under -ffast-math, which would also drop NaN propagation), and the softmax's exponentials
+// were a large part of the forward pass. Range reduction x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two
+// for precision), then a degree-7 polynomial for e^r (Cephes' expf coefficients; about 1 ulp), times 2^n built
+// in the exponent bits. Below -87 the result is 0 (e^-87 is near the smallest normal float); NaN stays NaN.
+inline v16 exp16(v16 x) {
+  const v16 lo = v16{} - 87.0f, hi = v16{} + 88.0f;
+  v16 xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const v16 magic = v16{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const v16 n = (xc * 1.44269504088896341f + magic) - magic;
+  const v16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  v16 p = v16{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const v16 er = p * (r * r) + r + 1.0f;
+  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+  v16 two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return x < lo ? v16{} : er * two_n;
+}
+
+inline float sum16(v16 x) {
+  float s = 0.0f;
+  for (int i = 0; i < 16; ++i) s += x[i];
+  return s;
+}
 
 // C[m, 0:16*NV] = alpha * sum_k A(m, k) * B[k, 0:16*NV] for m < MR, where A(m, k) = A[m*sam + k*sak].
 template <int MR, int NV>
@@ -89,18 +121,19 @@ void forward_pair(const float* q, int64_t qs, const float* k, const float* v, in
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   transpose_into(k, S, D, kvs, kt, S16);
   gemm(T, S16, D, q, qs, 1, kt, S16, p, S16, scale);  // logits
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t t = 0; t < T; ++t) {  // softmax over the S real keys; padding probabilities are 0
     float* row = p + t * S16;
     const float m = *std::max_element(row, row + S);
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t s = 0; s < S; ++s) {
-      row[s] = std::exp(row[s] - m);
-      sum += row[s];
+    v16 sum{};
+    for (int64_t s = 0; s < S16; s += 16) {
+      const v16 e = exp16(load(row + s) - m);
+      const v16 kept = lane + static_cast<int32_t>(s) < static_cast<int32_t>(S) ? e : v16{};  // padding -> 0
+      store(row + s, kept);
+      sum += kept;
     }
-    const float inv = 1.0f / sum;
-    for (int64_t s = 0; s < S; ++s) row[s] *= inv;
-    std::fill(row + S, row + S16, 0.0f);
+    const float inv = 1.0f / sum16(sum);
+    for (int64_t s = 0; s < S16; s += 16) store(row + s, load(row + s) * inv);
   }
   gemm(T, D, S, p, S16, 1, v, kvs, out, os, 1.0f);  // out = P V
 }
