@@ -24,7 +24,8 @@ import warnings
 import jax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# -fno-math-errno lets expf inline; no -ffast-math: NaN and inf must propagate for the train step's guard.
+# -fno-math-errno: libm calls without errno side effects; no -ffast-math: NaN and inf must propagate for the
+# train step's non-finite guard.
 # -fopenmp-simd: the `omp simd` loop hints only (threads come from XLA's pool, not OpenMP).
 FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-fno-math-errno', '-fPIC', '-shared', '-std=c++17')
 
