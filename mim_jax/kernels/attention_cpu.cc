@@ -47,7 +47,8 @@ inline v16 exp16(v16 x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const v16 er = p * (r * r) + r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+  const v16 n_finite = n == n ? n : v16{};  // NaN lanes: keep the int conversion defined (er carries the NaN)
+  const v16i bits = (__builtin_convertvector(n_finite, v16i) + 127) << 23;
   v16 two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
   return x < lo ? v16{} : er * two_n;
