@@ -172,12 +172,12 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   compiled_for = {}  # (batch, quick) -> (compiled step, compile seconds)
 
   def compile_for(b, quick=False):
-    key = (b, bool(quick and quick_options))
+    options = quick_options if quick else None  # added to the jit's own compiler options
+    key = (b, options is not None)
     if key not in compiled_for:
       images = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32, sharding=shd.batch_sharding(mesh))
       t0 = time.perf_counter()
-      lowered = step_fn.lower(state, {'image': images}, base_rng)
-      compiled = lowered.compile(compiler_options=quick_options) if key[1] else lowered.compile()
+      compiled = step_fn.lower(state, {'image': images}, base_rng).compile(compiler_options=options)
       compiled_for[key] = (compiled, time.perf_counter() - t0)
     return compiled_for[key][0]
 
