@@ -150,7 +150,10 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   config = apply_overrides(jax_config(spec, args), overrides)
 
   def build(cfg):
-    method = methods.build(cfg, image_shape)
+    if hasattr(methods, 'Facts'):  # the method contract since Spine v2 (methods are built from facts)
+      method = methods.build(cfg, methods.Facts.for_images(image_shape))
+    else:  # an older commit's library (benchmarks/ab_step.py rev=)
+      method = methods.build(cfg, image_shape)
     schedule = optim.warmup_cosine(optim.scaled_lr(1.5e-4, batch), total_steps=10_000, warmup_steps=100)
     tx = optim.make_optimizer(cfg.optimizer, schedule)
     return method, tx, schedule
@@ -158,7 +161,9 @@ def build_jax_step(spec: dict, batch: int, args, *, overrides: dict | None = Non
   method, tx, schedule = build(config)
   mesh = shd.make_mesh(-1, 1, devices=devices)
   rules = shd.DEFAULT_RULES
-  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *image_shape), jnp.float32))
+  example = (method.example_batch(2) if hasattr(method, 'example_batch')  # older libraries took images
+             else jnp.zeros((2, *image_shape), jnp.float32))
+  init_fn = state_lib.make_init_fn(method, tx, example)
   rng = jax.random.PRNGKey(0)
   state, shardings = state_lib.create_sharded_state(init_fn, rng, mesh, rules)
   train_step = state_lib.make_train_step(method, tx, schedule)

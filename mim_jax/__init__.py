@@ -2,8 +2,14 @@
 
 __version__ = '0.1.0'
 
-# `mim_jax.features(checkpoint, images)`: the function, bound over the submodule of the same name (which keeps its
-# heavy imports inside the call, so importing mim_jax stays light).
-from mim_jax.features import features  # noqa: E402
-
 __all__ = ['features']
+
+
+def __getattr__(name: str):
+  # `mim_jax.features(checkpoint, images)` (mim_jax/interop/features.py), imported on first use so that
+  # `import mim_jax` stays light (no jax until something runs).
+  if name == 'features':
+    from mim_jax.interop.features import features
+
+    return features
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -12,7 +12,8 @@ reference (defaults in parentheses):
   optimizer                 name ('adamw'), base_lr (lr = base_lr * batch / 256), b1, b2, weight_decay, min_lr,
                             grad_clip_norm (None), schedule ('cosine' = warmup + cosine; 'multistep' = warmup, then
                             x gamma (0.1) at each of milestones, given as fractions of the run)
-  model.encoder             variant ('base/16') or patch_size/width/depth/num_heads/mlp_ratio
+  model.encoder             name ('vit': a registered encoder, mim_jax.models.encoders) and its settings: for the
+                            ViT variant ('base/16') or patch_size/width/depth/num_heads/mlp_ratio
   model.decoder             width, depth, num_heads (MAE decoder)
   mask                      name (a mim_jax.masking generator) and its settings, e.g. ratio
   norm_pix_loss (True)      per-patch normalized pixel target
@@ -41,7 +42,9 @@ reference (defaults in parentheses):
                             count it in train/nonfinite_steps (float16 overflows under loss scaling do not count)
   transfer_guard ('allow')  'log' / 'disallow': report / refuse implicit host<->device copies in the step loop
                             (jax.transfer_guard; the batch is put explicitly, metrics are fetched at log steps)
-  eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval)
+  eval                      what runs after pre-training (see mim_jax.eval.pretrain_eval): feature ('cls' /
+                            'pooled'), max_train_examples / max_eval_examples (features are streamed; only these
+                            many are held), raw_pixels_max_features, linear_probe, knn, random_init_baseline, figure
   monitors ({})             online evaluators every N steps, by name: kind knn / least_squares / reconstruction /
                             val_loss (see mim_jax.eval.monitors)
   task ('pretrain')         evaluation configs (configs/eval/) set 'linear_probe' / 'knn' / 'finetune'
@@ -94,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.feature = 'cls'  # 'cls' (the MAE linear-probe protocol) or 'pooled' (mean of patch tokens)
   c.eval.max_train_examples = 20000  # cap on the probe's train features (frozen-feature evaluation)
   c.eval.max_eval_examples = 10000
+  c.eval.raw_pixels_max_features = 4096  # the raw-pixel logistic regression only for images this small
   c.eval.linear_probe = ml_collections.ConfigDict(dict(epochs=90, batch_size=256, base_lr=0.1, warmup_epochs=10))
   c.eval.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
   c.eval.random_init_baseline = True
@@ -121,27 +125,16 @@ def _validate_remat(value) -> None:
     raise ValueError(f'config.{e}') from None
 
 
-def _validate_loss_scale(config: ml_collections.ConfigDict) -> None:
-  from mim_jax.train.state import loss_scaling_from_config
-
-  try:
-    loss_scaling_from_config(config)
-  except ValueError as e:
-    raise ValueError(f'config.{e} Set config.loss_scale.initial / growth_interval accordingly.') from None
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the bad field and what would fix it."""
-  from mim_jax import masking, methods
+  """Raises ValueError naming the bad field and what would fix it. (The method checks its own fields when it is
+  built, and the train state its loss-scale settings.)"""
+  from mim_jax import masking
 
   for key, choices in _CHOICES.items():
     value = config.get(key)
     if value not in choices:
       raise ValueError(f'config.{key}={value!r} is not one of {choices}.')
   _validate_remat(config.get('remat', 'none'))
-  _validate_loss_scale(config)
-  if config.method not in methods.method_names():
-    raise ValueError(f'config.method={config.method!r} is unknown; registered: {methods.method_names()}.')
   if config.mask.name not in masking.names():
     raise ValueError(f'config.mask.name={config.mask.name!r} is unknown; available: {masking.names()}.')
   if not isinstance(config.batch_size, int) or config.batch_size < 1:
@@ -154,3 +147,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.')
   if config.eval.feature not in ('cls', 'pooled'):
     raise ValueError(f"config.eval.feature must be 'cls' or 'pooled', got {config.eval.feature!r}.")
+
+
+def resolve_steps(config, steps_per_epoch: int) -> tuple[int, int]:
+  """``(total_steps, warmup_steps)`` of a run: ``total_steps`` / ``warmup_steps`` when set (> 0 / >= 0), else
+  ``epochs`` / ``warmup_epochs`` passes of ``steps_per_epoch`` optimizer steps. Pre-training and fine-tuning
+  configs share these fields."""
+  total = config.get('total_steps', -1)
+  total = total if total is not None and total > 0 else int(round(config.epochs * steps_per_epoch))
+  warm = config.get('warmup_steps', -1)
+  warm = warm if warm is not None and warm >= 0 else int(round(config.warmup_epochs * steps_per_epoch))
+  if total < 1:
+    raise ValueError('the run has no steps: set config.total_steps > 0 or config.epochs > 0.')
+  return total, min(warm, total)

@@ -27,6 +27,7 @@ _MODE = flags.DEFINE_enum('mode', 'train_eval', ['train_eval', 'train', 'eval'],
 
 
 def run(config, workdir: str, mode: str = 'train_eval') -> dict:
+  from mim_jax.eval import monitors
   from mim_jax.eval.pretrain_eval import evaluate_pretrained
   from mim_jax.train import loop
 
@@ -35,14 +36,25 @@ def run(config, workdir: str, mode: str = 'train_eval') -> dict:
     return tasks.run(config, workdir)
   summary: dict = {}
   if mode in ('train_eval', 'train'):
-    result = loop.train(config, workdir)
-    params, step, method = result.state.params, int(result.state.step), result.method
-  if mode in ('train_eval', 'eval') and config.eval.enabled:
-    if mode == 'eval':
-      method, params, step, _ = loop.load_params(workdir, config)
-    params = loop.host_params(params)  # also gathers parameters sharded over several processes
+    result = loop.train(config, workdir, monitors.hooks_for(config, workdir))
+    if mode == 'train_eval' and config.eval.enabled:  # the params stay where training left them (sharded)
+      summary = evaluate_pretrained(config, workdir, result.method, result.state.params, int(result.state.step),
+                                    result.mesh, result.rules)
+  elif mode == 'eval' and config.eval.enabled:
+    method, params, step = _load_pretrained(config, workdir)
     summary = evaluate_pretrained(config, workdir, method, params, step)
   return summary
+
+
+def _load_pretrained(config, workdir: str):
+  """(method, host params, step) of the workdir's latest checkpoint, for ``--mode=eval``."""
+  from mim_jax import methods
+  from mim_jax import workdir as workdir_lib
+  from mim_jax.data import pipeline
+
+  method = methods.build(config, methods.Facts(pipeline.dataset_info(config.data)))
+  params, step = workdir_lib.read_params(workdir, directory=workdir_lib.checkpoint_dir(config, workdir))
+  return method, params, step
 
 
 def main(argv):
@@ -55,7 +67,7 @@ def main(argv):
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
   from mim_jax.train import distributed, preemption
-  from mim_jax.train.checkpoint import UnreadableCheckpointError
+  from mim_jax.workdir import UnreadableCheckpointError
   try:
     distributed.maybe_initialize()  # before anything touches a device (see mim_jax/train/distributed.py)
     run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)

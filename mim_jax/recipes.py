@@ -1,10 +1,79 @@
-"""Paper recipes as functions; the files in configs/ are thin wrappers around them."""
+"""Pre-training recipes as functions; the files in ``configs/`` are thin wrappers around them, so an installed
+mim_jax (editable or not) builds every recipe without the checkout's ``configs/`` directory.
+
+Two kinds:
+
+* **base recipes**: the digits quickstart (:func:`mae_digits`) and MAE on ImageNet-1k (:func:`mae_in1k`);
+* **method overrides** (:func:`simmim`, :func:`hpm`, :func:`mae_mask`): a method changes only what defines it
+  (method name, mask, target, its own block), so the same override turns the quickstart or the MAE ImageNet
+  recipe into that method with everything else (data, model size, optimizer, budget, evaluation) unchanged.
+  Paper recipes that also change the optimizer or the data set those in their own function.
+
+Config arguments (``FILE.py:ARG``) are comma-separated parts: ``tiny`` (the digits recipes: a few seconds, for
+tests), ``cpu`` (ImageNet recipes: a few steps on the bundled digits at 32x32, the same code path), ``epochs=N``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
 
 from mim_jax.config import base_config
 from mim_jax.data.pipeline import default_data_config
+from mim_jax.methods.hpm import hpm_defaults
 
 
-def mae_in1k(variant: str, epochs: float, arg: str | None):
+def split_arg(arg: str | None) -> list[str]:
+  return [part for part in (arg or '').split(',') if part]
+
+
+def check_parts(parts: list[str], allowed: set[str], file: str) -> None:
+  unknown = [p for p in parts if p not in allowed]
+  if unknown:
+    raise ValueError(f'unknown argument(s) {unknown} for {file}; use a comma-separated subset of {sorted(allowed)}.')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Base recipes
+
+
+def mae_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The quickstart: MAE on the bundled digits (scikit-learn's 1,797 real 8x8 digits upsampled to 16x16).
+
+  A small ViT (patch 4 -> a 4x4 token grid, width 128, depth 4) with MAE's recipe scaled to the data (mask 0.75,
+  norm-pix MSE, AdamW 0.9/0.95, wd 0.05, 50 warmup steps + cosine, 2,000 steps at batch 128: about 2 minutes of
+  training on a 2-core CPU), then the frozen-encoder evaluation. ``arg``: None, or 'tiny' (a few seconds)."""
+  c = base_config()
+  c.data = default_data_config('mim_digits')
+  c.batch_size = 128
+  c.total_steps = 2000
+  c.warmup_steps = 50
+  c.optimizer.base_lr = 1.5e-3
+  c.model.encoder = dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=4.0)
+  c.model.decoder = dict(width=64, depth=2, num_heads=4, mlp_ratio=4.0)
+  c.mask.ratio = 0.75
+  c.checkpoint.every_steps = 500
+  c.log_every = 50
+  c.eval.max_train_examples = 2000
+  # LARS moves each weight by ~lr x 0.001 of its norm per step: on 1.4k images (5 steps per epoch) the paper's
+  # base_lr 0.1 leaves the head untrained; 10 at batch 256 is close to the paper's peak lr of 6.4 (docs/evaluation.md).
+  c.eval.linear_probe = dict(epochs=90, batch_size=256, base_lr=10.0, warmup_epochs=10)
+  if arg == 'tiny':  # a few seconds: used by the end-to-end tests
+    c.total_steps = 6
+    c.warmup_steps = 2
+    c.batch_size = 16
+    c.model.encoder = dict(patch_size=4, width=32, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.model.decoder = dict(width=16, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.checkpoint.every_steps = 2
+    c.log_every = 2
+    c.eval.linear_probe.epochs = 2
+    c.eval.max_train_examples = 256
+    c.eval.max_eval_examples = 128
+  elif arg:
+    raise ValueError(f"unknown argument {arg!r} for configs/mae/digits.py (use no argument or ':tiny').")
+  return c
+
+
+def mae_in1k(variant: str, epochs: float, arg: str | None) -> ml_collections.ConfigDict:
   """ImageNet-1k pre-training: mask 0.75, norm-pix, decoder 512x8x16, AdamW(0.9, 0.95) wd 0.05,
   blr 1.5e-4 at batch 4096 (lr 2.4e-3), 40 warmup epochs + cosine, RandomResizedCrop(224, 0.2-1) + flip.
 
@@ -14,9 +83,7 @@ def mae_in1k(variant: str, epochs: float, arg: str | None):
   c.model.encoder = dict(variant=variant, mlp_ratio=4.0)
   c.epochs = epochs
   c.data = default_data_config('imagenet2012')  # set data.data_dir to where its ArrayRecord lives
-  for part in (arg or '').split(','):
-    if not part:
-      continue
+  for part in split_arg(arg):
     if part == 'cpu':
       c.data = default_data_config('mim_digits')
       c.data.image_size = 32
@@ -34,4 +101,172 @@ def mae_in1k(variant: str, epochs: float, arg: str | None):
       c.epochs = float(part.split('=', 1)[1])
     else:
       raise ValueError(f"unknown config argument {part!r}; use 'cpu' and/or 'epochs=N'.")
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Method overrides
+
+# MAE with another mask generator. 'small_grid' settings are for token grids of a few tokens a side (the
+# digits quickstart's 4x4), where the ViT-B defaults degenerate: a 16-token minimum block is the whole
+# grid, and GMML's 30%-of-a-side groups are single tokens.
+MASK_VARIANTS: dict[str, dict] = {
+    'random': dict(name='random'),
+    'block': dict(name='block'),
+    'colormae_red': dict(name='colormae', color='red'),
+    'colormae_blue': dict(name='colormae', color='blue'),
+    'colormae_green': dict(name='colormae', color='green'),
+    'colormae_purple': dict(name='colormae', color='purple'),
+    'gmml': dict(name='gmml'),
+}
+SMALL_GRID_SETTINGS: dict[str, dict] = {
+    'block': dict(min_block=2),
+    'gmml': dict(max_side=0.5),
+}
+
+# HPM's EMA teacher: decay 0.999 -> 0.9999, i.e. time constants of 1e3 -> 1e4 steps, in a run of 800 epochs
+# x 312 steps (ImageNet-1k at batch 4096) = 250k steps: 0.4% -> 4% of training.
+HPM_EMA_TIME_FRACTIONS = (1e3 / 250_200, 1e4 / 250_200)
+
+
+def mae_mask(c: ml_collections.ConfigDict, variant: str, small_grid: bool = False) -> ml_collections.ConfigDict:
+  """MAE with the named mask generator at the config's ratio (``MASK_VARIANTS``)."""
+  if variant not in MASK_VARIANTS:
+    raise ValueError(f'unknown mask variant {variant!r}; choose one of {sorted(MASK_VARIANTS)}.')
+  c.method = 'mae'
+  settings = dict(MASK_VARIANTS[variant], ratio=c.mask.ratio)
+  if small_grid:
+    settings.update(SMALL_GRID_SETTINGS.get(variant, {}))
+  c.mask = settings
+  return c
+
+
+def simmim(c: ml_collections.ConfigDict, *, mask_patch_size: int | None = 32, scale: int | None = None,
+           rounding: str = 'simmim') -> ml_collections.ConfigDict:
+  """SimMIM: mask-token encoder, linear head, L1 on raw (dataset-normalized) pixels, coarse masks at ratio 0.6.
+
+  ``mask_patch_size`` (pixels; the token size comes from the encoder) or ``scale`` (tokens per cell side)."""
+  c.method = 'simmim'
+  c.norm_pix_loss = False
+  mask = dict(name='coarse', ratio=0.6, rounding=rounding)
+  if scale is not None:
+    mask['scale'] = scale
+  else:
+    mask['mask_patch_size'] = mask_patch_size
+  c.mask = mask
+  return c
+
+
+def hpm(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """MAE + HPM (loss predictor, relative objective, easy-to-hard masks from an EMA teacher) with random masks
+  at the config's ratio. ``overrides`` go into ``config.hpm`` (see :func:`mim_jax.methods.hpm.hpm_defaults`)."""
+  c.method = 'hpm'
+  c.mask = dict(name='random', ratio=c.mask.ratio)
+  block = hpm_defaults()
+  block.update(overrides)
+  c.hpm = block
+  return c
+
+
+def hpm_ema_for_steps(total_steps: int) -> dict:
+  """EMA decays whose time constants are the same fractions of a ``total_steps`` run as the paper's are of
+  its 250k steps (0.999 -> 0.9999 there; 0.875 -> 0.9875 for the quickstart's 2000 steps)."""
+  lo, hi = (max(1.0, f * total_steps) for f in HPM_EMA_TIME_FRACTIONS)
+  return dict(ema_decay_start=round(1.0 - 1.0 / lo, 6), ema_decay_end=round(1.0 - 1.0 / hi, 6))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Method recipes (configs/<method>/*.py)
+
+
+def simmim_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """SimMIM on the quickstart: 2x2-token cells (SimMIM's 32 px cells over 16 px tokens) on the 4x4 grid, ratio 0.6
+  with MAE's rounding (10 of 16 tokens masked), since whole-cell rounding would leave only four patterns."""
+  return simmim(mae_digits(arg), scale=2, rounding='mae')
+
+
+def hpm_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """HPM on the quickstart, with the EMA decays rescaled to the run's length (:func:`hpm_ema_for_steps`)."""
+  c = mae_digits(arg)
+  return hpm(c, **hpm_ema_for_steps(c.total_steps))
+
+
+def simmim_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """SimMIM ViT-B/16, 800 epochs (Xie et al. 2022): see configs/simmim/vit_base_in1k.py for the settings."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/simmim/vit_base_in1k.py')
+  cpu = 'cpu' in parts
+  c = mae_in1k('base/16', 800.0, arg)  # the shared ImageNet skeleton, and the 'cpu' / 'epochs=N' handling
+  simmim(c, mask_patch_size=16 if cpu else 32)  # cpu: 2x2-token cells on the 4x4 grid, as 32/16 on ViT-B
+  c.model.encoder.drop_path = 0.1
+  c.warmup_epochs = 10.0
+  # SimMIM scales the learning rate by batch / 512 (lr = 1e-4 x 2048 / 512 = 4e-4); mim_jax scales by batch / 256,
+  # so base_lr = 1e-4 x 256 / 512 = 5e-5 gives the paper's lr at every batch size (5e-5 x 2048 / 256 = 4e-4).
+  c.optimizer.base_lr = 5e-5
+  c.optimizer.b2 = 0.999
+  c.optimizer.grad_clip_norm = 5.0
+  c.optimizer.schedule = 'multistep'
+  c.optimizer.milestones = (700 / 800,)  # x0.1 at epoch 700 of 800 (a fraction, so 'epochs=N' keeps the shape)
+  c.optimizer.gamma = 0.1
+  if not cpu:
+    c.batch_size = 2048
+    c.data.crop_scale = (0.67, 1.0)
+    c.data.crop_ratio = (3 / 4, 4 / 3)
+    c.data.hflip = True
+  return c
+
+
+def hpm_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """HPM ViT-B/16, 800 epochs (Wang et al. 2023): see configs/hpm/vit_base_in1k.py for the settings."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/hpm/vit_base_in1k.py')
+  c = mae_in1k('base/16', 800.0, arg)
+  c.norm_pix_loss = False
+  # The EMA ramp spans the first 100 epochs whatever the run length (the authors' schedule).
+  hpm(c, ema_ramp_fraction=min(1.0, 100.0 / c.epochs))
+  return c
+
+
+ABLATION_MASKS = ('block', 'colormae_red', 'colormae_blue', 'colormae_green', 'colormae_purple', 'gmml')
+ABLATION_VARIANTS = ('mae', 'simmim', 'hpm', *ABLATION_MASKS)
+
+
+def _one_variant(parts: list[str], file: str, example: str) -> str:
+  variants = [p for p in parts if p in ABLATION_VARIANTS]
+  if len(variants) != 1:
+    raise ValueError(f'{file} needs exactly one variant out of {ABLATION_VARIANTS} (e.g. {example}), got '
+                     f'{",".join(parts) or None!r}.')
+  return variants[0]
+
+
+def ablation_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """One arm of the digits ablation: the quickstart with one method or mask generator (``VARIANT[,tiny]``)."""
+  parts = split_arg(arg)
+  check_parts(parts, {*ABLATION_VARIANTS, 'tiny'}, 'configs/ablation/digits.py')
+  variant = _one_variant(parts, 'configs/ablation/digits.py', ':simmim or :simmim,tiny')
+  tiny = 'tiny' if 'tiny' in parts else None
+  if variant == 'simmim':
+    return simmim_digits(tiny)
+  if variant == 'hpm':
+    return hpm_digits(tiny)
+  c = mae_digits(tiny)
+  if variant in ABLATION_MASKS:
+    mae_mask(c, variant, small_grid=True)
+  return c
+
+
+def ablation_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """One arm of the ViT-B/16 ImageNet-1k masking ablation (``VARIANT[,cpu][,epochs=N]``)."""
+  parts = split_arg(arg)
+  rest = [p for p in parts if p not in ABLATION_VARIANTS]
+  check_parts([p for p in rest if not p.startswith('epochs=')], {'cpu'}, 'configs/ablation/vit_base_in1k.py')
+  variant = _one_variant(parts, 'configs/ablation/vit_base_in1k.py', ':block or :block,cpu')
+  recipe_arg = ','.join(rest) or None
+  if variant == 'simmim':
+    return simmim_in1k(recipe_arg)
+  if variant == 'hpm':
+    return hpm_in1k(recipe_arg)
+  c = mae_in1k('base/16', 800.0, recipe_arg)
+  if variant in ABLATION_MASKS:
+    mae_mask(c, variant, small_grid='cpu' in rest)
   return c

@@ -48,3 +48,16 @@ def denormalize_prediction(pred: jax.Array, images: jax.Array, patch_size: int) 
   mean = target.mean(axis=-1, keepdims=True)
   std = jnp.sqrt(target.var(axis=-1, keepdims=True, ddof=1) + 1e-6)
   return pred * std + mean
+
+
+def reconstruction_images(pred: jax.Array, mask: jax.Array, images: jax.Array, patch_size: int,
+                          grid_hw: tuple[int, int], norm_pix: bool) -> dict[str, jax.Array]:
+  """Per-patch predictions ``[B, N, p*p*C]`` and the token mask ``[B, N]`` as images for figures: ``pred_images``
+  (de-normalized with each target patch's statistics when the target was norm-pix) and ``mask_images``."""
+  pred = pred.astype(jnp.float32)
+  if norm_pix:
+    pred = denormalize_prediction(pred, images, patch_size)
+  c = images.shape[-1]
+  mask_patches = jnp.repeat(mask[..., None], patch_size * patch_size * c, axis=-1)
+  return {'pred_images': unpatchify(pred, patch_size, grid_hw, c),
+          'mask_images': unpatchify(mask_patches, patch_size, grid_hw, c)}

@@ -6,7 +6,7 @@ import pytest
 from conftest import load_config
 
 from mim_jax.eval.linear_probe import train_linear_probe
-from mim_jax.eval.mixup import MixupConfig
+from mim_jax.data.mixup import MixupConfig
 
 
 def test_linear_probe_paper_recipe_vit_base():

@@ -7,8 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from mim_jax.eval import finetune, layer_decay
+from mim_jax import config as config_lib
+from mim_jax.eval import finetune
 from mim_jax.models.vit import ViTEncoder
+from mim_jax.train import optim
 
 DEPTH = 3
 
@@ -54,7 +56,8 @@ def test_weight_decay_mask_follows_the_reference(classifier):
 def test_optimizer_scales_each_update_by_its_layer_multiplier(classifier):
   _, _, params = classifier
   decay = 0.65
-  mult = layer_decay.layer_decay_multipliers(params, DEPTH, decay)
+  encoder = ViTEncoder(patch_size=4, width=16, depth=DEPTH, num_heads=2)
+  mult = optim.layer_decay_multipliers(params, encoder.layer_id, encoder.num_layers, decay)
   ones = jax.tree.map(lambda _: 1.0, mult)
   cfg = dict(b1=0.9, b2=0.999, weight_decay=0.05, layer_decay=decay)
   import ml_collections
@@ -68,22 +71,33 @@ def test_optimizer_scales_each_update_by_its_layer_multiplier(classifier):
   decayed = dict(jax.tree_util.tree_leaves_with_path(updates['decayed']))
   for path, flat in leaves:
     names = [k.key for k in path]
-    expected = decay ** (DEPTH + 1 - layer_decay.layer_id(names, DEPTH))
+    lid = encoder.layer_id(names[1:]) if names[0] == 'encoder' else encoder.num_layers
+    expected = decay ** (DEPTH + 1 - lid)
     np.testing.assert_allclose(decayed[path], expected * flat, rtol=1e-6, err_msg='/'.join(names))
   assert float(mult['encoder']['patch_embed']['kernel']) == pytest.approx(decay ** (DEPTH + 1))
   assert float(mult['head']['kernel']) == 1.0 and float(mult['fc_norm']['scale']) == 1.0
 
 
 def test_pretrained_encoder_params_drop_mask_token_and_final_norm(classifier):
-  model, _, _ = classifier
+  model, _, params = classifier
+  pre_encoder = ViTEncoder(patch_size=4, width=16, depth=DEPTH, num_heads=2, mlp_ratio=2.0, use_mask_token=True)
+  x = jnp.zeros((2, 8, 8, 1))
+  pre_params = nn.meta.unbox(pre_encoder.init(jax.random.PRNGKey(3), x, mask=jnp.zeros((2, 4)))['params'])
+  assert {'mask_token', 'norm'} <= set(pre_params)
 
   class FakePretrained:
     def encoder_params(self):
-      return {'cls_token': 1, 'mask_token': 2, 'norm': 3, 'blocks_0': 4}
+      return pre_params
 
-  assert finetune.pretrained_encoder_params(FakePretrained(), model) == {'cls_token': 1, 'blocks_0': 4}
+  kept = finetune.pretrained_encoder_params(FakePretrained(), params['encoder'])
+  assert set(kept) == set(params['encoder']) and not {'mask_token', 'norm'} & set(kept)
   with_norm = model.clone(encoder=model.encoder.clone(final_norm=True), global_pool=False)
-  assert 'norm' in finetune.pretrained_encoder_params(FakePretrained(), with_norm)
+  cls_params = nn.meta.unbox(jax.eval_shape(with_norm.init, jax.random.PRNGKey(0), x)['params'])
+  assert 'norm' in finetune.pretrained_encoder_params(FakePretrained(), cls_params['encoder'])
+  wider = nn.meta.unbox(jax.eval_shape(model.clone(encoder=model.encoder.clone(width=32)).init,
+                                       jax.random.PRNGKey(0), x)['params'])
+  with pytest.raises(ValueError, match='does not fit'):
+    finetune.pretrained_encoder_params(FakePretrained(), wider['encoder'])
 
 
 def test_eval_interval():
@@ -95,6 +109,6 @@ def test_eval_interval():
 def test_resolve_steps_from_epochs_or_explicit_steps():
   import ml_collections
   c = ml_collections.ConfigDict(dict(epochs=100.0, warmup_epochs=5.0, total_steps=-1, warmup_steps=-1))
-  assert finetune.resolve_steps(c, 1437, 128) == (1100, 55, 11)
+  assert config_lib.resolve_steps(c, 1437 // 128) == (1100, 55)
   c.total_steps, c.warmup_steps = 6, 2
-  assert finetune.resolve_steps(c, 1437, 16) == (6, 2, 89)
+  assert config_lib.resolve_steps(c, 1437 // 16) == (6, 2)

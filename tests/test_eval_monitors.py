@@ -2,10 +2,10 @@
 
 import json
 import os
+import types
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -18,9 +18,13 @@ from mim_jax.eval import monitors, pretrain_eval
 @pytest.fixture(scope='module')
 def setup():
   config = load_config('configs/mae/digits.py', 'tiny')
-  method = methods.build(config, (16, 16, 1))
-  params = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)))[0])
+  method = methods.build(config, methods.Facts.for_images((16, 16, 1)))
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(0), method.example_batch(2))[0])
   return config, method, params
+
+
+def _state(params):  # what the train loop hands its hooks (monitors read params and extras)
+  return types.SimpleNamespace(params=params, extras={})
 
 
 def _build(setup, workdir, **blocks):
@@ -33,11 +37,11 @@ def test_probe_monitors_share_features_and_score_in_range(setup, tmp_path):
                  ridge=dict(kind='least_squares', every_steps=5, num_train=300, num_eval=100))
   knn, ls = sorted(built, key=lambda m: m.name != 'knn')
   assert (knn.name, knn.every_steps, ls.name) == ('knn', 5, 'ridge')
-  params = setup[2]
-  a, b = knn(10, params), ls(10, params)
-  assert set(a) == set(b) == {'top1', 'top5'}
-  assert 0.2 < b['top1'] <= b['top5'] <= 1.0  # ridge on 300 digits' features: far above chance (0.1)
-  assert knn(10, params) == a  # deterministic
+  state = _state(setup[2])
+  a, b = knn(10, state), ls(10, state)
+  assert set(a) == {'monitor/knn/top1', 'monitor/knn/top5'} and set(b) == {'monitor/ridge/top1', 'monitor/ridge/top5'}
+  assert 0.2 < b['monitor/ridge/top1'] <= b['monitor/ridge/top5'] <= 1.0  # ridge on 300 digits: far above chance
+  assert knn(10, state) == a  # deterministic
 
 
 def test_val_loss_uses_fixed_masks_and_reconstruction_writes_a_figure(setup, tmp_path):
@@ -45,13 +49,13 @@ def test_val_loss_uses_fixed_masks_and_reconstruction_writes_a_figure(setup, tmp
   built = _build(setup, tmp_path, val_loss=dict(every_steps=2, batch_size=32, seed=7),
                  reconstruction=dict(every_steps=4, num_images=4))
   val, rec = sorted(built, key=lambda m: m.name != 'val_loss')
-  first = val(2, params)['loss']
-  assert val(4, params)['loss'] == pytest.approx(first)  # same params, same masks -> same loss
+  first = val(2, _state(params))['monitor/val_loss/loss']
+  assert val(4, _state(params))['monitor/val_loss/loss'] == pytest.approx(first)  # same params and masks
   batch = {'image': val.batch['image'], 'label': val.batch['label']}
   direct = jax.jit(lambda p, b: method.loss_fn(p, {}, b, jax.random.PRNGKey(7), 2)[0])(params, batch)
   assert first == pytest.approx(float(direct), rel=1e-5)
-  out = rec(4, params)
-  assert np.isfinite(out['loss']) and os.path.exists(tmp_path / 'reconstruction_step4.png')
+  out = rec(4, _state(params))
+  assert np.isfinite(out['monitor/reconstruction/loss']) and os.path.exists(tmp_path / 'reconstruction_step4.png')
 
 
 def test_bad_monitor_configs(setup, tmp_path):

@@ -31,7 +31,7 @@ def _non_white_fraction(png):
 
 
 def test_series_reads_finite_values_in_step_order(metrics_file):
-  rows = plots.read_metrics_jsonl(metrics_file)
+  rows = plots.read_metrics(metrics_file)
   steps, loss = plots.series(rows, 'train/loss')
   assert list(steps) == list(range(0, 200, 10))
   assert loss[10] == pytest.approx(1.0 / 101)  # the NaN at step 100 did not replace the real value
@@ -45,7 +45,7 @@ def test_plot_loss_and_probe_curves(metrics_file, tmp_path):
   assert out.endswith('loss.png') and 0.01 < _non_white_fraction(out) < 0.9
   out = plots.plot_probe_curve(metrics_file, str(tmp_path / 'probe.png'))
   assert 0.01 < _non_white_fraction(out) < 0.9
-  rows = plots.read_metrics_jsonl(metrics_file)
+  rows = plots.read_metrics(metrics_file)
   assert plots._expand(rows, plots.DEFAULT_PROBE_KEYS) == ['monitor/knn/top1']
   assert plots._expand(rows, ('train/loss', '*val*loss')) == ['train/loss', 'monitor/val_loss']
 

@@ -4,6 +4,7 @@ share, the report over it; loading a converted checkpoint file; config merging a
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,13 +51,13 @@ def test_linear_probe_and_knn_on_a_random_encoder_write_the_summary_the_report_r
 @pytest.mark.slow
 def test_pretrain_then_probe_and_finetune_from_the_workdir(tmp_path, capsys):
   from mim_jax import main
-  from mim_jax.train import loop
+  from mim_jax import workdir as workdir_lib
 
   pre_dir, eval_dir = str(tmp_path / 'pre'), str(tmp_path / 'eval')
   pre_cfg = load_config('configs/mae/digits.py', 'tiny')
   pre_cfg.eval.enabled = False
   main.run(pre_cfg, pre_dir)
-  _, pre_params, step, _ = loop.load_params(pre_dir, pre_cfg)
+  pre_params, step = workdir_lib.read_params(pre_dir)
 
   lp = _tiny_probe()
   lp.init = pre_dir
@@ -71,7 +72,8 @@ def test_pretrain_then_probe_and_finetune_from_the_workdir(tmp_path, capsys):
   ft.init = pre_dir
   pre = pretrained.load(ft)
   model = finetune.build_model(ft, pre, 10)
-  loaded = finetune.pretrained_encoder_params(pre, model)
+  expected = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)))['params'])
+  loaded = finetune.pretrained_encoder_params(pre, expected['encoder'])
   np.testing.assert_array_equal(loaded['blocks_0']['attn']['qkv']['kernel'],
                                 pre_params['encoder']['blocks_0']['attn']['qkv']['kernel'])
   first = main.run(ft, eval_dir)
@@ -89,9 +91,8 @@ def test_init_from_a_converted_official_file(tmp_path):
   from mim_jax.interop.official_mae import to_official
 
   pre_cfg = load_config('configs/mae/digits.py', 'tiny')
-  method = methods.build(pre_cfg, (16, 16, 1))
-  import flax.linen as nn
-  params = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(3), jnp.zeros((2, 16, 16, 1)))[0])
+  method = methods.build(pre_cfg, methods.Facts.for_images((16, 16, 1)))
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(3), method.example_batch(2))[0])
   official = to_official(jax.device_get(params), patch_size=4, grid_hw=(4, 4))
   path = str(tmp_path / 'mae_tiny.npz')
   np.savez(path, **{f'param/{k}': v for k, v in official.items()})
@@ -170,7 +171,7 @@ c.model.encoder.update(dict(variant=None, patch_size=4, width=32, depth=1, num_h
 c.random_init = True
 c.mesh.data, c.mesh.fsdp = 2, 2
 sharded = frozen.frozen_encoder(c)
-assert 'fsdp' in str(sharded.params['blocks_0']['attn']['qkv']['kernel'].sharding.spec)
+assert 'fsdp' in str(sharded.params['encoder']['blocks_0']['attn']['qkv']['kernel'].sharding.spec)
 a, la = sharded.features('test', 100, 64)
 make_mesh = shd.make_mesh
 shd.make_mesh = lambda d, f: make_mesh(1, 1, devices=jax.devices()[:1])

@@ -79,11 +79,11 @@ def _mae_run(compute_dtype: str, attention_impl: str, steps: int = 5):
       mask=dict(name='random', ratio=0.75),
       optimizer=dict(name='adamw', base_lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, min_lr=0.0)))
   image_shape = (32, 32, 3)
-  method = methods.build(config, image_shape)
+  method = methods.build(config, methods.Facts.for_images(image_shape))
   schedule = optim.warmup_cosine(1e-3, total_steps=100, warmup_steps=2)
   tx = optim.make_optimizer(config.optimizer, schedule)
   mesh = shd.make_mesh(1, 1, devices=jax.devices()[:1])
-  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *image_shape)))
+  init_fn = state_lib.make_init_fn(method, tx, method.example_batch(2))
   state, shardings = state_lib.create_sharded_state(init_fn, jax.random.PRNGKey(0), mesh, shd.DEFAULT_RULES)
   step = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh,
                                   shd.DEFAULT_RULES)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.torch
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mim_jax import features as mim_features  # noqa: E402
+from mim_jax.interop.features import features as mim_features  # noqa: E402
 from mim_jax import interop  # noqa: E402
 from mim_jax.interop.pos_embed import resize_pos_embed, sincos_with_cls  # noqa: E402
 from mim_jax.interop.spec import random_checkpoint  # noqa: E402

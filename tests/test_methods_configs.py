@@ -30,7 +30,7 @@ def test_vit_base_configs_validate_and_build(path, variant, extra):
   c = load_config(path, _arg(variant, extra))
   config_lib.validate(c)
   shape = (32, 32, 1) if extra == 'cpu' else (224, 224, 3)
-  method = methods.build(c, shape)  # builds modules and the mask generator on the token grid (no params)
+  method = methods.build(c, methods.Facts.for_images(shape))  # modules and the mask generator on the grid, no params
   assert method.name == c.method
   if extra is None:
     assert method.encoder.width == 768 and method.encoder.depth == 12 and method.encoder.patch_size == 16
@@ -38,7 +38,7 @@ def test_vit_base_configs_validate_and_build(path, variant, extra):
 
 def test_simmim_vit_base_is_the_paper_recipe():
   c = load_config('configs/simmim/vit_base_in1k.py')
-  method = methods.build(c, (224, 224, 3))
+  method = methods.build(c, methods.Facts.for_images((224, 224, 3)))
   assert method.masker.coarse_grid.height == 7 and method.masker.len_keep == 196 - 30 * 4  # 30 of 49 cells
   assert c.norm_pix_loss is False and c.model.encoder.drop_path == 0.1
   peak = optim.scaled_lr(c.optimizer.base_lr, c.batch_size)
@@ -77,7 +77,7 @@ def test_digits_configs_keep_the_quickstart_budget(path, variant):
   assert c.optimizer.to_dict() == quickstart.optimizer.to_dict()
   assert c.model.encoder.to_dict() == quickstart.model.encoder.to_dict()
   assert c.eval.to_dict() == quickstart.eval.to_dict() and c.data.to_dict() == quickstart.data.to_dict()
-  method = methods.build(c, (16, 16, 1))
+  method = methods.build(c, methods.Facts.for_images((16, 16, 1)))
   info = method.masker(jax.random.key(0), 2)
   assert info.mask.shape == (2, 16)
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import load_config
 
 from mim_jax import methods
+from mim_jax.train import loop
 from mim_jax.methods.hpm import hard_patch_mask, pair_order_accuracy, relative_ranking_loss
 
 
@@ -85,9 +86,9 @@ def hpm_setup():
   config = load_config('configs/hpm/digits.py', 'tiny')
   config.hpm.total_steps = 100
   config.hpm.ema_decay_start, config.hpm.ema_decay_end = 0.9, 0.99
-  method = methods.build(config, (16, 16, 1))
+  method = methods.build(config, methods.Facts.for_images((16, 16, 1)))
   images = jax.random.normal(jax.random.key(0), (16, 16, 16, 1))
-  params, extras = nn.meta.unbox(jax.jit(method.init)(jax.random.key(1), images))
+  params, extras = nn.meta.unbox(jax.jit(method.init)(jax.random.key(1), {'image': images}))
   return method, params, extras, images
 
 
@@ -115,7 +116,7 @@ def test_easy_to_hard_schedule_moves_masks_to_high_predicted_loss(hpm_setup):
   assert masked_difficulty[99] > masked_difficulty[0] + 0.1 * difficulty.std()
 
 
-def test_loss_fn_trains_the_predictor_and_moves_the_ema_teacher(hpm_setup):
+def test_loss_fn_trains_the_predictor_and_the_ema_teacher_follows_the_update(hpm_setup):
   method, params, extras, images = hpm_setup
   grad_fn = jax.jit(jax.value_and_grad(method.loss_fn, has_aux=True))
   (loss, (metrics, new_extras)), grads = grad_fn(params, extras, {'image': images}, jax.random.key(3), 50)
@@ -123,26 +124,32 @@ def test_loss_fn_trains_the_predictor_and_moves_the_ema_teacher(hpm_setup):
   assert 0.0 < float(metrics['rank_loss'])
   norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))
   assert norm(grads['predictor']) > 0 and norm(grads['encoder']) > 0  # the predictor is trained jointly
+  jax.tree.map(np.testing.assert_array_equal, new_extras['teacher'], extras['teacher'])  # the loss leaves it
+  # After the optimizer step, the teacher moves towards the *updated* params (no one-step lag).
+  updated = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+  moved = jax.jit(method.after_update)(updated, new_extras, 50)
   decay = float(metrics['ema_decay'])
-  expected = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, extras['teacher'], params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new_extras['teacher'], expected)
+  expected = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, extras['teacher'], updated)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), moved['teacher'], expected)
 
 
 def test_bad_hpm_settings_are_named():
   config = load_config('configs/hpm/digits.py', 'tiny')
   config.mask = dict(name='block', ratio=0.75)
   with pytest.raises(ValueError, match="mask.name='random'"):
-    methods.build(config, (16, 16, 1))
+    methods.build(config, methods.Facts.for_images((16, 16, 1)))
   config = load_config('configs/hpm/digits.py', 'tiny')
   config.hpm.rankng = 'bce'
   with pytest.raises(ValueError, match='unknown config.hpm'):
-    methods.build(config, (16, 16, 1))
+    methods.build(config, methods.Facts.for_images((16, 16, 1)))
 
 
-def test_schedule_length_follows_an_epoch_based_run():
+def test_schedule_length_is_the_runs_resolved_length(tmp_path):
   config = load_config('configs/hpm/digits.py', 'tiny')
   config.total_steps, config.epochs, config.batch_size = -1, 2.0, 16
-  method = methods.build(config, (16, 16, 1))
-  assert method.total_steps == 2 * (1437 // 16)  # epochs x steps per epoch of the digits train split
+  job = loop.pretrain_job(config, str(tmp_path))  # the trainer tells the method the run's length
+  assert job.objective.total_steps == 2 * (1437 // 16)  # epochs x steps per epoch of the digits train split
+  with pytest.raises(ValueError, match='total_steps'):  # built outside a run, the schedules cannot be known
+    methods.build(config, methods.Facts.for_images((16, 16, 1))).alpha(0)
   config.hpm.total_steps = 40
-  assert methods.build(config, (16, 16, 1)).total_steps == 40
+  assert methods.build(config, methods.Facts.for_images((16, 16, 1))).total_steps == 40

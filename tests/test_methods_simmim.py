@@ -19,9 +19,9 @@ from mim_jax.train import state as state_lib
 @pytest.fixture(scope='module')
 def setup():
   config = load_config('configs/simmim/digits.py', 'tiny')
-  method = methods.build(config, (16, 16, 1))
+  method = methods.build(config, methods.Facts.for_images((16, 16, 1)))
   images = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
-  params = nn.meta.unbox(jax.jit(method.init)(jax.random.key(1), images)[0])
+  params = nn.meta.unbox(jax.jit(method.init)(jax.random.key(1), {'image': images})[0])
   mask = method.masker(jax.random.key(2), images.shape[0]).mask
   return config, method, params, images, mask
 
@@ -98,10 +98,10 @@ def test_loss_is_l1_over_masked_pixels_only(setup):
 def test_coarse_mask_takes_the_token_size_from_the_encoder():
   config = load_config('configs/simmim/digits.py', 'tiny')
   config.mask = dict(name='coarse', ratio=0.6, mask_patch_size=8)  # 8 px cells over 4 px tokens: 2x2 tokens
-  assert methods.build(config, (16, 16, 1)).masker.cell_size == 2
+  assert methods.build(config, methods.Facts.for_images((16, 16, 1))).masker.cell_size == 2
   config.mask = dict(name='coarse', ratio=0.6, mask_patch_size=8, token_patch_size=16)
   with pytest.raises(ValueError, match='token_patch_size'):
-    methods.build(config, (16, 16, 1))
+    methods.build(config, methods.Facts.for_images((16, 16, 1)))
 
 
 def test_a_few_training_steps_reduce_the_loss_on_digits(setup):
@@ -109,7 +109,7 @@ def test_a_few_training_steps_reduce_the_loss_on_digits(setup):
   data = pipeline.eval_arrays(config.data, split='train', max_examples=64)
   images = jnp.asarray(data['image'])
   tx = optax.adamw(3e-3, b1=0.9, b2=0.95, weight_decay=0.05)
-  state = nn.meta.unbox(jax.jit(state_lib.make_init_fn(method, tx, images[:2]))(jax.random.key(0)))
+  state = nn.meta.unbox(jax.jit(state_lib.make_init_fn(method, tx, {'image': images[:2]}))(jax.random.key(0)))
   step = jax.jit(state_lib.make_train_step(method, tx, lambda s: 3e-3))
   probe_mask = method.masker(jax.random.key(123), images.shape[0]).mask
   loss_of = jax.jit(lambda p: method.forward(p, images, probe_mask)['loss'])

@@ -38,10 +38,10 @@ def _batches(config, n):
 def _jitted_step(config):
   """(initial state, jitted step, mesh) of the library's train step on one device, from the seed-0 init."""
   info = pipeline.dataset_info(config.data)
-  method = methods.build(config, info.image_shape)
-  tx, schedule, *_ = loop.build_optimizer(config, info)
+  job = loop.pretrain_job(config, '', info)
+  method, tx, schedule = job.objective, job.tx, job.schedule
   mesh = shd.make_mesh(1, 1, devices=jax.devices()[:1])
-  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *info.image_shape)))
+  init_fn = state_lib.make_init_fn(method, tx, method.example_batch(2))
   state, shardings = state_lib.create_sharded_state(init_fn, jax.random.PRNGKey(0), mesh, shd.DEFAULT_RULES)
   step = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh,
                                   shd.DEFAULT_RULES)
@@ -65,9 +65,9 @@ def test_xla_attention_equals_einsum_in_float32():
   target = jax.random.normal(jax.random.PRNGKey(2), (4, 17, 64))
 
   def loss(params, impl):
-    return jnp.sum(make(impl).apply(params, images) * target)
+    return jnp.sum(make(impl).apply(params, images)['tokens'] * target)
 
-  out_e, out_x = make('einsum').apply(params, images), make('xla').apply(params, images)
+  out_e, out_x = (make(impl).apply(params, images)['tokens'] for impl in ('einsum', 'xla'))
   np.testing.assert_allclose(out_x, out_e, atol=1e-5, rtol=0)
   grads_e, grads_x = jax.grad(loss)(params, 'einsum'), jax.grad(loss)(params, 'xla')
   for ge, gx in zip(jax.tree.leaves(grads_e), jax.tree.leaves(grads_x)):  # summed over the batch: relative
@@ -94,8 +94,8 @@ def test_remat_policies_give_the_same_loss_and_gradients(policy):
   batch = {'image': jnp.asarray(_batches(config, 1)[0]['image'], jnp.float32)}
 
   def loss_and_grads(remat):
-    method = methods.build(_config(remat=remat), info.image_shape)
-    params, extras = method.init(jax.random.PRNGKey(0), batch['image'][:2])
+    method = methods.build(_config(remat=remat), methods.Facts(info))
+    params, extras = method.init(jax.random.PRNGKey(0), {'image': batch['image'][:2]})
     fn = jax.jit(jax.value_and_grad(lambda p: method.loss_fn(p, extras, batch, jax.random.PRNGKey(3), 0)[0]))
     return fn(params)
 
@@ -112,8 +112,8 @@ def test_mae_train_loss_on_masked_queries_equals_the_full_forward(overrides):
   config = _config(**overrides)
   info = pipeline.dataset_info(config.data)
   images = jnp.asarray(_batches(config, 1)[0]['image'][:8], jnp.float32)
-  method = methods.build(config, info.image_shape)
-  params, _ = method.init(jax.random.PRNGKey(0), images[:2])
+  method = methods.build(config, methods.Facts(info))
+  params, _ = method.init(jax.random.PRNGKey(0), {'image': images[:2]})
   mask = method.masker(jax.random.PRNGKey(3), images.shape[0])
   assert mask.ids_masked.shape == (images.shape[0], mask.mask.shape[1] - mask.len_keep)
   np.testing.assert_array_equal(  # ids_masked names exactly the masked tokens
@@ -205,8 +205,8 @@ def test_train_loop_steps_make_no_implicit_transfer(tmp_path, monkeypatch):
   # The guard is live inside the loop: a preprocessing step that sneaks a host array in is refused.
   from mim_jax.data import device as data_device
   real = data_device.preprocess
-  monkeypatch.setattr(data_device, 'preprocess', lambda batch, info: {
-      **real(batch, info), 'image': real(batch, info)['image'] + np.zeros((1,), np.float32)})
+  monkeypatch.setattr(data_device, 'preprocess', lambda batch, *args: {
+      **real(batch, *args), 'image': real(batch, *args)['image'] + np.zeros((1,), np.float32)})
   with pytest.raises(Exception, match='Disallowed host-to-device'):
     loop.train(config, str(tmp_path / 'canary'))
 

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import load_config
 from mim_jax import config as config_lib
-from mim_jax import methods
 from mim_jax.data import pipeline
+from mim_jax.data.batch import Field
+from mim_jax.methods import Objective
 from mim_jax.train import checkpoint as ckpt_lib
 from mim_jax.train import loop
 from mim_jax.train import state as state_lib
@@ -33,9 +34,9 @@ class _Run:
     config.loss_scale.growth_interval = GROWTH_INTERVAL
     info = pipeline.DatasetInfo(image_shape=IMAGE_SHAPE, num_train=1000, num_eval=0, num_classes=None,
                                 mean=(0.0,), std=(1.0,))
-    self.method = methods.build(config, IMAGE_SHAPE)
-    self.tx, self.schedule, *_ = loop.build_optimizer(config, info)
-    init_fn = state_lib.make_init_fn(self.method, self.tx, jnp.zeros((2, *IMAGE_SHAPE)))
+    job = loop.pretrain_job(config, '', info)
+    self.method, self.tx, self.schedule = job.objective, job.tx, job.schedule
+    init_fn = state_lib.make_init_fn(self.method, self.tx, self.method.example_batch(2))
     self.state = nn.meta.unbox(jax.jit(init_fn)(jax.random.PRNGKey(0)))
     self.step = jax.jit(state_lib.make_train_step(self.method, self.tx, self.schedule))
 
@@ -77,7 +78,7 @@ def test_loss_scaling_only_for_float16():
   assert state_lib.loss_scaling_from_config(config) == state_lib.DynamicLossScale(2.0**15, 2000, 1.0, 2.0**24)
   config.loss_scale.growth_interval = 0
   with pytest.raises(ValueError, match='config.loss_scale.growth_interval must be >= 1'):
-    config_lib.validate(config)
+    state_lib.loss_scaling_from_config(config)
 
 
 def test_float16_trains_close_to_float32_with_float32_params(fp16, fp32):
@@ -169,13 +170,16 @@ def test_float32_nonfinite_batch_skips_the_update(fp32):
   assert any(np.any(a != b) for a, b in zip(_leaves(after.opt_state), _leaves(new.opt_state)))
 
 
-class _ToyFloat16Method:
+class _ToyFloat16Method(Objective):
   """loss = sum(float16(w * k) * c): the backward pass casts c x scale to float16, so c = 1e5 overflows float16
   even at scale 1 while the float32 loss stays finite; a NaN in ``k`` makes the loss itself non-finite."""
 
   config = ml_collections.ConfigDict(dict(compute_dtype='float16', loss_scale=dict(initial=2.0, growth_interval=9)))
 
-  def init(self, rng, images):
+  def batch_fields(self, train=True):
+    return {'k': Field((3,)), 'c': Field(())}
+
+  def init(self, rng, batch):
     return {'w': jnp.full((3,), 1e-4, jnp.float32)}, {}
 
   def loss_fn(self, params, extras, batch, rng, step):

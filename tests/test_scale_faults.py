@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
-from mim_jax.train import loop
+from conftest import REPO
+from mim_jax import workdir as workdir_lib
 
 ARGS = ['--config=configs/mae/digits.py:tiny', '--mode=train', '--config.total_steps=8',
         '--config.checkpoint.every_steps=2', '--config.log_every=1']
@@ -41,9 +41,8 @@ def _cli(workdir, cache, *extra, timeout=600):
 
 
 def _final_params(workdir, step=None):
-  config = load_config('configs/mae/digits.py', 'tiny')
-  _, params, restored_step, _ = loop.load_params(str(workdir), config, step)
-  return restored_step, jax.tree.map(np.asarray, jax.device_get(params))
+  params, restored_step = workdir_lib.read_params(str(workdir), step)
+  return restored_step, params
 
 
 def _assert_same(a, b):
@@ -152,7 +151,7 @@ class PoisonThirdBatch:
   def start_prefetch(self):
     pass
 
-loop._train_iterator = lambda config, per_host: PoisonThirdBatch(make_iterator(config, per_host))
+loop._train_iterator = lambda job, per_host: PoisonThirdBatch(make_iterator(job, per_host))
 workdir = sys.argv[1]
 config = load_config('configs/mae/digits.py', 'tiny')
 config.checkpoint.every_steps = 1

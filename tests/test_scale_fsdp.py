@@ -16,9 +16,9 @@ from mim_jax.train import aot, loop, sharding as shd, state as sl
 assert jax.device_count() == 8, jax.devices()
 config = load_config('configs/mae/digits.py', 'tiny')
 info = pipeline.dataset_info(config.data)
-method = methods.build(config, info.image_shape)
-tx, schedule, *_ = loop.build_optimizer(config, info)
-init_fn = sl.make_init_fn(method, tx, jnp.zeros((2, *info.image_shape)))
+job = loop.pretrain_job(config, '', info)
+method, tx, schedule = job.objective, job.tx, job.schedule
+init_fn = sl.make_init_fn(method, tx, method.example_batch(2))
 it = pipeline.train_iterator(config.data, config.batch_size, seed=0)
 batches = [next(it) for _ in range(3)]
 

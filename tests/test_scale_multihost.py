@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
+from conftest import REPO
+from mim_jax import workdir as workdir_lib
 from mim_jax.train import checkpoint as ckpt_lib
-from mim_jax.train import loop
 
 ARGS = ['--config=configs/mae/digits.py:tiny', '--mode=train', '--config.checkpoint.every_steps=2',
         '--config.log_every=1']
@@ -40,8 +40,8 @@ def _run(cmd, env, timeout=1200):
 
 
 def _params(workdir):
-  _, params, step, _ = loop.load_params(str(workdir), load_config('configs/mae/digits.py', 'tiny'))
-  return step, jax.tree.map(np.asarray, jax.device_get(params))
+  params, step = workdir_lib.read_params(str(workdir))
+  return step, params
 
 
 def _losses(workdir):

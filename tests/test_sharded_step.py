@@ -13,9 +13,9 @@ assert jax.device_count() == 8, jax.devices()
 config = load_config('configs/mae/digits.py', 'tiny')
 config.batch_size = 16
 info = pipeline.dataset_info(config.data)
-method = methods.build(config, info.image_shape)
-tx, schedule, *_ = loop.build_optimizer(config, info)
-init_fn = sl.make_init_fn(method, tx, jnp.zeros((2, *info.image_shape)))
+job = loop.pretrain_job(config, '', info)
+method, tx, schedule = job.objective, job.tx, job.schedule
+init_fn = sl.make_init_fn(method, tx, method.example_batch(2))
 batches = [next(it) for it in [pipeline.train_iterator(config.data, 16, seed=0)] for _ in range(2)]
 
 def run(mesh):

@@ -57,12 +57,12 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, tiny_config):
 
 def test_bad_image_shape_is_a_clear_error(tiny_config):
   from mim_jax import methods
-  method = methods.build(tiny_config, (16, 16, 1))
-  params, _ = method.init(jax.random.key(0), jnp.zeros((2, 16, 16, 1)))
+  method = methods.build(tiny_config, methods.Facts.for_images((16, 16, 1)))
+  params, _ = method.init(jax.random.key(0), {'image': jnp.zeros((2, 16, 16, 1))})
   with pytest.raises(ValueError, match=r'expected images of shape \[batch, 16, 16, 1\].*NHWC'):
     method.loss_fn(params, {}, {'image': jnp.zeros((2, 1, 16, 16))}, jax.random.key(0), 0)
   with pytest.raises(ValueError, match='not divisible by the patch size'):
-    methods.build(tiny_config, (18, 18, 1))
+    methods.build(tiny_config, methods.Facts.for_images((18, 18, 1)))
 
 
 def _cli(*args, timeout=300):

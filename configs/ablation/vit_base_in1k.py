@@ -16,27 +16,8 @@ VARIANT:
 'epochs=N' changes the schedule length; 'cpu' runs a few steps on the bundled digits.
 """
 
-from mim_jax.methods import presets
-from mim_jax.recipes import mae_in1k
-
-MAE_MASKS = ('block', 'colormae_red', 'colormae_blue', 'colormae_green', 'colormae_purple', 'gmml')
-VARIANTS = ('mae', 'simmim', 'hpm', *MAE_MASKS)
+from mim_jax import recipes
 
 
 def get_config(arg: str | None = None):
-  parts = presets.split_arg(arg)
-  rest = [p for p in parts if p not in VARIANTS]
-  presets.check_parts([p for p in rest if not p.startswith('epochs=')], {'cpu'}, 'configs/ablation/vit_base_in1k.py')
-  variants = [p for p in parts if p in VARIANTS]
-  if len(variants) != 1:
-    raise ValueError(f'configs/ablation/vit_base_in1k.py needs exactly one variant out of {VARIANTS} '
-                     f'(e.g. :block or :block,cpu), got {arg!r}.')
-  variant, recipe_arg = variants[0], ','.join(rest) or None
-  if variant == 'simmim':
-    return presets.load_config_file('configs/simmim/vit_base_in1k.py', recipe_arg)
-  if variant == 'hpm':
-    return presets.load_config_file('configs/hpm/vit_base_in1k.py', recipe_arg)
-  c = mae_in1k('base/16', 800.0, recipe_arg)
-  if variant in MAE_MASKS:
-    presets.mae_mask(c, variant, small_grid='cpu' in rest)
-  return c
+  return recipes.ablation_in1k(arg)

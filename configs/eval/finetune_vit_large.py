@@ -8,8 +8,8 @@ ViT-L/16: 50 epochs, base_lr 1e-3, layer decay 0.75, drop path 0.2
       --workdir=/tmp/ft_cpu   # a few local steps; or --config.random_init=True without an init
 
 Batch 1024, AdamW (0.9, 0.999), weight decay 0.05, 5 warmup epochs, cosine to 1e-6, mixup 0.8, cutmix 1.0,
-label smoothing 0.1, global-average-pool + fc_norm head. Not yet in the data pipeline: RandAugment and random
-erasing (see docs/evaluation.md). The recipe is mim_jax.eval.configs.finetune.
+label smoothing 0.1, RandAugment (rand-m9-mstd0.5-inc1) and random erasing 0.25, global-average-pool + fc_norm
+head. The recipe is mim_jax.eval.configs.finetune.
 """
 
 from mim_jax.eval import configs

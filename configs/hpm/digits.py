@@ -5,13 +5,12 @@ masking ratio and evaluation) with HPM's loss predictor, relative objective and 
   python -m mim_jax.main --config=configs/hpm/digits.py:tiny --workdir=/tmp/hpm_tiny   # seconds
 
 The EMA teacher's decays are rescaled to the run: the paper's 0.999 -> 0.9999 are time constants of 0.4% -> 4%
-of its 250k steps; over the quickstart's 1000 steps the same fractions give 0.75 -> 0.975 (with 0.999 the
+of its 250k steps; over the quickstart's 2000 steps the same fractions give 0.875 -> 0.9875 (with 0.999 the
 teacher would still be close to its random init at the end).
 """
 
-from mim_jax.methods import presets
+from mim_jax import recipes
 
 
 def get_config(arg: str | None = None):
-  c = presets.load_config_file('configs/mae/digits.py', arg)
-  return presets.hpm(c, **presets.hpm_ema_for_steps(c.total_steps))
+  return recipes.hpm_digits(arg)

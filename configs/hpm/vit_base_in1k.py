@@ -14,15 +14,8 @@ same base lr; this config keeps MAE's batch 4096 with linear lr scaling (--confi
 Published: 84.2 top-1 fine-tuned after 800 epochs (83.0 after 200), vs MAE's 83.6 (1600) / 82.2 (200).
 """
 
-from mim_jax.methods import presets
-from mim_jax.recipes import mae_in1k
+from mim_jax import recipes
 
 
 def get_config(arg: str | None = None):
-  parts = presets.split_arg(arg)
-  presets.check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/hpm/vit_base_in1k.py')
-  c = mae_in1k('base/16', 800.0, arg)
-  c.norm_pix_loss = False
-  # The EMA ramp spans the first 100 epochs whatever the run length (the authors' schedule).
-  presets.hpm(c, ema_ramp_fraction=min(1.0, 100.0 / c.epochs))
-  return c
+  return recipes.hpm_in1k(arg)

@@ -5,8 +5,8 @@
   python -m mim_jax.main --config=configs/mae/vit_base_in1k.py:cpu --workdir=/tmp/mae_base_cpu   # a few local steps
 """
 
-from mim_jax.recipes import mae_in1k
+from mim_jax import recipes
 
 
 def get_config(arg: str | None = None):
-  return mae_in1k('base/16', 800.0, arg)
+  return recipes.mae_in1k('base/16', 800.0, arg)

@@ -9,8 +9,8 @@ MAE's rounding: 10 of 16 tokens masked (two whole cells and half of a third), si
 would leave only the four 3-of-4-cell patterns.
 """
 
-from mim_jax.methods import presets
+from mim_jax import recipes
 
 
 def get_config(arg: str | None = None):
-  return presets.simmim(presets.load_config_file('configs/mae/digits.py', arg), scale=2, rounding='mae')
+  return recipes.simmim_digits(arg)

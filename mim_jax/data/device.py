@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax.data import batch as batch_lib
+from mim_jax.data.batch import Fields
+
 CANVAS_KEYS = ('crop_box', 'crop_extent', 'flip')
 
 
@@ -86,34 +89,36 @@ def _resample_flip_normalize(canvas: jax.Array, box: jax.Array, extent: jax.Arra
   return out * scale + offset
 
 
-def _mean_std(info, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  mean, std = tuple(float(x) for x in info.mean), tuple(float(x) for x in info.std)
+def _check_channels(key: str, channels: int, mean: tuple[float, ...]) -> None:
   if channels != len(mean):
-    raise ValueError(f'images have {channels} channels but the dataset mean/std have {len(mean)}: pass the '
-                     'DatasetInfo of the data config that made the batch')
-  return mean, std
+    raise ValueError(f'batch[{key!r}] has {channels} channels but its mean/std have {len(mean)}: pass the '
+                     'DatasetInfo of the data config that made the batch (or give the field its own statistics)')
 
 
-def normalize(batch: dict[str, Any], info) -> dict[str, Any]:
-  """`batch` with its uint8 'image' normalized with `info.mean` / `info.std` (a `pipeline.DatasetInfo`).
+def normalize(batch: dict[str, Any], info, fields: Fields | None = None) -> dict[str, Any]:
+  """`batch` with every uint8 pixel field normalized with its statistics: the field's own, else `info.mean` /
+  `info.std` (a `pipeline.DatasetInfo`). ``fields`` defaults to the single-image batch. Float fields (a pipeline
+  that already normalized on the host) are returned unchanged."""
+  fields = fields if fields is not None else batch_lib.image_fields(info.image_shape)
+  changed = {}
+  for key, (mean, std) in batch_lib.pixel_stats(fields, info.mean, info.std).items():
+    x = batch.get(key)
+    if x is None or x.dtype != np.uint8:
+      continue
+    _check_channels(key, x.shape[-1], mean)
+    changed[key] = _normalize_images(x, mean, std)
+  return {**batch, **changed} if changed else batch
 
-  Float images (a pipeline that already normalized on the host) are returned unchanged.
-  """
-  images = batch['image']
-  if images.dtype != np.uint8:
-    return batch
-  mean, std = _mean_std(info, images.shape[-1])
-  return {**batch, 'image': _normalize_images(images, mean, std)}
 
-
-def preprocess(batch: dict[str, Any], info) -> dict[str, Any]:
+def preprocess(batch: dict[str, Any], info, fields: Fields | None = None) -> dict[str, Any]:
   """The float32 train batch from whatever `pipeline.train_iterator(..., allow_uint8_images=True)` yielded:
-  canvases are resampled to `info.image_shape`, flipped and normalized; uint8 images are normalized; float
-  images pass through. Callers can apply it to every batch whatever the data config says."""
+  canvases are resampled to `info.image_shape`, flipped and normalized; uint8 pixel fields are normalized; float
+  fields pass through. Callers can apply it to every batch whatever the data config says."""
   if 'crop_box' not in batch:
-    return normalize(batch, info)
+    return normalize(batch, info, fields)
   canvas = batch['image']
-  mean, std = _mean_std(info, canvas.shape[-1])
+  mean, std = tuple(float(x) for x in info.mean), tuple(float(x) for x in info.std)
+  _check_channels('image', canvas.shape[-1], mean)
   image = _resample_flip_normalize(canvas, batch['crop_box'], batch['crop_extent'], batch['flip'],
                                    tuple(info.image_shape[:2]), getattr(info, 'interpolation', 'bicubic'), mean,
                                    std)

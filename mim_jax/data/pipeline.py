@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -30,7 +31,9 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from mim_jax.data import batch as batch_lib
 from mim_jax.data import device_crop, digits, sources, transforms
+from mim_jax.data.batch import Fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +122,8 @@ def _check_cfg(cfg) -> None:
     fail(f'channels must be None, 1 or 3, got {cfg.channels!r}')
   if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
     fail(f'num_workers must be an int >= 0, got {cfg.num_workers!r}')
-  if cfg.get('augment', 'rrc_flip') not in transforms.AUGMENTS:
-    fail(f'augment must be one of {sorted(transforms.AUGMENTS)}, got {cfg.augment!r}')
+  if cfg.get('augment', 'rrc_flip') not in transforms.augments():
+    fail(f'augment must be one of {sorted(transforms.augments())}, got {cfg.augment!r}')
   if cfg.get('normalize_on_device', None) not in (None, True, False):
     fail(f'normalize_on_device must be None (auto), True or False, got {cfg.normalize_on_device!r}')
   if not isinstance(cfg.get('resize_on_device', False), bool):
@@ -208,24 +211,50 @@ def dataset_info(data_cfg) -> DatasetInfo:
 # Record and batch functions (module-level classes so grain worker processes can unpickle them)
 
 
-class _RecordTransform:
-  """Raw tfds record -> {'image': uint8 [H, W, C], 'label': int32} with the given image transform."""
+@dataclasses.dataclass(frozen=True)
+class RecordSource:
+  """What a record transform needs to know about the stored records."""
 
-  def __init__(self, transform: transforms.Compose, image_key: str, label_key: str | None):
+  image_key: str
+  label_key: str | None
+  channels: int  # channels of the images the transforms produce (data.channels, else the dataset's)
+
+
+class ImageRecord:
+  """The default record transform: raw tfds record -> {'image': uint8 [H, W, C], 'label': int32} with the given
+  image transform (a DeviceCrop returns its canvas and crop parameters instead of 'image' alone)."""
+
+  def __init__(self, transform, image_key: str, label_key: str | None):
     self.transform = transform
     self.image_key = image_key
     self.label_key = label_key
 
-  def __call__(self, record: dict[str, Any] | tuple[int, dict[str, Any]],
-               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+  def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    image = self.transform(record[self.image_key], rng)
+    label = record[self.label_key] if self.label_key is not None else -1
+    out = dict(image) if isinstance(image, dict) else {'image': image}
+    out['label'] = np.int32(label)
+    return out
+
+
+def image_record_transform(data_cfg, source: RecordSource, train: bool) -> ImageRecord:
+  """The default per-record transform of a split: the train augmentation (``data.augment``) or the eval resize +
+  center crop. Methods build their own record transforms from it (two views = two calls of the train one)."""
+  build = transforms.build_train_transform if train else transforms.build_eval_transform
+  return ImageRecord(build(data_cfg, source.channels), source.image_key, source.label_key)
+
+
+class _Indexed:
+  """Runs a record transform on ``record`` or on ``(index, record)`` (data.return_index), adding 'index'."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __call__(self, record, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     index = None
     if isinstance(record, tuple):  # (source index, record) when data.return_index is set
       index, record = record
-    image = self.transform(record[self.image_key], rng)
-    label = record[self.label_key] if self.label_key is not None else -1
-    # A DeviceCrop returns the image with its crop parameters (data.resize_on_device).
-    out = dict(image) if isinstance(image, dict) else {'image': image}
-    out['label'] = np.int32(label)
+    out = dict(self.fn(record, rng))
     if index is not None:
       out['index'] = np.int64(index)
     return out
@@ -307,33 +336,32 @@ class _HostBlocks(grain.MapDataset):
 
 
 class _Collate:
-  """grain batch_fn: list of {'image': uint8 [H, W, C], 'label', ...} -> one dict of batch arrays.
+  """grain batch_fn: a list of per-example dicts -> one dict of batch arrays (every key stacked).
 
-  With mean/std, each image is normalized straight into its slot of a float32 batch (cache-sized passes, no
-  uint8 stack); without (normalize on the device), the images are copied into a uint8 batch.
+  Pixel fields named in ``normalize`` (``{key: (mean, std)}``) are normalized straight into their slot of a float32
+  batch (cache-sized passes, no uint8 stack); everything else is stacked as it is (uint8 pixels that the device
+  normalizes, labels, indices, ...).
   """
 
-  def __init__(self, mean=None, std=None):
-    self.mean = None if mean is None else tuple(mean)
-    self.std = None if std is None else tuple(std)
-    self._normalizers: dict[tuple[int, ...], transforms.Normalizer] = {}
+  def __init__(self, normalize: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] | None = None):
+    self.normalize = dict(normalize or {})
+    self._normalizers: dict[tuple, transforms.Normalizer] = {}
 
   def __call__(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    first = records[0]['image']
-    if self.mean is None:
-      images = np.empty((len(records),) + first.shape, np.uint8)
-      for i, r in enumerate(records):
-        images[i] = r['image']
-    else:
-      images = np.empty((len(records),) + first.shape, np.float32)
-      norm = self._normalizers.get(first.shape)
+    out = {}
+    for key in records[0]:
+      if key not in self.normalize:
+        out[key] = np.stack([np.asarray(r[key]) for r in records])
+        continue
+      first = records[0][key]
+      array = np.empty((len(records),) + first.shape, np.float32)
+      norm = self._normalizers.get((key, first.shape))
       if norm is None:
-        norm = self._normalizers[first.shape] = transforms.Normalizer(self.mean, self.std, first.shape)
+        mean, std = self.normalize[key]
+        norm = self._normalizers[(key, first.shape)] = transforms.Normalizer(mean, std, first.shape)
       for i, r in enumerate(records):
-        norm(r['image'], out=images[i])
-    out = {'image': images, 'label': np.asarray([r['label'] for r in records], np.int32)}
-    if 'index' in records[0]:
-      out['index'] = np.asarray([r['index'] for r in records], np.int64)
+        norm(r[key], out=array[i])
+      out[key] = array
     return out
 
 
@@ -379,9 +407,34 @@ def _warn_if_cpu_backend() -> None:
                     'times slower than PIL on the host; it pays off only on an accelerator (docs/data.md)')
 
 
+RecordTransformFactory = Callable[[Any, RecordSource, bool], Any]
+
+
+def _custom_record_fn(data_cfg, ds_info: sources.OpenedDataset, channels: int, train: bool,
+                      record_transform: RecordTransformFactory | None):
+  if record_transform is None:
+    return None
+  return record_transform(data_cfg, RecordSource(ds_info.image_key, ds_info.label_key, channels), train)
+
+
+def record_fn_for(data_cfg, ds_info: sources.OpenedDataset, channels: int, train: bool,
+                  record_transform: RecordTransformFactory | None):
+  """The per-record function of a split: the caller's (a method's ``record_transform(data_cfg, source, train)``),
+  or the default image transform when there is none or it returns None."""
+  custom = _custom_record_fn(data_cfg, ds_info, channels, train, record_transform)
+  if custom is not None:
+    return custom
+  return image_record_transform(data_cfg, RecordSource(ds_info.image_key, ds_info.label_key, channels), train)
+
+
 def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, *, allow_uint8_images: bool = False) -> grain.IterDataset:
-  """The train pipeline as a grain IterDataset (see the module docstring); `train_iterator` iterates it."""
+                  process_count: int = 1, *, allow_uint8_images: bool = False, fields: Fields | None = None,
+                  record_transform: RecordTransformFactory | None = None) -> grain.IterDataset:
+  """The train pipeline as a grain IterDataset (see the module docstring); `train_iterator` iterates it.
+
+  ``fields`` / ``record_transform``: the batch a method declares and the per-record transform that makes it
+  (``mim_jax.data.batch``); None for both gives the single-image batch {'image', 'label'}.
+  """
   if not isinstance(batch_size_per_host, (int, np.integer)) or batch_size_per_host <= 0:
     raise ValueError(f'batch_size_per_host must be a positive int, got {batch_size_per_host!r}')
   if not (isinstance(process_count, (int, np.integer)) and process_count >= 1
@@ -390,6 +443,8 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
   ds_info = _open(data_cfg)
   channels = _channels(data_cfg, ds_info)
   mean, std = _mean_std(data_cfg, ds_info, channels)
+  fields = fields if fields is not None else batch_lib.image_fields((data_cfg.image_size, data_cfg.image_size,
+                                                                      channels))
   source = sources.data_source(ds_info, data_cfg.train_split, data_cfg.get('cache', 'auto'))
   n = len(source)
   if n < process_count * batch_size_per_host:
@@ -402,23 +457,27 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
   ds = _EpochShuffle(ds, seed, shuffle=data_cfg.shuffle)
   canvases = yields_canvases(data_cfg, allow_uint8_images)
   if canvases:
+    if record_transform is not None and _custom_record_fn(data_cfg, ds_info, channels, True,
+                                                          record_transform) is not None:
+      raise ValueError('data.resize_on_device resamples the default single-image crop on the device; this method '
+                       'builds its own batches: set --config.data.resize_on_device=False.')
     _warn_if_cpu_backend()
-  transform = device_crop.build(data_cfg, channels) if canvases else transforms.build_train_transform(data_cfg,
-                                                                                                       channels)
-  record_fn = _RecordTransform(transform, ds_info.image_key, ds_info.label_key)
+    record_fn = ImageRecord(device_crop.build(data_cfg, channels), ds_info.image_key, ds_info.label_key)
+  else:
+    record_fn = record_fn_for(data_cfg, ds_info, channels, True, record_transform)
   # Seeded by (seed, global index): the augmentation of an example depends neither on the host count nor on
   # the number of workers, and differs between epochs.
-  ds = ds.random_map(record_fn, seed=seed + 1)
+  ds = ds.random_map(_Indexed(record_fn), seed=seed + 1)
   if process_count > 1:
     ds = _HostBlocks(ds, batch_size_per_host, process_index, process_count)
   # Batching the MapDataset (not the IterDataset) makes batches the unit of work for read threads and worker
   # processes: batch k always holds the same examples, whatever num_workers / read_threads are.
   if canvases:
-    collate = device_crop.CanvasCollate(transform.canvas, channels)
+    collate = device_crop.CanvasCollate(record_fn.transform.canvas, channels)
   elif yields_uint8(data_cfg, allow_uint8_images):
     collate = _Collate()
   else:
-    collate = _Collate(mean, std)
+    collate = _Collate(batch_lib.pixel_stats(fields, mean, std))
   ds = ds.batch(int(batch_size_per_host), drop_remainder=True, batch_fn=collate)
   it = ds.to_iter_dataset(_read_options(data_cfg))
   if data_cfg.num_workers > 0:
@@ -430,54 +489,49 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
 
 
 def train_iterator(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
-                   process_count: int = 1, *, allow_uint8_images: bool = False) -> grain.DatasetIterator:
-  """Endless iterator of dict(image=float32 [b, H, W, C] normalized, label=int32 [b]) for this host.
+                   process_count: int = 1, *, allow_uint8_images: bool = False, fields: Fields | None = None,
+                   record_transform: RecordTransformFactory | None = None) -> grain.DatasetIterator:
+  """Endless iterator of this host's batches: by default dict(image=float32 [b, H, W, C] normalized, label=int32
+  [b]); with ``fields`` / ``record_transform`` (a method's), every field it declares, pixel fields normalized.
 
   `allow_uint8_images=True` is for callers that finish the batch on the device with
-  `mim_jax.data.device.preprocess(batch, info)`, which always returns dict(image=float32 [b, H, W, C], label
-  [, index]). With data.normalize_on_device the images then come as uint8 [b, H, W, C] (un-normalized
-  pixels); with data.resize_on_device as uint8 canvases plus crop boxes and flips (mim_jax/data/device_crop.py);
-  otherwise nothing changes. The examples and augmentations are the same either way. All hosts must pass the
-  same `seed`. The result supports `get_state()` / `set_state()` and grain's orbax checkpoint args
-  (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
+  `mim_jax.data.device.preprocess(batch, info, fields)`, which returns the float32 batch. With
+  data.normalize_on_device the pixel fields then come as uint8 (un-normalized pixels); with data.resize_on_device
+  the default image as uint8 canvases plus crop boxes and flips (mim_jax/data/device_crop.py); otherwise nothing
+  changes. The examples and augmentations are the same either way. All hosts must pass the same `seed`. The result
+  supports `get_state()` / `set_state()` and grain's orbax checkpoint args (`grain.checkpoint.CheckpointSave(it)`
+  / `CheckpointRestore(it)`).
   """
   return iter(train_dataset(data_cfg, batch_size_per_host, seed, process_index, process_count,
-                            allow_uint8_images=allow_uint8_images))
+                            allow_uint8_images=allow_uint8_images, fields=fields, record_transform=record_transform))
 
 
-def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = None) -> dict[str, np.ndarray]:
-  """A whole (or the first `max_examples` of an) eval split, eval-transformed and normalized, in memory.
-
-  Returns dict(image=float32 [N, H, W, C], label=int32 [N]) in the split's stored order.
+def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = None, *,
+                fields: Fields | None = None, record_transform: RecordTransformFactory | None = None,
+                train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+  """The first `max_examples` (all when None) of a split, eval-transformed and normalized, in memory, in the
+  split's stored order: dict(image=float32 [N, H, W, C], label=int32 [N]) by default, or every field of a
+  method's eval transform. ``train=True`` applies the train record transform instead, with per-example rngs from
+  ``seed`` (the same arrays every time). For small subsets (monitors); whole-split evaluation streams instead
+  (eval/streaming).
   """
   ds_info = _open(data_cfg)
   split = data_cfg.eval_split if split is None else split
   channels = _channels(data_cfg, ds_info)
   mean, std = _mean_std(data_cfg, ds_info, channels)
+  fields = fields if fields is not None else batch_lib.image_fields((data_cfg.image_size, data_cfg.image_size,
+                                                                      channels))
   source = sources.data_source(ds_info, split, data_cfg.get('cache', 'auto'))
   n = len(source)
   if max_examples is not None:
     if int(max_examples) <= 0:
       raise ValueError(f'max_examples must be positive or None, got {max_examples!r}')
     n = min(n, int(max_examples))
-  record_fn = _RecordTransform(transforms.build_eval_transform(data_cfg, channels), ds_info.image_key,
-                               ds_info.label_key)
+  record_fn = _Indexed(record_fn_for(data_cfg, ds_info, channels, train, record_transform))
   ds = grain.MapDataset.source(source)[:n]
   if data_cfg.get('return_index', False):
     ds = ds.map_with_index(_WithIndex())
-  ds = ds.map(record_fn).batch(256, batch_fn=_Collate(mean, std))
-  images = np.empty((n, data_cfg.image_size, data_cfg.image_size, channels), np.float32)
-  labels = np.empty((n,), np.int32)
-  indices = []
-  pos = 0
-  for batch in ds.to_iter_dataset(_read_options(data_cfg)):
-    b = len(batch['label'])
-    images[pos:pos + b] = batch['image']
-    labels[pos:pos + b] = batch['label']
-    if 'index' in batch:
-      indices.append(batch['index'])
-    pos += b
-  out = {'image': images, 'label': labels}
-  if indices:
-    out['index'] = np.concatenate(indices)
-  return out
+  ds = ds.random_map(record_fn, seed=int(seed)) if train else ds.map(record_fn)
+  ds = ds.batch(256, batch_fn=_Collate(batch_lib.pixel_stats(fields, mean, std)))
+  parts = [batch for batch in ds.to_iter_dataset(_read_options(data_cfg))]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -438,10 +438,17 @@ def _eval_ops(cfg) -> list[Op]:
   return [ResizeCenterCrop(cfg.image_size, crop_pct=cfg.eval_crop_pct, interpolation=cfg.interpolation)]
 
 
+def augments() -> dict[str, Callable[..., list[Op]]]:
+  """Every registered recipe, the ones defined in other modules of mim_jax.data included."""
+  from mim_jax.data import randaugment  # noqa: F401  (registers 'rrc_flip_randaug'; it imports this module)
+
+  return AUGMENTS
+
+
 def build_train_transform(cfg, channels: int) -> Compose:
   """The train transform named by `cfg.augment` (see AUGMENTS), decoding with `cfg.decoder`."""
   name = cfg.get('augment', 'rrc_flip')
-  if name not in AUGMENTS:
+  if name not in augments():
     raise ValueError(f'unknown data.augment {name!r}; registered: {sorted(AUGMENTS)}')
   return Compose(AUGMENTS[name](cfg), channels, decoder=cfg.get('decoder', 'auto'))
 

@@ -188,14 +188,19 @@ def finetune(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   if 'cpu' in tokens:  # the same code path (RandAugment, erasing, mixup) on digits at 32x32
     set_encoder(c, **CPU_ENCODER)
     c.data = data_overrides(name='mim_digits', image_size=32, augment='rrc_flip_randaug')
-    c.batch_size = 32
-    c.total_steps, c.warmup_steps = 6, 2
-    c.log_every = 2
-    c.eval_every_steps = 3
-    c.eval_batch_size = 128
-    c.max_eval_examples = 128
-    c.checkpoint.every_steps = 3
+    _few_steps(c, batch_size=32, eval_examples=128)
   return c
+
+
+def _few_steps(c: ml_collections.ConfigDict, batch_size: int, eval_examples: int) -> None:
+  """A fine-tune of six steps with an evaluation halfway and a checkpoint (the ':cpu' / ':tiny' variants)."""
+  c.batch_size = batch_size
+  c.total_steps, c.warmup_steps = 6, 2
+  c.log_every = 2
+  c.eval_every_steps = 3
+  c.eval_batch_size = eval_examples
+  c.max_eval_examples = eval_examples
+  c.checkpoint.every_steps = 3
 
 
 def finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -220,11 +225,5 @@ def finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   if 'tiny' in tokens:
     set_encoder(c, patch_size=4, width=32, depth=1, num_heads=2, mlp_ratio=2.0)
-    c.batch_size = 16
-    c.total_steps, c.warmup_steps = 6, 2
-    c.log_every = 2
-    c.eval_every_steps = 3
-    c.eval_batch_size = 64
-    c.max_eval_examples = 64
-    c.checkpoint.every_steps = 3
+    _few_steps(c, batch_size=16, eval_examples=64)
   return c

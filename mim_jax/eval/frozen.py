@@ -32,33 +32,30 @@ from mim_jax.eval import pretrained as pretrained_lib
 from mim_jax.eval import streaming
 from mim_jax.train import metrics as metrics_lib
 from mim_jax.train import sharding as shd
-
-
-def log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+from mim_jax.utils.logging import log
 
 
 @dataclasses.dataclass
 class FrozenEncoder:
-  """The pre-trained encoder placed on the mesh, with a sharded feature function."""
+  """The pre-trained method's params placed on the mesh, with its sharded frozen feature."""
 
   pretrained: pretrained_lib.Pretrained
   mesh: Any
   rules: Any
-  params: Any  # encoder params on the mesh
-  forward: Any  # streaming.jit_forward(features)
+  features_of: streaming.FrozenFeatures
   num_classes: int
 
   @property
   def data_cfg(self):
     return self.pretrained.config.data
 
+  @property
+  def params(self):
+    return self.features_of.params
+
   def features(self, split: str, max_examples: int | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(features [N, D], labels [N])`` of the first ``max_examples`` of ``split`` (eval transform)."""
-    batches = streaming.eval_batches(self.data_cfg, split, batch_size, self.mesh, max_examples,
-                                     progress=jax.process_index() == 0, desc=f'features {split}')
-    return streaming.gather(self.forward, self.params, batches)
+    return self.features_of.split(self.data_cfg, split, max_examples, batch_size)
 
 
 def frozen_encoder(config) -> FrozenEncoder:
@@ -66,17 +63,12 @@ def frozen_encoder(config) -> FrozenEncoder:
   mesh_cfg = config.get('mesh', None) or {}
   mesh = shd.make_mesh(mesh_cfg.get('data', -1), mesh_cfg.get('fsdp', 1))
   rules = shd.rules_from_config(mesh_cfg.get('rules', None))
-  encoder = pre.method.encoder_module()
-  example = jax.numpy.zeros((2, *pre.info.image_shape), jax.numpy.float32)
-  boxed = jax.eval_shape(lambda x: encoder.init(jax.random.PRNGKey(0), x)['params'], example)
-  shardings = streaming.param_shardings(boxed, mesh, rules)
-  params = streaming.put_params(pre.encoder_params(), shardings)
-  forward = streaming.jit_forward(streaming.features_fn(encoder, config.feature), shardings, mesh, rules)
   num_classes = pre.info.num_classes
   if not num_classes:
     raise ValueError(f'dataset {pre.info.name!r} has no class labels: probes need a labelled dataset '
                      '(set config.data.name to one).')
-  return FrozenEncoder(pre, mesh, rules, params, forward, int(num_classes))
+  features = streaming.FrozenFeatures(pre.method, pre.params, mesh, rules, config.feature)
+  return FrozenEncoder(pre, mesh, rules, features, int(num_classes))
 
 
 def _check_cache(config) -> None:
@@ -134,6 +126,17 @@ def _knn(config, enc: FrozenEncoder, train, test) -> dict[str, Any]:
   return {'knn/top1': res['top1'], 'knn/top5': res['top5'], 'knn/k': k, 'knn/temperature': temperature}
 
 
+def _augmented(method):
+  """The augmented probe's train records: the method's eval form when it builds its own (video, points, ...),
+  else the default image transform with the probe's ``data.augment``."""
+
+  def transform(data_cfg, source, train):
+    del train
+    return method.record_transform(data_cfg, source, False)
+
+  return transform
+
+
 def _provenance(enc: FrozenEncoder) -> dict[str, Any]:
   pre = enc.pretrained
   # A random-init baseline has no pre-training method: 'none' keeps report rows from suggesting one.
@@ -159,10 +162,10 @@ def _train_streaming(config, enc: FrozenEncoder, eval_x, eval_y, workdir: str):
                             init_std=cfg.get('head_init_std', 0.01))
   state = lp.init_probe(head, tx, eval_x.shape[1], config.seed)
   probe_step = lp.make_probe_train_step(head, tx)
-  feature = streaming.features_fn(enc.pretrained.method.encoder_module(), config.feature)
+  method = enc.pretrained.method
 
   def step(state, params, batch):
-    feats = jax.lax.stop_gradient(feature(params, batch['image']))
+    feats = jax.lax.stop_gradient(method.feature(params, batch, config.feature))
     return probe_step(state, feats, batch['label'])
 
   rep = shd.replicated(enc.mesh)
@@ -172,7 +175,8 @@ def _train_streaming(config, enc: FrozenEncoder, eval_x, eval_y, workdir: str):
   state = jax.device_put(state, rep)
   procs = jax.process_count()
   iterator = pipeline.train_iterator(enc.data_cfg, batch // procs, seed=config.seed,
-                                     process_index=jax.process_index(), process_count=procs)
+                                     process_index=jax.process_index(), process_count=procs,
+                                     fields=method.batch_fields(False), record_transform=_augmented(method))
   log(f'linear probe (augment={enc.data_cfg.augment!r}): {total} steps of batch {batch} '
       f'({epochs} epochs), peak lr {cfg.get("base_lr", 0.1) * batch / 256:.3g}')
   writer = metrics_lib.MetricWriter(workdir)

@@ -56,25 +56,7 @@ def knn_scores(
   )
 
 
-def knn_classify(
-  train_features,
-  train_labels,
-  eval_features,
-  eval_labels,
-  *,
-  num_classes: int,
-  k: int = 20,
-  temperature: float = 0.07,
-  batch_size: int = 128,
-) -> dict[str, float]:
-  """Weighted k-NN accuracy: ``{'top1': ..., 'top5': ...}``."""
-  scores = knn_scores(
-    train_features,
-    train_labels,
-    eval_features,
-    num_classes=num_classes,
-    k=k,
-    temperature=temperature,
-    batch_size=batch_size,
-  )
-  return topk_accuracy(scores, eval_labels)
+def knn_classify(train_features, train_labels, eval_features, eval_labels, **options) -> dict[str, float]:
+  """Weighted k-NN accuracy: ``{'top1': ..., 'top5': ...}``; ``options`` as :func:`knn_scores` (``num_classes``,
+  ``k``, ``temperature``, ``batch_size``)."""
+  return topk_accuracy(knn_scores(train_features, train_labels, eval_features, **options), eval_labels)

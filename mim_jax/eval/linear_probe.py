@@ -1,7 +1,7 @@
 """Linear probing on frozen features, following the MAE protocol, plus two quick closed-form/sklearn probes.
 
 The MAE head is ``BatchNorm(affine=False, eps=1e-6)`` followed by a linear layer (weights ``normal(0.01)``,
-bias 0), trained with LARS (:mod:`mim_jax.eval.lars`) at ``lr = base_lr * batch / 256`` with a per-step
+bias 0), trained with LARS (:func:`mim_jax.train.optim.lars`) at ``lr = base_lr * batch / 256`` with a per-step
 linear warmup then a half-cycle cosine to ``min_lr``. BatchNorm normalizes with the batch statistics while
 training and with its running statistics (flax collection ``batch_stats``, momentum 0.9 == torch's 0.1) at
 evaluation.
@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from mim_jax.eval.features import extract_features
-from mim_jax.eval.lars import lars
+from mim_jax.train import optim
 
 
 class LinearProbeHead(nn.Module):
@@ -76,22 +76,10 @@ def probe_schedule(
 
   Identical to the MAE reference's per-iteration ``adjust_learning_rate`` (epoch = step / steps_per_epoch).
   """
-  peak = base_lr * batch_size / 256
+  peak = optim.scaled_lr(base_lr, batch_size)
   total = max(1, int(round(epochs * steps_per_epoch)))
   warmup = min(total, int(round(warmup_epochs * steps_per_epoch)))
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm = peak * step / max(warmup, 1)
-    progress = (step - warmup) / max(total - warmup, 1)
-    cos = min_lr + (peak - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
-    return jnp.where(step < warmup, warm, cos)
-
-  return schedule
-
-
-def _decay_mask(params):
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  return optim.warmup_cosine(peak, total, warmup, min_lr)
 
 
 def probe_optimizer(
@@ -107,14 +95,14 @@ def probe_optimizer(
   Weight decay never applies to 1-D params (the bias).
   """
   if name == 'lars':
-    return lars(learning_rate, momentum, weight_decay, trust_coefficient)
+    return optim.lars(learning_rate, momentum, weight_decay, trust_coefficient)
   if name == 'sgd':
     return optax.chain(
-      optax.masked(optax.add_decayed_weights(weight_decay), _decay_mask),
+      optax.masked(optax.add_decayed_weights(weight_decay), optim.weight_decay_mask),
       optax.sgd(learning_rate, momentum=momentum or None),
     )
   if name == 'adamw':
-    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=_decay_mask)
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=optim.weight_decay_mask)
   raise ValueError(f"unknown probe optimizer {name!r}; expected 'lars', 'sgd' or 'adamw'")
 
 

@@ -1,8 +1,9 @@
 """Online monitors during pre-training, configured by a dict like big_vision's evaluators.
 
 ``config.monitors`` maps a name to a block with ``kind`` (default: the name) and ``every_steps``; :func:`build`
-turns it into callables ``monitor(step, params) -> dict[str, float]`` that the train loop runs every
-``every_steps`` (and at the last step) and writes to metrics.jsonl / TensorBoard as ``monitor/<name>/<key>``.
+turns it into train-loop hooks ``monitor(step, state) -> dict[str, float]`` that run every ``every_steps`` (and
+at the last step) and write to metrics.jsonl / TensorBoard as ``monitor/<name>/<key>``. Features come from the
+method (``method.feature``) on the train state's own mesh, so nothing is gathered to one device.
 
 Kinds (fields after ``every_steps``; defaults in parentheses):
 
@@ -15,7 +16,7 @@ Kinds (fields after ``every_steps``; defaults in parentheses):
 * ``val_loss``: the pre-training loss on a fixed batch of ``batch_size`` (256) eval-split images with a fixed
   rng (``seed``), so the masks are the same every time and the curve shows the model, not the masks.
 
-Images are eval-transformed (no augmentation), read once when the run starts. Example (the digits quickstart)::
+Subsets are the method's eval batches (no augmentation), read once when the run starts. Example::
 
   c.monitors = ml_collections.ConfigDict(dict(
       knn=dict(every_steps=100), val_loss=dict(every_steps=100), reconstruction=dict(every_steps=500)))
@@ -31,81 +32,88 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mim_jax.eval.features import extract_features
+from mim_jax.eval import streaming
+from mim_jax.methods.base import reconstructs
+from mim_jax.utils.registry import Registry
 
 
 class Monitor(Protocol):
   name: str
   every_steps: int
 
-  def __call__(self, step: int, params: Any) -> dict[str, float]:
+  def __call__(self, step: int, state: Any) -> dict[str, float]:
     ...
 
 
-_KINDS: dict[str, Callable[..., Monitor]] = {}
-
-
-def register(kind: str):
-  def wrap(factory):
-    _KINDS[kind] = factory
-    return factory
-  return wrap
+KINDS = Registry('monitor kind', hint=' (config.monitors.<name>.kind)')
+register = KINDS.register
 
 
 def kinds() -> list[str]:
-  return sorted(_KINDS)
+  return KINDS.names()
 
 
-def build(monitors_cfg: ml_collections.ConfigDict | None, *, method, config, workdir: str) -> list[Monitor]:
-  """Instantiates every configured monitor; an empty or missing block gives no monitors."""
+def build(monitors_cfg: ml_collections.ConfigDict | None, *, method, config, workdir: str, mesh=None,
+          rules=None) -> list[Monitor]:
+  """Instantiates every configured monitor; an empty or missing block gives no monitors. ``mesh`` / ``rules``:
+  where the train state lives (the train loop's run context)."""
   out = []
-  shared = _SharedData(config)
+  shared = _SharedData(config, method, mesh, rules)
   for name, cfg in (monitors_cfg or {}).items():
     kind = cfg.get('kind', name)
-    if kind not in _KINDS:
-      raise ValueError(f'config.monitors.{name}: unknown kind {kind!r}; available: {sorted(_KINDS)}.')
+    if kind not in KINDS:
+      raise ValueError(f'config.monitors.{name}: unknown kind {kind!r}; available: {kinds()}.')
     every = cfg.get('every_steps', None)
     if not isinstance(every, int) or every < 1:
       raise ValueError(f'config.monitors.{name}.every_steps must be a positive int, got {every!r}.')
-    out.append(_KINDS[kind](name=name, cfg=cfg, method=method, config=config, workdir=workdir, shared=shared))
+    out.append(KINDS.get(kind)(name=name, cfg=cfg, method=method, config=config, workdir=workdir, shared=shared))
   return out
 
 
-def _replicated_like(params):
-  """A replicated sharding on the params' mesh (so outputs are readable on every host), or None."""
-  leaf = jax.tree.leaves(params)[0]
-  sharding = getattr(leaf, 'sharding', None)
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-  return None
+def hooks_for(config, workdir: str) -> Callable:
+  """``make_hooks`` for :func:`mim_jax.train.loop.train`: the config's monitors on the run's mesh."""
+
+  def make_hooks(context):
+    return build(config.get('monitors', None), method=context.objective, config=config, workdir=workdir,
+                 mesh=context.mesh, rules=context.rules)
+
+  return make_hooks
+
+
+def _replicated(mesh):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 class _SharedData:
-  """Eval-transformed subsets read once, and the features of the latest step (knn and least_squares share)."""
+  """Eval subsets read once, and the features of the latest step (knn and least_squares share)."""
 
-  def __init__(self, config):
-    self.config = config
+  def __init__(self, config, method, mesh, rules):
+    self.config, self.method = config, method
+    if mesh is None:
+      from mim_jax.train import sharding as shd
+      mesh = shd.make_mesh(-1, 1)
+      rules = shd.DEFAULT_RULES
+    self.mesh, self.rules = mesh, rules
     self._arrays: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    self._features: dict[tuple, np.ndarray] = {}
-    self._feature_fns: dict[str, Callable] = {}
+    self._features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    self._extractors: dict[str, streaming.FrozenFeatures] = {}
 
   def arrays(self, split: str, n: int) -> dict[str, np.ndarray]:
     from mim_jax.data import pipeline
     key = (split, int(n))
     if key not in self._arrays:
-      self._arrays[key] = pipeline.eval_arrays(self.config.data, split=split, max_examples=int(n))
+      self._arrays[key] = pipeline.eval_arrays(self.config.data, split=split, max_examples=int(n),
+                                               fields=self.method.batch_fields(False),
+                                               record_transform=self.method.record_transform)
     return self._arrays[key]
 
-  def features(self, method, params, step: int, split: str, n: int, feature: str) -> np.ndarray:
+  def features(self, params, step: int, split: str, n: int, feature: str) -> tuple[np.ndarray, np.ndarray]:
     key = (step, split, int(n), feature)
     if key not in self._features:
       self._features = {k: v for k, v in self._features.items() if k[0] == step}  # keep only this step's
-      if feature not in self._feature_fns:
-        self._feature_fns[feature] = jax.jit(lambda p, x: method.encode(p, x)[feature].astype(jnp.float32),
-                                             out_shardings=_replicated_like(params))
-      fn = self._feature_fns[feature]
-      self._features[key] = extract_features(lambda x: fn(params, x), self.arrays(split, n)['image'], 256,
-                                             jit=False)
+      if feature not in self._extractors:
+        self._extractors[feature] = streaming.FrozenFeatures(self.method, params, self.mesh, self.rules, feature)
+      self._features[key] = self._extractors[feature].arrays(self.arrays(split, n), 256, params=params)
     return self._features[key]
 
 
@@ -129,78 +137,86 @@ class _ProbeMonitor:
 
   def _features(self, step, params):
     s = self.shared
-    train = s.features(self.method, params, step, self.train_split, self.num_train, self.feature)
-    test = s.features(self.method, params, step, self.eval_split, self.num_eval, self.feature)
-    return (train, s.arrays(self.train_split, self.num_train)['label'], test,
-            s.arrays(self.eval_split, self.num_eval)['label'])
+    train = s.features(params, step, self.train_split, self.num_train, self.feature)
+    test = s.features(params, step, self.eval_split, self.num_eval, self.feature)
+    return (*train, *test)
 
 
 @register('knn')
 class KnnMonitor(_ProbeMonitor):
-  def __call__(self, step: int, params) -> dict[str, float]:
+  def __call__(self, step: int, state) -> dict[str, float]:
     from mim_jax.eval.knn import knn_classify
-    return knn_classify(*self._features(step, params), num_classes=self.num_classes, k=int(self.cfg.get('k', 20)),
-                        temperature=float(self.cfg.get('temperature', 0.07)))
+    out = knn_classify(*self._features(step, state.params), num_classes=self.num_classes,
+                       k=int(self.cfg.get('k', 20)), temperature=float(self.cfg.get('temperature', 0.07)))
+    return {f'monitor/{self.name}/{k}': v for k, v in out.items()}
 
 
 @register('least_squares')
 class LeastSquaresMonitor(_ProbeMonitor):
-  def __call__(self, step: int, params) -> dict[str, float]:
+  def __call__(self, step: int, state) -> dict[str, float]:
     from mim_jax.eval.linear_probe import least_squares_probe
-    return least_squares_probe(*self._features(step, params), num_classes=self.num_classes,
-                               l2_reg=float(self.cfg.get('l2_reg', 1e-3)))
+    out = least_squares_probe(*self._features(step, state.params), num_classes=self.num_classes,
+                              l2_reg=float(self.cfg.get('l2_reg', 1e-3)))
+    return {f'monitor/{self.name}/{k}': v for k, v in out.items()}
 
 
 @register('reconstruction')
 class ReconstructionMonitor:
   def __init__(self, *, name, cfg, method, config, workdir, shared: _SharedData):
-    from mim_jax.methods.base import Method
-    if type(method).reconstruct is Method.reconstruct:
+    if not reconstructs(method):
       raise ValueError(f'config.monitors.{name}: method {method.name!r} does not reconstruct pixels; remove '
                        'this monitor.')
     self.name, self.every_steps = name, int(cfg.every_steps)
-    self.method, self.workdir, self.config = method, workdir, config
+    self.method, self.workdir, self.config, self.shared = method, workdir, config, shared
     self.images = shared.arrays(config.data.eval_split, int(cfg.get('num_images', 8)))['image']
     self.rng = jax.random.PRNGKey(int(cfg.get('seed', 0)))
     self._fn = None
 
-  def __call__(self, step: int, params) -> dict[str, float]:
+  def __call__(self, step: int, state) -> dict[str, float]:
+    import flax.linen as nn
+
     from mim_jax.data import pipeline
     from mim_jax.eval.visualize import reconstruction_figure
+    mesh = self.shared.mesh
     if self._fn is None:
-      self._fn = jax.jit(lambda p, x: self.method.reconstruct(p, x, self.rng), out_shardings=_replicated_like(params))
-    out = jax.device_get(self._fn(params, self.images))
+      self._fn = jax.jit(lambda p, x: self.method.reconstruct(p, x, self.rng), out_shardings=_replicated(mesh))
+    with nn.logical_axis_rules(self.shared.rules), jax.set_mesh(mesh):
+      out = jax.device_get(self._fn(state.params, self.images))
     if jax.process_index() == 0:
       info = pipeline.dataset_info(self.config.data)
       path = os.path.join(self.workdir, f'reconstruction_step{step}.png')
       reconstruction_figure(self.images, np.asarray(out['pred_images']), np.asarray(out['mask_images']), path,
                             mean=info.mean, std=info.std, title=f'{self.method.name} step {step}')
-    return {'loss': float(out['loss'])}
+    return {f'monitor/{self.name}/loss': float(out['loss'])}
 
 
 @register('val_loss')
 class ValLossMonitor:
+  """The pre-training loss of the train state (params and extras) on a fixed eval batch with a fixed rng. The
+  batch is the method's train fields: eval-transformed images for methods with the default transform, else the
+  method's own train transform with a fixed seed (its views or clips are then the same every time)."""
+
   def __init__(self, *, name, cfg, method, config, workdir, shared: _SharedData):
     del workdir
+    from mim_jax.data import pipeline
+    from mim_jax.methods.base import Objective
     self.name, self.every_steps = name, int(cfg.every_steps)
-    self.method = method
-    data = shared.arrays(config.data.eval_split, int(cfg.get('batch_size', 256)))
-    self.batch = {'image': data['image'], 'label': data['label']}
+    self.method, self.shared = method, shared
+    own_transform = type(method).record_transform is not Objective.record_transform
+    data = pipeline.eval_arrays(config.data, split=config.data.eval_split, max_examples=int(cfg.get('batch_size', 256)),
+                                fields=method.batch_fields(True), record_transform=method.record_transform,
+                                train=own_transform, seed=int(cfg.get('seed', 0)))
+    self.batch = {k: data[k] for k in method.batch_fields(True)}
     self.rng = jax.random.PRNGKey(int(cfg.get('seed', 0)))
-    # Methods with state outside the params (EMA teachers) are scored with their initial state unless the
-    # caller passes the current one.
-    example = jnp.zeros((2, *data['image'].shape[1:]), jnp.float32)
-    abstract_extras = jax.eval_shape(method.init, jax.random.PRNGKey(0), example)[1]
-    self.initial_extras = abstract_extras
-    if jax.tree.leaves(abstract_extras):
-      import flax.linen as nn
-      self.initial_extras = nn.meta.unbox(jax.jit(method.init)(jax.random.PRNGKey(0), example)[1])
     self._fn = None
 
-  def __call__(self, step: int, params, extras=None) -> dict[str, float]:
+  def __call__(self, step: int, state) -> dict[str, float]:
+    import flax.linen as nn
+    mesh = self.shared.mesh
     if self._fn is None:
       def loss(p, e, batch, s):
         return self.method.loss_fn(p, e, batch, self.rng, s)[0].astype(jnp.float32)
-      self._fn = jax.jit(loss, out_shardings=_replicated_like(params))
-    extras = self.initial_extras if extras is None else extras
-    return {'loss': float(self._fn(params, extras, self.batch, jnp.asarray(step, jnp.int32)))}
+      self._fn = jax.jit(loss, out_shardings=_replicated(mesh))
+    with nn.logical_axis_rules(self.shared.rules), jax.set_mesh(mesh):
+      value = self._fn(state.params, state.extras, self.batch, jnp.asarray(step, jnp.int32))
+    return {f'monitor/{self.name}/loss': float(value)}

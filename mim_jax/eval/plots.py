@@ -7,7 +7,6 @@ touches pyplot's global backend or state: safe on headless machines and inside n
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -17,25 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mim_jax.report import is_accuracy_key
+from mim_jax.train.metrics import read_metrics
 
 DEFAULT_PROBE_KEYS = ('monitor/*top1', 'monitor/*top5')
-
-
-def read_metrics_jsonl(path: str) -> list[dict]:
-  """All rows of a metrics file; a truncated last line (a run killed mid-write) is ignored."""
-  rows = []
-  with open(path) as f:
-    lines = f.read().splitlines()
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      if i == len(lines) - 1:
-        break
-      raise
-  return rows
 
 
 def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +53,17 @@ def _save(fig: Figure, out_png: str) -> str:
   return out_png
 
 
+def _curves(metrics_jsonl_path: str, keys: Sequence[str]):
+  """(rows, [(key, steps, values)] of the keys with data, figure, axes); a ValueError when none has data."""
+  rows = read_metrics(metrics_jsonl_path)
+  curves = [(k, *series(rows, k)) for k in _expand(rows, keys)]
+  curves = [c for c in curves if len(c[1])]
+  if not curves:
+    raise ValueError(f'{metrics_jsonl_path}: no values for {list(keys)}')
+  fig = Figure(figsize=(7, 4))
+  return rows, curves, fig, fig.add_subplot()
+
+
 def plot_loss_curve(
   metrics_jsonl_path: str,
   out_png: str,
@@ -81,13 +75,7 @@ def plot_loss_curve(
 
   ``keys`` are names or shell-style patterns; keys without data are skipped. Returns ``out_png``.
   """
-  rows = read_metrics_jsonl(metrics_jsonl_path)
-  curves = [(k, *series(rows, k)) for k in _expand(rows, keys)]
-  curves = [c for c in curves if len(c[1])]
-  if not curves:
-    raise ValueError(f'{metrics_jsonl_path}: no values for {list(keys)}')
-  fig = Figure(figsize=(7, 4))
-  ax = fig.add_subplot()
+  rows, curves, fig, ax = _curves(metrics_jsonl_path, keys)
   for key, steps, values in curves:
     ax.plot(steps, values, label=key, marker='o' if len(steps) < 30 else None, markersize=3)
   all_values = np.concatenate([c[2] for c in curves])
@@ -121,13 +109,7 @@ def plot_probe_curve(
   ``keys`` are names or shell-style patterns; accuracy keys (``...top1``, ``...acc``) stored as fractions are
   shown in percent, any other key as logged.
   """
-  rows = read_metrics_jsonl(metrics_jsonl_path)
-  curves = [(k, *series(rows, k)) for k in _expand(rows, keys)]
-  curves = [c for c in curves if len(c[1])]
-  if not curves:
-    raise ValueError(f'{metrics_jsonl_path}: no values for {list(keys)}')
-  fig = Figure(figsize=(7, 4))
-  ax = fig.add_subplot()
+  _, curves, fig, ax = _curves(metrics_jsonl_path, keys)
   percent = all(is_accuracy_key(k) for k, _, _ in curves)
   for key, steps, values in curves:
     ax.plot(steps, 100 * values if is_accuracy_key(key) else values, marker='o', markersize=3, label=key)

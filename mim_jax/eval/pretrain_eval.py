@@ -1,10 +1,14 @@
 """Evaluation at the end of pre-training: frozen-feature probes for the pre-trained encoder and, as the
-baseline, for a randomly initialised encoder of the same architecture; a raw-pixel baseline; a reconstruction
-figure. Writes everything into the workdir's flat ``summary.json``.
+baseline, for a randomly initialised encoder of the same architecture; a raw-pixel baseline where it makes
+sense; a reconstruction figure. Writes everything into the workdir's flat ``summary.json``.
 
 Keys (fractions in [0, 1]): ``linear_probe/top1`` (the MAE probe head: BatchNorm without affine + linear,
 LARS), ``knn/top1`` (k=20, T=0.07), ``logreg/top1`` (scikit-learn logistic regression), each also under
-``random_init/``; ``raw_pixels/logreg/top1``.
+``random_init/``; ``raw_pixels/logreg/top1`` when an image has at most ``eval.raw_pixels_max_features`` values.
+
+The features stream through the method (``method.feature``) sharded over the run's mesh, from at most
+``eval.max_train_examples`` / ``eval.max_eval_examples`` images of each split: only the ``[N, D]`` features are
+held on the host, never the images, so the same code serves the digits and ImageNet recipes.
 
 Figures: ``reconstruction.png``, ``loss_curve.png`` (train loss, monitored losses, lr) and, when accuracy
 monitors ran, ``probe_accuracy.png`` (their accuracies against the step, with the final probes as last points);
@@ -18,26 +22,27 @@ import json
 import os
 import time
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from mim_jax import workdir as workdir_lib
 from mim_jax.data import pipeline
 from mim_jax.eval import knn as knn_lib
 from mim_jax.eval import linear_probe as lp
 from mim_jax.eval import plots
-from mim_jax.eval.features import extract_features
+from mim_jax.eval import streaming
 from mim_jax.eval.visualize import reconstruction_figure
+from mim_jax.methods.base import reconstructs
+from mim_jax.train import metrics as metrics_lib
+from mim_jax.train import sharding as shd
+from mim_jax.utils.logging import log
+
+FEATURE_BATCH = 256  # global batch of the frozen forward pass
 
 
 def config_hash(config) -> str:
   return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
-
-
-def encoder_features(method, params, images: np.ndarray, feature: str, batch_size: int = 256) -> np.ndarray:
-  """Frozen features without masking: 'cls' (after the final norm) or 'pooled' (mean of patch tokens)."""
-  fn = jax.jit(lambda p, x: method.encode(p, x)[feature].astype(jnp.float32))
-  return extract_features(lambda x: fn(params, x), images, batch_size, jit=False, desc=f'{feature} features')
 
 
 def probe_all(train_x, train_y, test_x, test_y, num_classes: int, cfg, seed: int) -> dict[str, float]:
@@ -52,49 +57,79 @@ def probe_all(train_x, train_y, test_x, test_y, num_classes: int, cfg, seed: int
           'logreg/top1': logreg['top1']}
 
 
-def evaluate_pretrained(config, workdir: str, method, params, step: int) -> dict:
-  """Runs the configured evaluations; returns (and writes) the summary values."""
-  from mim_jax.train.loop import log, update_summary
+def _split_features(features: streaming.FrozenFeatures, config):
+  cfg = config.eval
+  train = features.split(config.data, config.data.train_split, cfg.max_train_examples, FEATURE_BATCH)
+  test = features.split(config.data, config.data.eval_split, cfg.max_eval_examples, FEATURE_BATCH)
+  return train, test
 
+
+def _raw_pixels(config, method, mesh, rules) -> dict[str, float]:
+  """Logistic regression on the raw (normalized) pixels of the single-image eval batch, where an image has few
+  enough values for that to be a baseline (the digits' 256) rather than a 150,528-feature fit (ImageNet)."""
+  fields = method.batch_fields(False)
+  limit = int(config.eval.get('raw_pixels_max_features', 4096))  # workdirs written before the field existed
+  if 'image' not in fields or int(np.prod(fields['image'].shape)) > limit:
+    return {}
+  cfg = config.eval
+
+  def pixels(_, batch):
+    return batch['image'].reshape(batch['image'].shape[0], -1)
+
+  forward = streaming.jit_forward(pixels, None, mesh, rules)
+  data = {}
+  for name, split, cap in (('train', config.data.train_split, cfg.max_train_examples),
+                           ('test', config.data.eval_split, cfg.max_eval_examples)):
+    batches = streaming.eval_batches(config.data, split, FEATURE_BATCH, mesh, cap, fields=fields,
+                                     record_transform=method.record_transform)
+    data[name] = streaming.gather(forward, None, batches)
+  raw = lp.logistic_regression_probe(*data['train'], *data['test'])
+  return {'raw_pixels/logreg/top1': raw['top1']}
+
+
+def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=None, rules=None) -> dict:
+  """Runs the configured evaluations on ``params`` (host arrays, or the train state's on ``mesh``); returns
+  (and writes) the summary values."""
   cfg = config.eval
   t0 = time.perf_counter()
-  train = pipeline.eval_arrays(config.data, split=config.data.train_split, max_examples=cfg.max_train_examples)
-  test = pipeline.eval_arrays(config.data, split=config.data.eval_split, max_examples=cfg.max_eval_examples)
-  if train['label'] is None or np.all(train['label'] < 0):
+  if mesh is None:
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+    rules = shd.rules_from_config(config.mesh.get('rules', None))
+  info = pipeline.dataset_info(config.data)
+  if not info.num_classes:
     log('The dataset has no labels: skipping probes.')
     return {}
-  num_classes = int(max(train['label'].max(), test['label'].max()) + 1)
+  num_classes = int(info.num_classes)
+  params, _ = streaming.place_params(method, params, mesh, rules)
   results: dict[str, float] = {}
-  feats = {k: encoder_features(method, params, d['image'], cfg.feature) for k, d in (('train', train), ('test', test))}
-  results.update(probe_all(feats['train'], train['label'], feats['test'], test['label'], num_classes, cfg,
-                           config.seed))
+  (train_x, train_y), (test_x, test_y) = _split_features(
+      streaming.FrozenFeatures(method, params, mesh, rules, cfg.feature), config)
+  results.update(probe_all(train_x, train_y, test_x, test_y, num_classes, cfg, config.seed))
   if cfg.random_init_baseline:
-    random_params, _ = method.init(jax.random.PRNGKey(config.seed + 1), jnp.asarray(train['image'][:2]))
-    import flax.linen as nn
-    random_params = nn.meta.unbox(random_params)
-    rfeats = {k: encoder_features(method, random_params, d['image'], cfg.feature)
-              for k, d in (('train', train), ('test', test))}
-    rand = probe_all(rfeats['train'], train['label'], rfeats['test'], test['label'], num_classes, cfg, config.seed)
+    # Eager, not jitted: XLA fuses the initializers' arithmetic differently (values differ in the last bit).
+    random_params, _ = method.init(jax.random.PRNGKey(config.seed + 1), method.example_batch(2))
+    random = streaming.FrozenFeatures(method, jax.device_get(nn.meta.unbox(random_params)), mesh, rules,
+                                      cfg.feature)
+    (rtrain_x, _), (rtest_x, _) = _split_features(random, config)
+    rand = probe_all(rtrain_x, train_y, rtest_x, test_y, num_classes, cfg, config.seed)
     results.update({f'random_init/{k}': v for k, v in rand.items()})
-  raw = lp.logistic_regression_probe(train['image'].reshape(len(train['image']), -1), train['label'],
-                                     test['image'].reshape(len(test['image']), -1), test['label'])
-  results['raw_pixels/logreg/top1'] = raw['top1']
+  results.update(_raw_pixels(config, method, mesh, rules))
 
-  if cfg.figure:
-    try:
-      out = method.reconstruct(params, jnp.asarray(test['image'][:8]), jax.random.PRNGKey(config.seed))
-      info = pipeline.dataset_info(config.data)
-      path = os.path.join(workdir, 'reconstruction.png')
-      if jax.process_index() == 0:
-        reconstruction_figure(test['image'][:8], np.asarray(out['pred_images']), np.asarray(out['mask_images']),
-                              path, mean=info.mean, std=info.std, title=f'{config.method} step {step}')
-      results['figure'] = os.path.basename(path)
-    except NotImplementedError:
-      pass
+  if cfg.figure and reconstructs(method):
+    test = pipeline.eval_arrays(config.data, split=config.data.eval_split, max_examples=8,
+                                fields=method.batch_fields(False), record_transform=method.record_transform)
+    with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
+      out = jax.jit(method.reconstruct, out_shardings=shd.replicated(mesh))(params, test['image'],
+                                                                              jax.random.PRNGKey(config.seed))
+    path = os.path.join(workdir, 'reconstruction.png')
+    if jax.process_index() == 0:
+      reconstruction_figure(test['image'], np.asarray(out['pred_images']), np.asarray(out['mask_images']), path,
+                            mean=info.mean, std=info.std, title=f'{config.method} step {step}')
+    results['figure'] = os.path.basename(path)
   summary = {**results, 'method': config.method, 'checkpoint_step': int(step), 'config_hash': config_hash(config),
              'eval/feature': cfg.feature, 'eval/seconds': round(time.perf_counter() - t0, 1)}
   summary.update(run_figures(workdir, step, results))
-  update_summary(workdir, summary)
+  workdir_lib.update_summary(workdir, summary)
   log('Evaluation (frozen encoder, %s feature) at step %d:\n%s' % (cfg.feature, step, json.dumps(
       {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}, indent=2)))
   return summary
@@ -104,12 +139,9 @@ def run_figures(workdir: str, step: int, results: dict) -> dict[str, str]:
   """Logs the final probe accuracies to metrics.jsonl (as ``eval/...`` at the last step) and draws
   ``loss_curve.png`` (train loss, validation loss if monitored, lr) and ``probe_accuracy.png`` (the online
   monitors' accuracies over the run, with the final probes as the last points). Returns the file names drawn."""
-  from mim_jax.train.loop import log
-  from mim_jax.train.metrics import MetricWriter
-
   accuracies = {f'eval/{k}': v for k, v in results.items() if isinstance(v, float) and k.endswith(('top1', 'top5'))}
   if accuracies:
-    writer = MetricWriter(workdir)
+    writer = metrics_lib.MetricWriter(workdir)
     writer.write(step, accuracies)
     writer.close()
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
@@ -118,7 +150,7 @@ def run_figures(workdir: str, step: int, results: dict) -> dict[str, str]:
     return out
   figures = [('figures/loss_curve', 'loss_curve.png', plots.plot_loss_curve,
               {'keys': ('train/loss', 'monitor/*loss')})]
-  rows = plots.read_metrics_jsonl(metrics_path)
+  rows = plots.read_metrics(metrics_path)
   if any(k.startswith('monitor/') and k.endswith('top1') for row in rows for k in row):
     figures.append(('figures/probe_accuracy', 'probe_accuracy.png', plots.plot_probe_curve,
                     {'keys': ('monitor/*top1', 'eval/linear_probe/top1', 'eval/knn/top1')}))

@@ -19,20 +19,18 @@ The data config of the evaluation is the pre-training one with every non-None fi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mim_jax import config as config_lib
 from mim_jax import methods
+from mim_jax import workdir as workdir_lib
 from mim_jax.data import pipeline
-from mim_jax.eval import randaugment  # noqa: F401  (registers data.augment='rrc_flip_randaug')
 from mim_jax.utils import tree_paths
 
 CHECKPOINT_SUFFIXES = ('.npz', '.safetensors')
@@ -42,7 +40,7 @@ CHECKPOINT_SUFFIXES = ('.npz', '.safetensors')
 class Pretrained:
   config: ml_collections.ConfigDict  # the pre-training config (method, model, ...) with the eval's data config
   method: methods.Method
-  params: Any  # host arrays: the method's params, or at least {'encoder': ...} for converted files
+  params: Any  # host arrays: the method's params, or only {'encoder': ...} for converted files
   step: int | None  # checkpoint step; None for files and random init
   source: str  # the init path, or 'random'
   info: pipeline.DatasetInfo
@@ -51,27 +49,15 @@ class Pretrained:
     return self.method.encoder_params(self.params)
 
 
-def _tuples(value):
-  """JSON lists back to tuples (configs hold tuples: crop_scale, mean, mesh rules)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
 def read_pretrain_config(workdir: str) -> ml_collections.ConfigDict:
-  """The ``config.json`` a pre-training run wrote, with base_config defaults for fields it predates."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  """The ``config.json`` a pre-training run wrote (:func:`mim_jax.workdir.read_config`), with the error naming
+  what ``config.init`` may be."""
+  try:
+    return workdir_lib.read_config(workdir)
+  except FileNotFoundError:
     raise FileNotFoundError(f'{workdir!r} has no config.json: config.init must be a pre-training workdir (the '
                             f'--workdir of `python -m mim_jax.main --config=configs/mae/...`) or a converted '
-                            f'checkpoint file ({", ".join(CHECKPOINT_SUFFIXES)}).')
-  with open(path) as f:
-    stored = _tuples(json.load(f))
-  config = config_lib.base_config().to_dict()
-  config.update(stored)
-  return ml_collections.ConfigDict(config)
+                            f'checkpoint file ({", ".join(CHECKPOINT_SUFFIXES)}).') from None
 
 
 def merge_data_config(base: ml_collections.ConfigDict | dict | None, overrides) -> ml_collections.ConfigDict:
@@ -86,7 +72,7 @@ def merge_data_config(base: ml_collections.ConfigDict | dict | None, overrides) 
   if base.get('name') == name:  # same dataset: keep what pre-training used (image size, splits, stats, ...)
     data.update(base)
   data.update(overrides)
-  return ml_collections.ConfigDict(_tuples(data))
+  return ml_collections.ConfigDict(workdir_lib.json_tuples(data))
 
 
 def _encoder_overrides(eval_config) -> dict:
@@ -169,13 +155,13 @@ def load(eval_config) -> Pretrained:
   """The encoder an evaluation starts from (see the module docstring)."""
   pre, init = _pretrain_config_for(eval_config)
   info = pipeline.dataset_info(pre.data)
+  method = methods.build(pre, methods.Facts(info))
   random_init = bool(eval_config.get('random_init', False))
   if init and os.path.isdir(init) and not random_init:
-    from mim_jax.train import loop
-    method, params, step, _ = loop.load_params(init, pre, eval_config.get('init_step', None))
-    return Pretrained(pre, method, jax.device_get(params), int(step), os.path.abspath(init), info)
-  method = methods.build(pre, info.image_shape)
-  example = jnp.zeros((2, *info.image_shape), jnp.float32)
+    params, step = workdir_lib.read_params(init, eval_config.get('init_step', None),
+                                           directory=workdir_lib.checkpoint_dir(pre, init))
+    return Pretrained(pre, method, params, int(step), os.path.abspath(init), info)
+  example = method.example_batch(2)
   seed = int(eval_config.get('seed', 0))
   if random_init:
     # A different stream from the pre-training init (seed + 1, as the end-of-pretraining baseline uses).

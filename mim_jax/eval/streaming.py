@@ -1,4 +1,4 @@
-"""Sharded forward passes over a whole split, for evaluators: the frozen encoder's features, a classifier's logits.
+"""Sharded forward passes over whole splits, for evaluators: a method's frozen features, a classifier's logits.
 
 Batches come from the grain pipeline (each host reads its share), become one global array split over the
 ('data', 'fsdp') mesh exactly like pre-training batches, and the jitted function's outputs come back
@@ -6,9 +6,13 @@ replicated, so every host ends with the full result in split order. Nothing hold
 memory, so the same code serves the digits and ImageNet.
 
 The eval stream is the train pipeline (``mim_jax.data.pipeline.train_dataset``) on the requested split with
-``augment='none'`` (the eval resize + center crop) and ``shuffle=False``: element ``i`` of the endless stream is
-example ``i mod n``, so ``ceil(n / batch)`` batches cover the split once and a per-example ``valid`` flag marks
-the wrap-around padding of the last batch.
+``augment='none'`` (the eval resize + center crop; a method's own eval record transform when it has one) and
+``shuffle=False``: element ``i`` of the endless stream is example ``i mod n``, so ``ceil(n / batch)`` batches cover
+the split once and a per-example ``valid`` flag marks the wrap-around padding of the last batch.
+
+:class:`FrozenFeatures` is the one implementation of "a method's frozen feature of many images": the
+linear-probe and k-NN tasks, the end-of-pre-training evaluation and the online monitors all use it, and it asks
+the method (``method.feature``), never the encoder's token layout.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,15 +53,24 @@ def split_size(data_cfg, split: str, max_examples: int | None = None) -> int:
 
 
 def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: int | None = None,
-                 progress: bool = False, desc: str = '') -> Iterator[dict[str, jax.Array]]:
-  """Global batches ``dict(image, label, valid)`` covering the first ``max_examples`` of ``split`` once."""
+                 progress: bool = False, desc: str = '', *, fields=None,
+                 record_transform=None) -> Iterator[dict[str, jax.Array]]:
+  """Global batches covering the first ``max_examples`` of ``split`` once: every field of the eval records
+  (``image`` and ``label`` by default; a method's eval fields with its ``fields`` / ``record_transform``) plus
+  ``valid``."""
   n = split_size(data_cfg, split, max_examples)
   global_batch = fit_batch(global_batch, n, mesh)
   cfg = ml_collections.ConfigDict(data_cfg.to_dict())
   cfg.train_split, cfg.augment, cfg.shuffle, cfg.return_index = split, 'none', False, False
   procs, me = jax.process_count(), jax.process_index()
   per_host = global_batch // procs
-  it = pipeline.train_iterator(cfg, per_host, seed=0, process_index=me, process_count=procs)
+
+  def eval_transform(data_cfg, source, train):  # the eval form of the records, for the train pipeline's reader
+    del train
+    return record_transform(data_cfg, source, False) if record_transform is not None else None
+
+  it = pipeline.train_iterator(cfg, per_host, seed=0, process_index=me, process_count=procs, fields=fields,
+                               record_transform=eval_transform)
   num_batches = -(-n // global_batch)
   local = np.arange(per_host)
   show = progress and num_batches >= 20  # a bar only where there is something to wait for
@@ -66,25 +78,28 @@ def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: in
     batch = next(it)
     # Host `me` holds elements me, me + P, me + 2P, ... of the endless stream; element i is example i mod n.
     position = (k * per_host + local) * procs + me
-    local_batch = {'image': batch['image'], 'label': batch['label'], 'valid': position < n}
-    yield shd.global_batch(local_batch, mesh)
+    yield shd.global_batch({**batch, 'valid': position < n}, mesh)
 
 
-def param_shardings(boxed_abstract_params, mesh, rules):
-  """Shardings of a (boxed, abstract) params tree under the logical rules, as in pre-training."""
-  return shd.logical_shardings(boxed_abstract_params, mesh, rules)
+def array_batches(arrays: dict[str, np.ndarray], global_batch: int, mesh) -> Iterator[dict[str, jax.Array]]:
+  """Global batches (plus ``valid``) over in-memory arrays that every process holds whole (small subsets: the
+  online monitors'); the last batch is padded by wrapping around."""
+  n = len(next(iter(arrays.values())))
+  global_batch = fit_batch(global_batch, n, mesh)
+  sharding = shd.batch_sharding(mesh)
+  for start in range(0, n, global_batch):
+    rows = np.arange(start, start + global_batch)
+    batch = {k: np.asarray(v)[rows % n] for k, v in arrays.items()}
+    batch['valid'] = rows < n
+    yield {k: shd.place(v, sharding) for k, v in batch.items()}
 
 
-def put_params(params, shardings):
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings)
-
-
-def jit_forward(fn: Callable[[Any, jax.Array], Any], params_shardings, mesh, rules):
-  """``batch -> (fn(params, batch['image']), batch['label'], batch['valid'])``, jitted with the batch split over
+def jit_forward(fn: Callable[[Any, dict], Any], params_shardings, mesh, rules):
+  """``(params, batch) -> (fn(params, batch), batch['label'], batch['valid'])``, jitted with the batch split over
   the mesh and the outputs replicated (every host gets all rows)."""
 
   def with_labels(params, batch):
-    return fn(params, batch['image']), batch['label'], batch['valid']
+    return fn(params, batch), batch['label'], batch['valid']
 
   jitted = jax.jit(with_labels, in_shardings=(params_shardings, shd.batch_sharding(mesh)),
                    out_shardings=shd.replicated(mesh))
@@ -119,15 +134,49 @@ def gather(forward, params, batches) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(outs), np.concatenate(labels)
 
 
-def features_fn(encoder: nn.Module, feature: str) -> Callable[[Any, jax.Array], jax.Array]:
-  """Frozen features without masking: 'cls' (token 0 after the final norm) or 'pooled' (mean of patch tokens),
-  as ``Method.encode`` defines them."""
-  if feature not in ('cls', 'pooled'):
-    raise ValueError(f"feature must be 'cls' or 'pooled', got {feature!r}.")
+def method_param_shardings(method, params, mesh, rules):
+  """Shardings of ``params`` (a method's params, or the subset of its top-level entries a converted checkpoint
+  holds) under the logical rules, as in pre-training."""
+  boxed = jax.eval_shape(method.init, jax.random.PRNGKey(0), method.example_batch(2))[0]
+  shardings = shd.logical_shardings(boxed, mesh, rules)
+  if isinstance(params, dict) and isinstance(shardings, dict):
+    shardings = {k: shardings[k] for k in params}
+  return shardings
 
-  def fn(encoder_params, images):
-    tokens = encoder.apply({'params': encoder_params}, images)
-    out = tokens[:, 0] if feature == 'cls' else tokens[:, 1:].mean(axis=1)
-    return out.astype(jnp.float32)
 
-  return fn
+def place_params(method, params, mesh, rules):
+  """``(params on the mesh, their shardings)``: host arrays are placed; arrays already on this mesh stay."""
+  leaves = jax.tree.leaves(params)
+  if leaves and all(isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding)
+                    and x.sharding.mesh == mesh for x in leaves):
+    return params, jax.tree.map(lambda x: x.sharding, params)
+  shardings = method_param_shardings(method, params, mesh, rules)
+  return shd.place_tree(jax.device_get(params), shardings), shardings
+
+
+class FrozenFeatures:
+  """``method.feature(params, batch, feature)`` ('cls' or 'pooled', float32) over splits or in-memory subsets,
+  sharded over ``mesh``, with labels."""
+
+  def __init__(self, method, params, mesh, rules, feature: str):
+    if feature not in ('cls', 'pooled'):
+      raise ValueError(f"the probe feature must be 'cls' or 'pooled', got {feature!r}.")
+    self.method, self.mesh, self.rules, self.feature = method, mesh, rules, feature
+    self.params, shardings = place_params(method, params, mesh, rules)
+    self._forward = jit_forward(lambda p, b: method.feature(p, b, feature), shardings, mesh, rules)
+
+  def split(self, data_cfg, split: str, max_examples: int | None, batch_size: int,
+            progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(features [N, D], labels [N])`` of the first ``max_examples`` of ``split`` (eval transform), streamed."""
+    show = jax.process_index() == 0 if progress is None else progress
+    batches = eval_batches(data_cfg, split, batch_size, self.mesh, max_examples, progress=show,
+                           desc=f'{self.feature} features {split}', fields=self.method.batch_fields(False),
+                           record_transform=self.method.record_transform)
+    return gather(self._forward, self.params, batches)
+
+  def arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 256,
+             params=None) -> tuple[np.ndarray, np.ndarray]:
+    """The same over in-memory eval arrays (``pipeline.eval_arrays`` of the method's eval fields); ``params``
+    replaces the ones given at construction (the live train state's, for monitors)."""
+    params = self.params if params is None else params
+    return gather(self._forward, params, array_batches(arrays, batch_size, self.mesh))

@@ -25,28 +25,22 @@ def _tasks() -> dict[str, Callable]:
   return {'linear_probe': frozen.run_linear_probe, 'knn': frozen.run_knn, 'finetune': finetune.run}
 
 
-TASK_NAMES = ('linear_probe', 'knn', 'finetune')
-
-
 def run(config, workdir: str) -> dict:
   """Runs ``config.task`` and returns the values it merged into ``summary.json``."""
+  from mim_jax import workdir as workdir_lib
   from mim_jax.eval.pretrain_eval import config_hash
-  from mim_jax.train.loop import update_summary
 
   task = config.get('task', None)
   tasks = _tasks()
   if task not in tasks:
     raise ValueError(f'config.task={task!r} is not an evaluation task; choose one of {sorted(tasks)} '
                      "(or 'pretrain').")
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'{task}_config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  workdir_lib.write_config(config, workdir, f'{task}_config.json')
   values = tasks[task](config, workdir)
   provenance = {f'{task}/config_hash': config_hash(config), f'{task}/checkpoint_step': values.get('checkpoint_step'),
                 f'{task}/init': values.get('init')}
   summary = {**values, **provenance}
-  update_summary(workdir, summary)
+  workdir_lib.update_summary(workdir, summary)
   if jax.process_index() == 0:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
     print(f'{task} results (written to {os.path.join(workdir, "summary.json")}):\n'

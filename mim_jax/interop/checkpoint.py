@@ -15,7 +15,6 @@ workdir instead).
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -48,28 +47,37 @@ def load(path: str) -> Checkpoint:
 
 
 def is_workdir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, 'checkpoints')) and os.path.exists(os.path.join(path, 'config.json'))
+  from mim_jax import workdir as workdir_lib
+
+  return workdir_lib.is_workdir(path)
 
 
 def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   """The params of a mim_jax pre-training run (its orbax checkpoint) with the spec from its config.json."""
   import jax
-  import ml_collections
 
-  from mim_jax.train.loop import load_params
+  from mim_jax import methods
+  from mim_jax import workdir as workdir_lib
+  from mim_jax.data import pipeline
+  from mim_jax.models.decoders import MAEDecoder
+  from mim_jax.models.vit import ViTEncoder
 
   if not is_workdir(workdir):
     raise FileNotFoundError(f'{workdir!r} is not a mim_jax workdir (needs config.json and checkpoints/).')
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  method, params, step, info = load_params(workdir, config, step)
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  config = workdir_lib.read_config(workdir)
+  info = pipeline.dataset_info(config.data)
+  method = methods.build(config, methods.Facts(info))
+  params, step = workdir_lib.read_params(workdir, step, directory=workdir_lib.checkpoint_dir(config, workdir))
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   enc_module = method.encoder_module()
+  if not isinstance(enc_module, ViTEncoder):
+    raise ValueError(f'{workdir}: only ViT encoders export to checkpoint files; this run uses '
+                     f'{type(enc_module).__name__}.')
   h, w, c = info.image_shape
   decoder = getattr(method, 'decoder', None)
   tree = {'encoder': method.encoder_params(params)}
   decoder_spec = None
-  if decoder is not None and 'decoder' in params and type(decoder).__name__ == 'MAEDecoder':
+  if isinstance(decoder, MAEDecoder) and 'decoder' in params:
     decoder_spec = DecoderSpec(width=decoder.width, depth=decoder.depth, num_heads=decoder.num_heads,
                                mlp_ratio=decoder.mlp_ratio)
     tree['decoder'] = params['decoder']
@@ -79,8 +87,7 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
     notes.append(f'method parts other than the encoder / MAE decoder are not exported: {dropped}.')
   spec = ModelSpec(patch_size=enc_module.patch_size, width=enc_module.width, depth=enc_module.depth,
                    num_heads=enc_module.num_heads, image_size=(h, w), channels=c, mlp_ratio=enc_module.mlp_ratio,
-                   pos_embed=getattr(enc_module, 'pos_embed', 'sincos'),
-                   final_norm=getattr(enc_module, 'final_norm', True), decoder=decoder_spec,
+                   pos_embed=enc_module.pos_embed, final_norm=enc_module.final_norm, decoder=decoder_spec,
                    norm_pix_loss=bool(config.get('norm_pix_loss', True)) if config.method == 'mae' else None,
                    pixel_mean=tuple(float(v) for v in info.mean), pixel_std=tuple(float(v) for v in info.std))
   if enc_module.use_mask_token:

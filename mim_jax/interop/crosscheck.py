@@ -29,7 +29,8 @@ def _randomize(torch, model):
 def check_timm(torch, timm, tmp: str, global_pool: str) -> list[tuple[str, float, float]]:
   from safetensors.torch import load_file
 
-  from mim_jax import features, interop
+  from mim_jax import interop
+  from mim_jax.interop.features import features
   from mim_jax.interop.tensors import write_tensors
   from mim_jax.interop.timm_vit import timm_model_kwargs
 
@@ -68,7 +69,7 @@ def check_hf(torch, transformers, tmp: str) -> list[tuple[str, float, float]]:
 
   from mim_jax import interop
   from mim_jax.interop.pos_embed import sincos_with_cls
-  from mim_jax.methods import build
+  from mim_jax.methods import Facts, build
 
   torch.manual_seed(0)
   config = transformers.ViTMAEConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -91,7 +92,7 @@ def check_hf(torch, transformers, tmp: str) -> list[tuple[str, float, float]]:
   loss, pred, mask = run_hf(model)
   model.save_pretrained(f'{tmp}/hf')
   ckpt = interop.load(f'{tmp}/hf', 'hf_vitmae')
-  method = build(ckpt.spec.mae_config(config.mask_ratio), images.shape[1:])
+  method = build(ckpt.spec.mae_config(config.mask_ratio), Facts.for_images(images.shape[1:]))
   info = method.masker.from_noise(jnp.asarray(noise))
   with jax.default_matmul_precision('highest'):
     out = jax.jit(method.forward)(jax.tree.map(jnp.asarray, ckpt.params), jnp.asarray(images), info)

@@ -66,12 +66,12 @@ def load_fixture(path: str) -> dict[str, Any]:
 
 
 def check_file(path: str) -> list[Check]:
-  from mim_jax.methods import build  # local import: keeps `--help` fast
+  from mim_jax.methods import Facts, build  # local import: keeps `--help` fast
 
   fx = load_fixture(path)
   cfg = config_from_fixture(fx['config'])
   images = jnp.asarray(fx['imgs'].transpose(0, 2, 3, 1))  # NCHW -> NHWC
-  method = build(cfg, images.shape[1:])
+  method = build(cfg, Facts.for_images(images.shape[1:]))
   params = jax.tree.map(jnp.asarray, from_official(fx['params']))
   info = method.masker.from_noise(jnp.asarray(fx['noise']))
   checks = [Check('len_keep', abs(info.len_keep - int(fx['len_keep'])), 0)]

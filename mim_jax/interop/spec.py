@@ -20,15 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from mim_jax.models.vit import ViTSize
+
 FORMAT_VERSION = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class DecoderSpec:
-  width: int
-  depth: int
-  num_heads: int
-  mlp_ratio: float = 4.0
+class DecoderSpec(ViTSize):
+  """An MAE decoder's size: width, depth, heads and MLP ratio of its transformer stack."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mim_jax.masking.core import RatioCounts, Grid, MaskInfo
-from mim_jax.masking.ops import FILL_MODES, exact_count, per_example_keys, rectangle
+from mim_jax.masking.ops import check_shape_settings, exact_count, per_example_keys, rectangle
 from mim_jax.masking.registry import register
 
 
@@ -51,10 +51,7 @@ class BlockMask(RatioCounts):
       raise ValueError(f'max_block ({self.max_block}) must be >= min_block ({self.min_block}).')
     if not 0.0 < self.min_aspect <= self._max_aspect:
       raise ValueError(f'need 0 < min_aspect <= max_aspect, got {self.min_aspect}, {self._max_aspect}.')
-    if self.fill not in FILL_MODES:
-      raise ValueError(f'fill must be one of {FILL_MODES}, got {self.fill!r}.')
-    if self.attempts is not None and self.attempts < 1:
-      raise ValueError(f'attempts must be >= 1, got {self.attempts}.')
+    check_shape_settings(self.fill, self.attempts)
     _ = self.len_keep  # validates ratio
 
   @property

@@ -35,10 +35,6 @@ class MaskInfo:
     return self.ids_keep.shape[1]
 
   @property
-  def bool_mask(self) -> jax.Array:
-    return self.mask > 0.5
-
-  @property
   def ids_masked(self) -> jax.Array:
     """int32 ``[B, N - K]``: the raster indices of the masked tokens (the inverse of ``ids_restore``, past the
     visible ones; in the generator's shuffled order, not raster order)."""

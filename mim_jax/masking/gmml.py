@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from mim_jax.masking.core import RatioCounts, Grid, MaskInfo
-from mim_jax.masking.ops import FILL_MODES, exact_count, per_example_keys, rectangle
+from mim_jax.masking.ops import check_shape_settings, exact_count, per_example_keys, rectangle
 from mim_jax.masking.registry import register
 
 SHAPES = ('rect', 'ellipse')
@@ -52,10 +52,7 @@ class GroupMask(RatioCounts):
       raise ValueError(f'shape must be one of {SHAPES}, got {self.shape!r}.')
     if not 0.0 < self.max_side <= 1.0:
       raise ValueError(f'max_side must be in (0, 1], got {self.max_side}.')
-    if self.fill not in FILL_MODES:
-      raise ValueError(f'fill must be one of {FILL_MODES}, got {self.fill!r}.')
-    if self.attempts is not None and self.attempts < 1:
-      raise ValueError(f'attempts must be >= 1, got {self.attempts}.')
+    check_shape_settings(self.fill, self.attempts)
     _ = self.len_keep  # validates ratio
 
   @property

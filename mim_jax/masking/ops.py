@@ -53,6 +53,14 @@ def four_neighbours_any(x: jax.Array) -> jax.Array:
   return (_shift(x, 1, 1) | _shift(x, 1, -1) | _shift(x, 2, 1) | _shift(x, 2, -1))
 
 
+def check_shape_settings(fill: str, attempts) -> None:
+  """The settings the shape generators (block, gmml) share: the exact-count ``fill`` rule and ``attempts``."""
+  if fill not in FILL_MODES:
+    raise ValueError(f'fill must be one of {FILL_MODES}, got {fill!r}.')
+  if attempts is not None and attempts < 1:
+    raise ValueError(f'attempts must be >= 1, got {attempts}.')
+
+
 def exact_count(rng: jax.Array, masked: jax.Array, grid: Grid, len_keep: int, fill: str = 'random') -> MaskInfo:
   """Makes a boolean mask ``[B, N]`` (True = masked) exact: ``N - len_keep`` masked tokens in every row.
 

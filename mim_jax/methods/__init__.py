@@ -1,6 +1,5 @@
-"""Pre-training methods. Importing this package registers the built-in ones."""
+"""Pre-training methods: one file each, found by discovery (see :mod:`mim_jax.methods.base` for the contract)."""
 
-from mim_jax.methods import hpm, mae, simmim  # noqa: F401
-from mim_jax.methods.base import Method, build, method_names, register
+from mim_jax.methods.base import Facts, Method, Objective, build, method_names, register
 
-__all__ = ['Method', 'build', 'method_names', 'register']
+__all__ = ['Facts', 'Method', 'Objective', 'build', 'method_names', 'register']

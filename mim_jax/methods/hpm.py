@@ -27,8 +27,8 @@ and the authors' released code (read for semantics; nothing is copied):
 * Total loss = reconstruction loss (MAE's, on masked patches) + ``ranking_weight`` x relative loss (1.0).
 
 The teacher lives in the train state (``extras['teacher']``) and the schedule is a function of ``step``
-(also in the train state), so resuming reproduces both. The EMA is updated inside the loss function from
-the params *before* this step's update (the authors update after it): a one-step lag.
+(also in the train state), so resuming reproduces both. The EMA moves after each optimizer update, towards
+the updated params (``after_update``, inside the jitted step), as in the authors' code.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods.base import check_images, register
 from mim_jax.methods.mae import MAE
 from mim_jax.models.decoders import MAEDecoder
-from mim_jax.models.vit import ViTEncoder, dtype_from_name
+from mim_jax.models.vit import ViTEncoder
 from mim_jax.targets import pixel_target
 
 RANKING_KINDS = ('bce', 'hinge')
@@ -124,22 +124,22 @@ class HPMModel(nn.Module):
   predictor: MAEDecoder
 
   def __call__(self, images: jax.Array, info: masking.MaskInfo) -> tuple[jax.Array, jax.Array, jax.Array]:
-    latent = self.encoder(images, ids_keep=info.ids_keep)
+    latent = self.encoder(images, ids_keep=info.ids_keep)['tokens']
     return latent, self.decoder(latent, info.ids_restore), self.predictor(latent, info.ids_restore)[..., 0]
 
   def predict_difficulty(self, images: jax.Array) -> jax.Array:
     """Predicted per-patch loss ``[B, N]`` with every token visible (how the teacher picks the mask)."""
     gh, gw = self.encoder.grid(images.shape[1:3])
     everything = jnp.broadcast_to(jnp.arange(gh * gw, dtype=jnp.int32), (images.shape[0], gh * gw))
-    latent = self.encoder(images, ids_keep=everything)
+    latent = self.encoder(images, ids_keep=everything)['tokens']
     return self.predictor(latent, everything)[..., 0]
 
 
 @register('hpm')
 class HPM(MAE):
 
-  def __init__(self, config, image_shape):
-    super().__init__(config, image_shape)
+  def __init__(self, config, facts):
+    super().__init__(config, facts)
     self.hpm = hpm_defaults()
     given = dict(config.get('hpm', None) or {})
     unknown = sorted(set(given) - set(self.hpm))
@@ -157,23 +157,20 @@ class HPM(MAE):
       raise ValueError(f"HPM draws its own masks (hard patches + uniform random): set config.mask.name='random' "
                        f'(with the ratio), got {config.mask.name!r}.')
     m = config.model
-    dtype = dtype_from_name(config.get('compute_dtype', 'float32'))
     depth = h.predictor_depth if h.predictor_depth > 0 else m.decoder.depth
     self.predictor = MAEDecoder(width=m.decoder.width, depth=depth, num_heads=m.decoder.num_heads,
                                 mlp_ratio=m.decoder.get('mlp_ratio', 4.0), out_dim=1, grid_hw=self.grid_hw,
-                                dtype=dtype, attention_impl=config.get('attention_impl', 'auto'),
-                                remat=config.get('remat', False))
+                                **self.module_settings())
     self.model = HPMModel(self.encoder, self.decoder, self.predictor)
-    self._total_steps = h.total_steps if h.total_steps > 0 else None
+    self._total_steps = h.total_steps if h.total_steps > 0 else facts.total_steps
 
   # -- schedules (functions of the step, which lives in the train state) --
 
   @property
   def total_steps(self) -> int:
-    if self._total_steps is None:  # resolved on first use: needs the dataset size when the run counts epochs
-      from mim_jax.data import pipeline
-      from mim_jax.train.loop import resolve_steps
-      self._total_steps, _ = resolve_steps(self.config, pipeline.dataset_info(self.config.data))
+    if self._total_steps is None:
+      raise ValueError("HPM's alpha and EMA schedules need the run's length: build the method with "
+                       'Facts(total_steps=...) (the trainer does) or set config.hpm.total_steps.')
     return self._total_steps
 
   def alpha(self, step) -> jax.Array:
@@ -190,8 +187,8 @@ class HPM(MAE):
 
   # -- method API --
 
-  def init(self, rng, images):
-    check_images(images, self.image_shape)
+  def init(self, rng, batch):
+    images = self.images(batch)
     info = self.masker(jax.random.key(0), images.shape[0])
     params = self.model.init(rng, images, info)['params']
     # The teacher starts as a copy of the student (its own buffers: the train state is donated).
@@ -232,9 +229,13 @@ class HPM(MAE):
                'hpm_alpha': aux['alpha'],
                'rank_pair_acc': pair_order_accuracy(out['loss_pred'], out['loss_per_token'], info.mask)}
     if self.hpm.teacher == 'ema':
-      decay = self.ema_decay(step)
-      student = jax.lax.stop_gradient(params)
-      teacher = jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s.astype(t.dtype), extras['teacher'], student)
-      extras = {**extras, 'teacher': teacher}
-      metrics['ema_decay'] = decay
+      metrics['ema_decay'] = self.ema_decay(step)
     return out['loss'], (metrics, extras)
+
+  def after_update(self, params, extras, step):
+    """The EMA teacher moves towards the params this step's update produced."""
+    if self.hpm.teacher != 'ema':
+      return extras
+    decay = self.ema_decay(step)
+    teacher = jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s.astype(t.dtype), extras['teacher'], params)
+    return {**extras, 'teacher': teacher}

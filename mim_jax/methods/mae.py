@@ -11,8 +11,8 @@ from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods.base import Method, check_images, register
 from mim_jax.models.decoders import MAEDecoder
-from mim_jax.models.vit import ViTEncoder, dtype_from_name, encoder_from_config
-from mim_jax.targets import denormalize_prediction, pixel_target, unpatchify
+from mim_jax.models.vit import ViTEncoder
+from mim_jax.targets import pixel_target, reconstruction_images
 
 
 class MAEModel(nn.Module):
@@ -21,35 +21,30 @@ class MAEModel(nn.Module):
 
   def __call__(self, images: jax.Array, info: masking.MaskInfo,
                query_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    latent = self.encoder(images, ids_keep=info.ids_keep)
+    latent = self.encoder(images, ids_keep=info.ids_keep)['tokens']
     return latent, self.decoder(latent, info.ids_restore, query_ids)
 
 
 @register('mae')
 class MAE(Method):
 
-  def __init__(self, config, image_shape):
-    super().__init__(config, image_shape)
+  def __init__(self, config, facts):
+    super().__init__(config, facts)
     m = config.model
-    dtype = dtype_from_name(config.get('compute_dtype', 'float32'))
-    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'auto'), remat=config.get('remat', False))
-    self.encoder = encoder_from_config(m.encoder, **common)
-    h, w, c = image_shape
+    self.encoder = self.vit_encoder('its decoder reads the visible tokens with CLS first')
+    h, w, c = self.image_shape
     self.grid_hw = self.encoder.grid((h, w))
     p = self.encoder.patch_size
     self.decoder = MAEDecoder(width=m.decoder.width, depth=m.decoder.depth, num_heads=m.decoder.num_heads,
                               mlp_ratio=m.decoder.get('mlp_ratio', 4.0), out_dim=p * p * c,
-                              grid_hw=self.grid_hw, **common)
+                              grid_hw=self.grid_hw, **self.module_settings())
     self.model = MAEModel(self.encoder, self.decoder)
     self.masker = masking.build(config.mask.name, masking.Grid(*self.grid_hw),
                                 **{k: v for k, v in config.mask.items() if k != 'name'})
     self.norm_pix = bool(config.get('norm_pix_loss', True))
 
-  def encoder_module(self):
-    return self.encoder
-
-  def init(self, rng, images):
-    check_images(images, self.image_shape)
+  def init(self, rng, batch):
+    images = self.images(batch)
     info = self.masker(jax.random.key(0), images.shape[0])
     return self.model.init(rng, images, info)['params'], {}
 
@@ -84,11 +79,6 @@ class MAE(Method):
   def reconstruct(self, params, images, rng, noise: jax.Array | None = None):
     info = self.masker.from_noise(noise) if noise is not None else self.masker(rng, images.shape[0])
     out = self.forward(params, images, info)
-    pred = out['pred'].astype(jnp.float32)
-    if self.norm_pix:
-      pred = denormalize_prediction(pred, images, self.encoder.patch_size)
-    c = images.shape[-1]
-    p = self.encoder.patch_size
-    pred_images = unpatchify(pred, p, self.grid_hw, c)
-    mask_images = unpatchify(jnp.repeat(info.mask[..., None], p * p * c, axis=-1), p, self.grid_hw, c)
-    return {'pred_images': pred_images, 'mask_images': mask_images, 'loss': out['loss']}
+    figures = reconstruction_images(out['pred'], info.mask, images, self.encoder.patch_size, self.grid_hw,
+                                    self.norm_pix)
+    return {**figures, 'loss': out['loss']}

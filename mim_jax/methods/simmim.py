@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from mim_jax import masking
 from mim_jax.losses import l1_per_token, masked_mean
 from mim_jax.methods.base import Method, check_images, register
 from mim_jax.models.decoders import LinearPixelHead
-from mim_jax.models.vit import ViTEncoder, dtype_from_name, encoder_from_config
-from mim_jax.targets import denormalize_prediction, pixel_target, unpatchify
+from mim_jax.models.vit import ViTEncoder
+from mim_jax.targets import pixel_target, reconstruction_images
 
 
 class SimMIMModel(nn.Module):
@@ -36,8 +35,8 @@ class SimMIMModel(nn.Module):
   decoder: LinearPixelHead
 
   def __call__(self, images: jax.Array, mask: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
-    tokens = self.encoder(images, mask=mask, deterministic=deterministic)
-    return tokens, self.decoder(tokens[:, 1:])  # drop CLS: one prediction per patch token
+    out = self.encoder(images, mask=mask, deterministic=deterministic)
+    return out['tokens'], self.decoder(out['patch_tokens'])  # one prediction per patch token
 
 
 def build_mask_generator(mask_cfg, grid_hw: tuple[int, int], patch_size: int):
@@ -57,24 +56,19 @@ def build_mask_generator(mask_cfg, grid_hw: tuple[int, int], patch_size: int):
 @register('simmim')
 class SimMIM(Method):
 
-  def __init__(self, config, image_shape):
-    super().__init__(config, image_shape)
-    dtype = dtype_from_name(config.get('compute_dtype', 'float32'))
-    common = dict(dtype=dtype, attention_impl=config.get('attention_impl', 'auto'), remat=config.get('remat', False))
-    self.encoder = encoder_from_config(config.model.encoder, use_mask_token=True, **common)
-    h, w, c = image_shape
+  def __init__(self, config, facts):
+    super().__init__(config, facts)
+    self.encoder = self.vit_encoder('a mask token in place of each masked patch token', use_mask_token=True)
+    h, w, c = self.image_shape
     self.grid_hw = self.encoder.grid((h, w))
     p = self.encoder.patch_size
-    self.decoder = LinearPixelHead(out_dim=p * p * c, dtype=dtype)
+    self.decoder = LinearPixelHead(out_dim=p * p * c, dtype=self.module_settings()['dtype'])
     self.model = SimMIMModel(self.encoder, self.decoder)
     self.masker = build_mask_generator(config.mask, self.grid_hw, p)
     self.norm_pix = bool(config.get('norm_pix_loss', False))
 
-  def encoder_module(self):
-    return self.encoder
-
-  def init(self, rng, images):
-    check_images(images, self.image_shape)
+  def init(self, rng, batch):
+    images = self.images(batch)
     info = self.masker(jax.random.key(0), images.shape[0])
     return self.model.init(rng, images, info.mask)['params'], {}
 
@@ -101,11 +95,6 @@ class SimMIM(Method):
   def reconstruct(self, params, images, rng):
     info = self.masker(rng, images.shape[0])
     out = self.forward(params, images, info.mask)
-    pred = out['pred'].astype(jnp.float32)
-    if self.norm_pix:
-      pred = denormalize_prediction(pred, images, self.encoder.patch_size)
-    c = images.shape[-1]
-    p = self.encoder.patch_size
-    pred_images = unpatchify(pred, p, self.grid_hw, c)
-    mask_images = unpatchify(jnp.repeat(info.mask[..., None], p * p * c, axis=-1), p, self.grid_hw, c)
-    return {'pred_images': pred_images, 'mask_images': mask_images, 'loss': out['loss']}
+    figures = reconstruction_images(out['pred'], info.mask, images, self.encoder.patch_size, self.grid_hw,
+                                    self.norm_pix)
+    return {**figures, 'loss': out['loss']}

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.kernels import attention_cpu, layernorm_cpu
+from mim_jax.models.encoders import register_encoder
 from mim_jax.targets import patchify
 
 Dtype = Any
@@ -322,13 +323,16 @@ def parse_variant(variant: str) -> tuple[ViTSize, int]:
                      'e.g. base/16, or set width/depth/num_heads explicitly.') from None
 
 
+@register_encoder('vit')
 class ViTEncoder(nn.Module):
-  """ViT encoder on images ``[B, H, W, C]``.
+  """ViT encoder on images ``[B, H, W, C]`` (the MAE reference's; the encoder contract is in
+  :mod:`mim_jax.models.encoders`).
 
   ``ids_keep`` (MAE): encode only those tokens (visible-only encoder, E1).
   ``mask`` (SimMIM-style, E2): replace masked tokens with a learned mask token (needs ``use_mask_token``).
   Neither: all tokens (feature extraction / fine-tuning).
-  Returns ``[B, 1 + K, D]`` after the final norm; token 0 is CLS.
+  Returns the feature dict: ``tokens`` ``[B, 1 + K, D]`` (token 0 is CLS) after the final norm, ``cls``,
+  ``patch_tokens`` (the K encoded patch tokens) and ``pooled`` (their mean).
   """
 
   patch_size: int
@@ -349,15 +353,56 @@ class ViTEncoder(nn.Module):
   # only (resize it with mim_jax.interop.pos_embed.resize_pos_embed).
   pos_embed: str = 'sincos'
 
+  @classmethod
+  def from_config(cls, cfg, **overrides) -> ViTEncoder:
+    """From a config block with either ``variant`` ('base/16') or explicit sizes, plus run settings."""
+    fields = dict(cfg)
+    variant = fields.pop('variant', None)
+    if variant:
+      size, patch = parse_variant(variant)
+      fields = {'patch_size': patch, 'width': size.width, 'depth': size.depth, 'num_heads': size.num_heads,
+                'mlp_ratio': size.mlp_ratio, **{k: v for k, v in fields.items() if v is not None}}
+    fields.update(overrides)
+    known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f'unknown encoder setting(s) {unknown} for the ViT; known: {sorted(known)}.')
+    return cls(**fields)
+
   def grid(self, images_hw: tuple[int, int]) -> tuple[int, int]:
     h, w = images_hw
     if h % self.patch_size or w % self.patch_size:
       raise ValueError(f'image size {h}x{w} is not divisible by the patch size {self.patch_size}.')
     return h // self.patch_size, w // self.patch_size
 
+  @property
+  def num_layers(self) -> int:
+    """Layer ids run from 0 (embeddings) to ``depth + 1`` (after the last block): BEiT / MAE layer decay."""
+    return self.depth + 1
+
+  def layer_id(self, names) -> int:
+    """The layer of a parameter given the names along its path: 0 for ``patch_embed``, ``cls_token``,
+    ``mask_token`` and ``pos_embed*``; ``i + 1`` inside ``blocks_{i}``; ``depth + 1`` for the rest (final norm,
+    and whatever a classifier puts after the encoder)."""
+    for name in names:
+      if name in ('patch_embed', 'cls_token', 'mask_token') or name.startswith('pos_embed'):
+        return 0
+      if name.startswith('blocks_') and name[len('blocks_'):].isdigit():
+        i = int(name[len('blocks_'):])
+        if i >= self.depth:
+          raise ValueError(f'parameter under {name!r} but the encoder has depth {self.depth}')
+        return i + 1
+    return self.depth + 1
+
+  def for_finetuning(self, *, drop_path: float, pooled: bool, dtype: Dtype, remat) -> ViTEncoder:
+    """MAE's fine-tune encoder: drop path, no mask token, and with global pooling no final norm (the
+    classifier's ``fc_norm`` normalizes the pooled feature instead, as in the reference)."""
+    return self.clone(drop_path=float(drop_path), use_mask_token=False, final_norm=not pooled, dtype=dtype,
+                      remat=remat)
+
   @nn.compact
   def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None,
-               mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               mask: jax.Array | None = None, deterministic: bool = True) -> dict[str, jax.Array]:
     if images.ndim != 4:
       raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
     gh, gw = self.grid(images.shape[1:3])
@@ -387,7 +432,9 @@ class ViTEncoder(nn.Module):
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
                 name=f'blocks_{i}')(x, deterministic)
-    return layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
+    tokens = layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
+    return {'tokens': tokens, 'cls': tokens[:, 0], 'patch_tokens': tokens[:, 1:],
+            'pooled': tokens[:, 1:].mean(axis=1)}
 
   def _learned_pos_table(self, gh: int, gw: int) -> jax.Array:
     rows = 1 + gh * gw
@@ -398,22 +445,6 @@ class ViTEncoder(nn.Module):
                          f'(1, {rows}, {self.width}); resize it for this image size with '
                          'mim_jax.interop.pos_embed.resize_pos_embed (or `python -m mim_jax.convert --image-size`).')
     return self.param('pos_embed', _param_init(token_init, (None, None, EMBED)), (1, rows, self.width))
-
-
-def encoder_from_config(cfg, **overrides) -> ViTEncoder:
-  """Builds a :class:`ViTEncoder` from a config block with either ``variant`` ('base/16') or explicit sizes."""
-  fields = dict(cfg)
-  variant = fields.pop('variant', None)
-  if variant:
-    size, patch = parse_variant(variant)
-    fields = {'patch_size': patch, 'width': size.width, 'depth': size.depth, 'num_heads': size.num_heads,
-              'mlp_ratio': size.mlp_ratio, **{k: v for k, v in fields.items() if v is not None}}
-  fields.update(overrides)
-  known = {f.name for f in dataclasses.fields(ViTEncoder)} - {'parent', 'name'}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f'unknown encoder setting(s) {unknown}; known: {sorted(known)}.')
-  return ViTEncoder(**fields)
 
 
 def dtype_from_name(name: str) -> Dtype:

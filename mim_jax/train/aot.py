@@ -113,11 +113,12 @@ def abstract_train_state(init_fn, rng, mesh, rules) -> tuple[Any, Any]:
   return abstract, shardings
 
 
-def batch_spec(image_shape, global_batch_size: int, mesh, with_index: bool = False) -> dict[str, Any]:
-  """The global batch the pipeline yields (``mim_jax.data.pipeline.train_iterator``), as ShapeDtypeStructs."""
+def batch_spec(fields, global_batch_size: int, mesh, with_index: bool = False) -> dict[str, Any]:
+  """The global batch of a method's declared ``fields`` (``mim_jax.data.batch``) as it reaches the step (pixel
+  fields float32 after device preprocessing), as ShapeDtypeStructs split over the mesh's batch axes."""
   sharding = shd.batch_sharding(mesh)
-  spec = {'image': jax.ShapeDtypeStruct((global_batch_size, *image_shape), jnp.float32, sharding=sharding),
-          'label': jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=sharding)}
+  spec = {k: jax.ShapeDtypeStruct((global_batch_size, *f.shape), jnp.dtype(f.dtype), sharding=sharding)
+          for k, f in fields.items()}
   if with_index:
     spec['index'] = jax.ShapeDtypeStruct((global_batch_size,), jnp.dtype(jnp.int64 if jax.config.jax_enable_x64
                                                                           else jnp.int32), sharding=sharding)
@@ -253,7 +254,9 @@ def tpu_devices(accelerator: str, num_slices: int = 1) -> list:
 
 
 def compile_for_devices(config, devices, image_shape) -> StepReport:
-  """Compiles ``config``'s train step for ``devices`` (any platform, compile-only allowed) and reports."""
+  """Compiles ``config``'s train step for ``devices`` (any platform, compile-only allowed) and reports. The
+  dataset need not exist on this host: its facts come from the config (``image_shape``, an ImageNet-sized split),
+  and the method is built from them without opening anything."""
   from mim_jax import config as config_lib
   from mim_jax import methods
   from mim_jax.data import pipeline
@@ -263,15 +266,17 @@ def compile_for_devices(config, devices, image_shape) -> StepReport:
   config_lib.validate(config)
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
   rules = shd.rules_from_config(config.mesh.get('rules', None))
-  method = methods.build(config, image_shape)
   # The lr schedule's length changes constants in the step, never its memory or FLOPs.
+  c = image_shape[-1]
   info = pipeline.DatasetInfo(image_shape=tuple(image_shape), num_train=1000 * config.batch_size, num_eval=0,
-                              num_classes=None, mean=(0.0,), std=(1.0,))
-  tx, schedule, *_ = loop.build_optimizer(config, info)
-  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *image_shape), jnp.float32))
+                              num_classes=None, mean=(0.0,) * c, std=(1.0,) * c)
+  total, warmup = config_lib.resolve_steps(config, info.steps_per_epoch(config.batch_size))
+  method = methods.build(config, methods.Facts(info, total))
+  tx, schedule, _ = loop.pretrain_optimizer(config, total, warmup)
+  init_fn = state_lib.make_init_fn(method, tx, method.example_batch(2))
   abstract, shardings = abstract_train_state(init_fn, jax.random.PRNGKey(0), mesh, rules)
   step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
-  batch = batch_spec(image_shape, config.batch_size, mesh, config.data.get('return_index', False))
+  batch = batch_spec(method.batch_fields(True), config.batch_size, mesh, config.data.get('return_index', False))
   _, report = compile_train_step(step_fn, abstract, batch, rng_spec(mesh), mesh)
   return report
 

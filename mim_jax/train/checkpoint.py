@@ -23,15 +23,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import type_handlers
 
+from mim_jax import workdir as workdir_lib
+from mim_jax.train import sharding as shd
+from mim_jax.workdir import UnreadableCheckpointError
+
 # Replicated arrays smaller than this are written by one replica instead of being split across replicas
 # ("replica-parallel" saving), which would compile a slicing program per array and device on first save.
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 
 _GRAIN_STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
-
-
-class UnreadableCheckpointError(ValueError):
-  """A checkpoint exists but cannot be restored (damaged files, or a train state it does not match)."""
 
 
 def _grain():
@@ -108,7 +108,7 @@ class Checkpointer:
       raise UnreadableCheckpointError(self._unreadable_message(step, e)) from e
     state = restored['state']
     if added:
-      state = state.replace(**{name: _place(default, getattr(abstract_state, name).sharding)
+      state = state.replace(**{name: shd.place(default, getattr(abstract_state, name).sharding)
                                for name, default in added.items()})
       # partial_restore hands back the abstract leaf for anything else the checkpoint lacks.
       lacking = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
@@ -120,17 +120,7 @@ class Checkpointer:
     return state
 
   def _unreadable_message(self, step: int, error: BaseException) -> str:
-    root = error
-    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-      root = root.__cause__ or root.__context__
-    detail = (str(root).strip().splitlines() or [type(root).__name__])[0][:400]
-    earlier = [s for s in self.all_steps() if s < step]
-    path = os.path.join(self.directory, str(step))
-    way_out = (f'move it away to resume from step {earlier[-1]} (mv {path} {path}.unreadable)' if earlier else
-               f'move it away to start from scratch (mv {path} {path}.unreadable)')
-    return (f'checkpoint {path} could not be read into this run\'s train state: {detail}. If the config changed '
-            f'since it was written (model, optimizer, method), use a new --workdir; if its files are damaged '
-            f'(a truncated copy, a full disk), {way_out}.')
+    return workdir_lib.unreadable_message(self.directory, step, self.all_steps(), error)
 
   def _fields_added_since(self, step: int, abstract_state: Any) -> dict[str, Any]:
     """{name: default} for the fields of a dataclass state (``TrainState``'s loss-scale fields) that this
@@ -166,12 +156,6 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def _place(value: Any, sharding) -> jax.Array:
-  """``value`` laid out in ``sharding``, also one spanning several processes (each fills its own shards)."""
-  value = np.asarray(value)
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

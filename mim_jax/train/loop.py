@@ -1,7 +1,14 @@
-"""The pre-training loop: sharded init, resume, jitted steps, logging, checkpoints.
+"""The training loop: sharded init, resume, the AOT fit check, jitted steps, hooks, logging, checkpoints.
 
-``train(config, workdir)`` is importable (the end-to-end tests call it) and is what ``mim_jax.main`` runs.
-Re-running with the same workdir resumes from the latest checkpoint (model state and data iterator).
+One loop serves pre-training and fine-tuning. A :class:`TrainJob` says what to train (an
+:class:`~mim_jax.methods.base.Objective`: a pre-training method, or fine-tuning's classifier objective), on which
+data, with which optimizer and schedule, and where its checkpoints go; :func:`run` trains it with everything a
+long run needs: preemption handling (SIGTERM/SIGINT save and exit), the non-finite policy, the transfer guard, the
+compile-before-allocate fit check, bitwise-exact resume (model state and data iterator), external weights
+reloaded after every init and restore, and hooks every N steps (online monitors, periodic evaluation).
+
+``train(config, workdir)`` builds the pre-training job from a config and runs it; it is importable (the
+end-to-end tests call it) and is what ``mim_jax.main`` runs. Re-running with the same workdir resumes.
 """
 
 from __future__ import annotations
@@ -11,19 +18,19 @@ import json
 import os
 import signal
 import time
-from typing import Any, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Protocol
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from mim_jax import config as config_lib
 from mim_jax import methods
+from mim_jax import workdir as workdir_lib
 from mim_jax.data import device as data_device
 from mim_jax.data import pipeline
-from mim_jax.eval import monitors as monitors_lib
 from mim_jax.models import vit
 from mim_jax.train import aot
 from mim_jax.train import checkpoint as ckpt_lib
@@ -33,114 +40,185 @@ from mim_jax.train import optim
 from mim_jax.train import preemption
 from mim_jax.train import sharding as shd
 from mim_jax.train import state as state_lib
+from mim_jax.utils.logging import log
 
 
 class NonFiniteLossError(RuntimeError):
   pass
 
 
+class Hook(Protocol):
+  """Runs every ``every_steps`` steps and at the last one; returns metrics to write (keys as given)."""
+
+  name: str
+  every_steps: int
+
+  def __call__(self, step: int, state: state_lib.TrainState) -> dict[str, float] | None:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What hooks are built from: the objective, and where its state lives."""
+
+  objective: methods.Objective
+  mesh: Any
+  rules: Any
+  shardings: Any  # of the train state
+
+
+MakeHooks = Callable[[RunContext], list[Hook]]
+
+
+@dataclasses.dataclass
+class TrainJob:
+  """What to train and how; :func:`pretrain_job` builds one from a pre-training config."""
+
+  objective: methods.Objective
+  data_cfg: ml_collections.ConfigDict
+  data_info: pipeline.DatasetInfo
+  batch_size: int  # global, over all devices and processes
+  total_steps: int
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  checkpoint_dir: str
+  seed: int = 0
+  mesh: dict = dataclasses.field(default_factory=lambda: {'data': -1, 'fsdp': 1})  # data, fsdp, rules
+  checkpoint_every: int = 1000
+  checkpoint_keep: int = 3
+  async_save: bool = True
+  log_every: int = 100
+  stop_after_steps: int = -1  # stop early without changing the schedule (tests, time-boxed runs)
+  nonfinite: str = 'stop'  # 'stop' | 'skip' (see mim_jax/config.py)
+  transfer_guard: str = 'allow'
+  attention_impl: str = 'auto'
+  loss_scaling: Optional[state_lib.DynamicLossScale] = None
+  metrics_prefix: str = ''  # fine-tuning writes 'finetune/train/loss', ...
+  log_prefix: str = ''
+  # After a fresh init (not after a restore): params -> params, e.g. fine-tuning places the pre-trained encoder.
+  init_params: Optional[Callable[[Any, Any], Any]] = None
+  description: Sequence[str] = ()  # lines logged when the run starts
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: state_lib.TrainState
-  method: methods.Method
+  objective: methods.Objective
   data_info: pipeline.DatasetInfo
   mesh: Any
+  rules: Any
+  shardings: Any  # of the train state
   total_steps: int
   resumed_from: Optional[int]
 
-
-def log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  @property
+  def method(self):
+    return self.objective
 
 
-def resolve_steps(config, info: pipeline.DatasetInfo) -> tuple[int, int]:
-  """(total_steps, warmup_steps) from explicit steps or from epochs over the train split."""
-  per_epoch = info.steps_per_epoch(config.batch_size)
-  total = config.total_steps if config.get('total_steps', -1) > 0 else int(round(config.epochs * per_epoch))
-  warm = config.get('warmup_steps', -1)
-  warm = warm if warm >= 0 else int(round(config.warmup_epochs * per_epoch))
-  if total < 1:
-    raise ValueError('the run has no steps: set config.total_steps > 0 or config.epochs > 0.')
-  return total, min(warm, total)
+# ----------------------------------------------------------------------------------------------------------
+# Pre-training
 
 
-def build_optimizer(config, info: pipeline.DatasetInfo):
-  total, warmup = resolve_steps(config, info)
+def pretrain_optimizer(config, total_steps: int, warmup_steps: int):
+  """(tx, schedule, peak lr) of a pre-training config."""
   peak = optim.scaled_lr(config.optimizer.base_lr, config.batch_size)
-  schedule = optim.make_schedule(config.optimizer, peak, total, warmup)
-  return optim.make_optimizer(config.optimizer, schedule), schedule, total, warmup, peak
+  schedule = optim.make_schedule(config.optimizer, peak, total_steps, warmup_steps)
+  return optim.make_optimizer(config.optimizer, schedule), schedule, peak
+
+
+def pretrain_job(config: ml_collections.ConfigDict, workdir: str,
+                 info: Optional[pipeline.DatasetInfo] = None) -> TrainJob:
+  """The pre-training job of ``config``: its method (built from the config and the run's facts), AdamW with the
+  recipe's schedule, and the data, mesh and checkpoint settings."""
+  config_lib.validate(config)
+  info = info or pipeline.dataset_info(config.data)
+  per_epoch = info.steps_per_epoch(config.batch_size)
+  total, warmup = config_lib.resolve_steps(config, per_epoch)
+  method = methods.build(config, methods.Facts(info, total))
+  tx, schedule, peak = pretrain_optimizer(config, total, warmup)
+  ck = config.checkpoint
+  lines = (f'lr = base_lr {config.optimizer.base_lr:g} x batch {config.batch_size} / 256 = {peak:.3e}; '
+           f'{total} steps ({total / per_epoch:.1f} epochs), {warmup} warmup',)
+  return TrainJob(
+      objective=method, data_cfg=config.data, data_info=info, batch_size=config.batch_size, total_steps=total,
+      tx=tx, schedule=schedule, checkpoint_dir=workdir_lib.checkpoint_dir(config, workdir), seed=config.seed,
+      mesh=dict(config.mesh), checkpoint_every=ck.every_steps, checkpoint_keep=ck.keep,
+      async_save=ck.get('async_save', True), log_every=config.log_every,
+      stop_after_steps=config.get('stop_after_steps', -1), nonfinite=config.get('nonfinite', 'stop'),
+      transfer_guard=config.get('transfer_guard', 'allow'), attention_impl=config.get('attention_impl', 'auto'),
+      loss_scaling=state_lib.loss_scaling_from_config(config), description=lines)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, make_hooks: Optional[MakeHooks] = None) -> TrainResult:
+  """Pre-trains ``config`` in ``workdir`` (resuming from its latest checkpoint). ``make_hooks(context)`` gives the
+  hooks to run (``mim_jax.main`` passes the config's online monitors)."""
+  distributed.maybe_initialize()
+  job = pretrain_job(config, workdir)
+  workdir_lib.write_config(config, workdir)
+  return run(job, workdir, make_hooks)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
 
 
 def param_count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+def run(job: TrainJob, workdir: str, make_hooks: Optional[MakeHooks] = None) -> TrainResult:
+  """Trains ``job`` (see the module docstring); returns the final state and where it lives."""
   distributed.maybe_initialize()
-  config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  save_config(config, workdir)
-  info = pipeline.dataset_info(config.data)
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-  rules = shd.rules_from_config(config.mesh.get('rules', None))
-  shd.check_batch_divisible(config.batch_size, mesh)
-  vit.check_attention_impl(config.get('attention_impl', 'auto'), mesh.devices.flat[0].platform)
-  method = methods.build(config, info.image_shape)
-  tx, schedule, total_steps, warmup_steps, peak_lr = build_optimizer(config, info)
+  objective, info = job.objective, job.data_info
+  mesh = shd.make_mesh(job.mesh.get('data', -1), job.mesh.get('fsdp', 1))
+  rules = shd.rules_from_config(job.mesh.get('rules', None))
+  shd.check_batch_divisible(job.batch_size, mesh)
+  vit.check_attention_impl(job.attention_impl, mesh.devices.flat[0].platform)
 
-  rng = jax.random.PRNGKey(config.seed)
   # numpy: the same value on every process, placed by jit / make_array (a local device array would not be).
-  init_rng, base_rng = np.asarray(jax.random.split(rng))
-  example = jnp.zeros((2, *info.image_shape), jnp.float32)
-  init_fn = state_lib.make_init_fn(method, tx, example)
+  init_rng, base_rng = np.asarray(jax.random.split(jax.random.PRNGKey(job.seed)))
+  fields = objective.batch_fields(True)
+  init_fn = state_lib.make_init_fn(objective, job.tx, objective.example_batch(2), job.loss_scaling)
   abstract, shardings = aot.abstract_train_state(init_fn, init_rng, mesh, rules)
-  base_rng = _replicated_array(base_rng, mesh)
-  step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)
+  external = tuple(objective.external_extras)
+  saved_abstract = state_lib.without_external(abstract, external)  # what checkpoints hold
+  base_rng = shd.place(base_rng, shd.replicated(mesh))
+  step_fn = state_lib.jit_train_step(state_lib.make_train_step(objective, job.tx, job.schedule, job.loss_scaling),
+                                     shardings, mesh, rules)
 
-  ck = config.checkpoint
-  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(config, workdir), every_steps=ck.every_steps, keep=ck.keep,
-                                       async_save=ck.get('async_save', True))
+  checkpointer = ckpt_lib.Checkpointer(job.checkpoint_dir, every_steps=job.checkpoint_every,
+                                       keep=job.checkpoint_keep, async_save=job.async_save)
   writer = None
+  total_steps = job.total_steps
   try:
     resumed_from = checkpointer.latest_step()
     start = resumed_from or 0
-    stop_at = min(total_steps, config.get('stop_after_steps', -1)) if config.get('stop_after_steps', -1) > 0 \
-        else total_steps
+    stop_at = min(total_steps, job.stop_after_steps) if job.stop_after_steps > 0 else total_steps
     compiled, batch_spec = None, None
     if start < stop_at:  # compile before allocating the state: a step that cannot fit fails here, in seconds
-      batch_spec = aot.batch_spec(info.image_shape, config.batch_size, mesh, config.data.get('return_index', False))
+      batch_spec = aot.batch_spec(fields, job.batch_size, mesh, job.data_cfg.get('return_index', False))
       compiled = _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh, workdir)
 
-    per_host = config.batch_size // jax.process_count()
-    iterator = _train_iterator(config, per_host)
+    per_host = job.batch_size // jax.process_count()
+    iterator = _train_iterator(job, per_host)
     distributed.barrier('state')
     if resumed_from is not None:
-      state = checkpointer.restore(resumed_from, abstract, iterator)
-      log(f'Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)}).')
+      state = checkpointer.restore(resumed_from, saved_abstract, iterator)
+      log(f'{job.log_prefix}Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)}).')
     else:
       state, _ = state_lib.create_sharded_state(init_fn, init_rng, mesh, rules)
+      if job.init_params is not None:
+        state = state.replace(params=job.init_params(state.params, shardings.params))
+    if external:  # reloaded from their source after every init and every restore, never from a checkpoint
+      state = state_lib.with_external(state, objective.load_external(), external, abstract.extras, shardings.extras)
 
-    log(f'{config.method}: encoder {param_count(method.encoder_params(state.params)) / 1e6:.2f}M params, '
-        f'total {param_count(state.params) / 1e6:.2f}M | data {info.name} {info.num_train} train images '
-        f'{info.image_shape} | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices'
-        + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''))
-    log(f'lr = base_lr {config.optimizer.base_lr:g} x batch {config.batch_size} / 256 = {peak_lr:.3e}; '
-        f'{total_steps} steps ({total_steps / info.steps_per_epoch(config.batch_size):.1f} epochs), '
-        f'{warmup_steps} warmup')
-
+    _describe(job, state, mesh)
     writer = metrics_lib.MetricWriter(workdir)
-    monitors = monitors_lib.build(config.get('monitors', None), method=method, config=config, workdir=workdir)
-    progress = metrics_lib.Progress(total_steps, config.batch_size, start)
+    hooks = list(make_hooks(RunContext(objective, mesh, rules, shardings))) if make_hooks is not None else []
+    progress = metrics_lib.Progress(total_steps, job.batch_size, start)
     pending: list[dict] = []
-    policy = config.get('nonfinite', 'stop')
-    transfer_guard = config.get('transfer_guard', 'allow')
     distributed.barrier('train')
     t0 = time.perf_counter()
     with preemption.PreemptionGuard() as guard:
@@ -148,65 +226,71 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         host_batch = next(iterator)
         # transfer_guard 'disallow' (tests) turns any implicit host<->device copy of the step into an error: the
         # batch goes up once, explicitly, and nothing comes back until a log step fetches the metrics.
-        with jax.transfer_guard(transfer_guard):
+        with jax.transfer_guard(job.transfer_guard):
           # uint8 pixels from the host are finished on the device (data.normalize_on_device / resize_on_device)
-          batch = data_device.preprocess(shd.global_batch(host_batch, mesh), info)
+          batch = data_device.preprocess(shd.global_batch(host_batch, mesh), info, fields)
           if step == start and compiled is not None and not _same_avals(batch, batch_spec):
             log('note: the batch differs from the compiled spec; compiling the step again for it.')
             compiled = None
           state, m = (compiled or step_fn)(state, batch, base_rng)
         pending.append(m)  # stays on the device until the next log step: no per-step host sync or transfer
         done = step + 1
-        if done % config.log_every == 0 or done == stop_at or done == start + 1:
+        if done % job.log_every == 0 or done == stop_at or done == start + 1:
           rows = jax.device_get(pending)
           pending = []
           avg = average_train_rows(rows)
           img_s, steps_s = progress.rate(done)
           avg['perf/images_per_s'] = img_s
-          writer.write(done, avg)
-          log(progress.line(done, avg, img_s, steps_s))
-          _check_finite(avg['train/nonfinite_steps'], policy, done)
-        for monitor in monitors:
-          if done % monitor.every_steps == 0 or done == stop_at:
-            values = monitor(done, state.params)
-            writer.write(done, {f'monitor/{monitor.name}/{k}': v for k, v in values.items()})
+          writer.write(done, {job.metrics_prefix + k: v for k, v in avg.items()})
+          log(job.log_prefix + progress.line(done, avg, img_s, steps_s))
+          _check_finite(avg['train/nonfinite_steps'], job.nonfinite, done)
+        for hook in hooks:
+          if done % hook.every_steps == 0 or done == stop_at:
+            values = hook(done, state)
+            if values:
+              writer.write(done, values)
         preempted = guard.should_stop(done) and done != stop_at
         if (preempted or checkpointer.should_save(done)) and done != stop_at:
-          _check_finite(int(jax.device_get(state.nonfinite_steps)), policy, done)
-          checkpointer.save(done, state, iterator)
+          _check_finite(int(jax.device_get(state.nonfinite_steps)), job.nonfinite, done)
+          checkpointer.save(done, state_lib.without_external(state, external), iterator)
         if preempted:
           checkpointer.wait()
           log(f'Stopped by {signal.Signals(guard.signum).name}: checkpoint of step {done} saved in '
               f'{checkpointer.directory}; the same command resumes from it.')
           raise preemption.Preempted(done, guard.signum)
-    _check_finite(int(jax.device_get(state.nonfinite_steps)), policy, stop_at)
+    _check_finite(int(jax.device_get(state.nonfinite_steps)), job.nonfinite, stop_at)
     if start < stop_at:
-      checkpointer.save(stop_at, state, iterator)
+      checkpointer.save(stop_at, state_lib.without_external(state, external), iterator)
     checkpointer.wait()
   finally:
     checkpointer.close()
     if writer is not None:
       writer.close()
   if start < stop_at:
-    log(f'Trained steps {start}..{stop_at} in {time.perf_counter() - t0:.1f}s; checkpoints in '
+    log(f'{job.log_prefix}Trained steps {start}..{stop_at} in {time.perf_counter() - t0:.1f}s; checkpoints in '
         f'{checkpointer.directory}')
-  return TrainResult(state, method, info, mesh, total_steps, resumed_from)
+  return TrainResult(state, objective, info, mesh, rules, shardings, total_steps, resumed_from)
 
 
-def checkpoint_dir(config, workdir: str) -> str:
-  """``config.checkpoint.directory`` (e.g. gs://... shared by all hosts of a pod), else ``<workdir>/checkpoints``."""
-  return config.checkpoint.get('directory', None) or os.path.join(workdir, 'checkpoints')
+def _describe(job: TrainJob, state, mesh) -> None:
+  info, objective = job.data_info, job.objective
+  params = f'{param_count(state.params) / 1e6:.2f}M params'
+  if isinstance(objective, methods.Method):
+    params = f'encoder {param_count(objective.encoder_params(state.params)) / 1e6:.2f}M params, total ' + params
+  log(f'{job.log_prefix}{objective.name}: {params} | data {info.name} {info.num_train} train images '
+      f'{info.image_shape} | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices'
+      + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''))
+  for line in job.description:
+    log(job.log_prefix + line)
 
 
-def _train_iterator(config, per_host: int):
-  """This process's shard of the train data: block ``process_index`` of each global batch (see data/pipeline.py)."""
-  return pipeline.train_iterator(config.data, per_host, seed=config.seed, process_index=jax.process_index(),
-                                 process_count=jax.process_count(), allow_uint8_images=True)
-
-
-def _replicated_array(value: np.ndarray, mesh) -> jax.Array:
-  value = np.asarray(value)
-  return jax.make_array_from_callback(value.shape, shd.replicated(mesh), lambda index: value[index])
+def _train_iterator(job: TrainJob, per_host: int):
+  """This process's shard of the train data: block ``process_index`` of each global batch (see data/pipeline.py),
+  made by the objective's own record transform into its declared fields."""
+  objective = job.objective
+  return pipeline.train_iterator(job.data_cfg, per_host, seed=job.seed, process_index=jax.process_index(),
+                                 process_count=jax.process_count(), allow_uint8_images=True,
+                                 fields=objective.batch_fields(True), record_transform=objective.record_transform)
 
 
 def _same_avals(batch, spec) -> bool:
@@ -229,16 +313,6 @@ def _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh, workdir: 
   if aot.fit_check_enabled():
     aot.check_fits(report)
   return compiled
-
-
-def host_params(tree):
-  """A host (numpy) copy of ``tree`` on every process, also when its arrays are sharded over several processes
-  (FSDP across hosts), for evaluation and export."""
-  leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
-  if all(x.is_fully_addressable or x.is_fully_replicated for x in leaves):
-    return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def average_train_rows(rows: list[dict]) -> dict[str, float]:
@@ -264,44 +338,3 @@ def _check_finite(nonfinite_steps: int, policy: str, step: int) -> None:
         f'non-finite loss or gradient at or before step {step}: the update was skipped and no checkpoint '
         'holds it. Lower optimizer.base_lr, enable optimizer.grad_clip_norm, or use compute_dtype=float32; '
         "set config.nonfinite='skip' to skip such steps and keep training.")
-
-
-def load_params(workdir: str, config: ml_collections.ConfigDict, step: Optional[int] = None):
-  """Params of a finished (or interrupted) run, on the default device, for evaluation and export."""
-  info = pipeline.dataset_info(config.data)
-  method = methods.build(config, info.image_shape)
-  tx, *_ = build_optimizer(config, info)
-  init_fn = state_lib.make_init_fn(method, tx, jnp.zeros((2, *info.image_shape), jnp.float32))
-  mesh = shd.make_mesh(-1, 1)
-  abstract = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
-  rep = shd.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract)
-  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(config, workdir), every_steps=1, read_only=True)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}; train first.')
-    state = checkpointer.restore(step, abstract)
-  finally:
-    checkpointer.close()
-  return method, state.params, step, info
-
-
-def summary_path(workdir: str) -> str:
-  return os.path.join(workdir, 'summary.json')
-
-
-def update_summary(workdir: str, values: dict) -> dict:
-  """Merges ``values`` into the workdir's flat ``summary.json`` (process 0 writes)."""
-  path = summary_path(workdir)
-  summary = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      summary = json.load(f)
-  summary.update(values)
-  if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-  return summary

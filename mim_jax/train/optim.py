@@ -1,19 +1,24 @@
-"""Optimizer and learning-rate schedule (optax), as the MAE reference sets them up.
+"""Optimizers and learning-rate schedules (optax compositions), as the MAE reference sets them up.
 
 * lr = base_lr * global_batch / 256 (the linear scaling rule), printed at start.
-* Per-step linear warmup from 0, then a half-cycle cosine to ``min_lr``.
+* Per-step linear warmup from 0, then a half-cycle cosine to ``min_lr`` (or SimMIM's multistep).
 * AdamW (b1 0.9, b2 0.95), decoupled weight decay 0.05 on every parameter with more than one dimension
   that is not a bias - exactly the reference's grouping (timm ``add_weight_decay``: 1-D params and
-  ``*.bias`` are exempt; CLS/mask tokens, being 3-D, are decayed).
-* Optional global-norm clipping, and per-parameter lr multipliers (layer decay / freezing) by path.
+  ``*.bias`` are exempt; CLS/mask tokens, being 3-D, are decayed; fine-tuning also exempts ``cls_token`` and
+  ``pos_embed``, its reference's ``no_weight_decay()``).
+* Optional global-norm clipping, and per-parameter lr multipliers: layer-wise lr decay for fine-tuning
+  (:func:`layer_decay_multipliers`, from the method's own layer ids).
+* LARS with the MAE / MoCo v3 reference semantics for the linear probe (:func:`lars`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable, Optional
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -63,25 +68,31 @@ def make_schedule(cfg: ml_collections.ConfigDict, peak_lr: float, total_steps: i
   raise ValueError(f"optimizer.schedule must be 'cosine' or 'multistep', got {name!r}.")
 
 
-def weight_decay_mask(params) -> Any:
-  """True where the reference applies weight decay: ndim > 1 and not a bias."""
-  return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim > 1 and tree_paths.key_name(path[-1]) != 'bias',
-                                          params)
+def weight_decay_mask(params, no_decay_names: Sequence[str] = ()) -> Any:
+  """True where the reference applies weight decay: more than one dimension, not a bias, and no name on the
+  path in ``no_decay_names`` (fine-tuning's ``cls_token`` / ``pos_embed``). Logically partitioned (boxed) leaves
+  work too."""
+
+  def decayed(path, p):
+    names = [tree_paths.key_name(k) for k in path]
+    named = [n for n in names if n != 'value']  # a logical-partitioning box adds a 'value' step
+    return p.ndim > 1 and named[-1] != 'bias' and not any(n in no_decay_names for n in named)
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   lr_multipliers: Optional[Any] = None) -> optax.GradientTransformation:
-  """AdamW (or SGD/LARS by ``cfg.name``) with the reference's decay mask and optional clipping.
-
-  ``lr_multipliers``: a pytree like params of floats multiplying each update (layer-wise lr decay);
-  a multiplier of 0 freezes the parameter.
-  """
+def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule, *,
+                   no_decay_names: Sequence[str] = (), lr_multipliers: Optional[Any] = None
+                   ) -> optax.GradientTransformation:
+  """AdamW (or SGD by ``cfg.name``) with the reference's decay mask, optional clipping (``grad_clip_norm``) and
+  optional per-parameter lr multipliers (a pytree like params; layer-wise lr decay)."""
   name = cfg.get('name', 'adamw')
+  mask = functools.partial(weight_decay_mask, no_decay_names=tuple(no_decay_names))
   if name == 'adamw':
     tx = optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.95), eps=cfg.get('eps', 1e-8),
-                     weight_decay=cfg.get('weight_decay', 0.05), mask=weight_decay_mask)
+                     weight_decay=cfg.get('weight_decay', 0.05), mask=mask)
   elif name == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(cfg.get('weight_decay', 0.0), mask=weight_decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(cfg.get('weight_decay', 0.0), mask=mask),
                      optax.sgd(schedule, momentum=cfg.get('momentum', 0.9)))
   else:
     raise ValueError(f"optimizer.name must be 'adamw' or 'sgd', got {name!r}.")
@@ -96,10 +107,96 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
 
 
 def scale_by_tree(multipliers) -> optax.GradientTransformation:
+  """Multiplies each update leaf by its multiplier: chained last, that is a per-parameter learning rate
+  (decoupled weight decay included); a multiplier of 0 freezes the parameter."""
+
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-Schedule = Callable[[int], float]
+# ----------------------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay (BEiT / MAE fine-tuning)
+
+
+def layer_decay_multipliers(params, layer_id: Callable[[list[str]], int], num_layers: int, decay: float,
+                            encoder_key: str = 'encoder'):
+  """A pytree like ``params`` of lr multipliers ``decay ** (num_layers - layer_id)``.
+
+  Parameters under ``params[encoder_key]`` get ``layer_id(names inside the encoder)`` (the method's layer ids:
+  0 for the embeddings, ``i + 1`` for block ``i``, ``num_layers`` after the last block); everything else (the
+  classifier's norm and head) gets ``num_layers``, i.e. the full rate. Boxed (logically partitioned) params work.
+  """
+
+  def multiplier(path, _):
+    names = [n for n in (tree_paths.key_name(k) for k in path) if n != 'value']
+    lid = layer_id(names[1:]) if names and names[0] == encoder_key else num_layers
+    return float(decay ** (num_layers - lid))
+
+  return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LARS (the linear probe's optimizer)
+#
+# Per parameter tensor ``p`` with gradient ``g``, every step: if ``p.ndim > 1`` (weights; never biases or
+# normalization parameters when ``exclude_1d``): ``g <- g + weight_decay * p``, then ``g <- q * g`` with the trust
+# ratio ``q = trust_coefficient * ||p|| / ||g||`` when both norms are positive, else ``q = 1``; then
+# ``mu <- momentum * mu + g`` and the update is ``-lr(step) * mu``. The learning rate multiplies the momentum buffer,
+# i.e. it is applied *after* momentum. ``optax.lars`` applies it before momentum, which differs whenever the
+# learning rate changes (warmup, cosine): with this ordering a change of lr rescales the whole accumulated velocity
+# at once, exactly like ``torch.optim``. The step counter starts at 0, so ``learning_rate(0)`` is the lr of the
+# first update.
+
+ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
+
+
+class LarsState(NamedTuple):
+  count: jax.Array  # int32 scalar: number of updates applied so far
+  mu: optax.Params  # momentum buffer, same structure as the params
+
+
+def _scaled_gradient(
+    g: jax.Array, p: jax.Array, weight_decay: float, trust_coefficient: float, exclude_1d: bool
+) -> jax.Array:
+  if exclude_1d and p.ndim <= 1:
+    return g
+  g = g + weight_decay * p
+  p_norm = jnp.linalg.norm(p.astype(jnp.float32).ravel())
+  g_norm = jnp.linalg.norm(g.astype(jnp.float32).ravel())
+  # Inner `where` keeps the division finite when g_norm == 0 (its gradient/value is discarded anyway).
+  ratio = trust_coefficient * p_norm / jnp.where(g_norm > 0, g_norm, 1.0)
+  q = jnp.where((p_norm > 0) & (g_norm > 0), ratio, 1.0)
+  return (g * q).astype(g.dtype)
+
+
+def lars(
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    trust_coefficient: float = 0.001,
+    exclude_1d: bool = True,
+) -> optax.GradientTransformation:
+  """The reference LARS (see the module docstring). ``learning_rate`` is a float or a ``step -> lr`` schedule.
+
+  ``update`` needs ``params`` (the trust ratio and weight decay read them). With ``exclude_1d=False`` every
+  tensor, 1-D or not, gets weight decay and the trust ratio.
+  """
+
+  def init_fn(params: optax.Params) -> LarsState:
+    return LarsState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(updates: optax.Updates, state: LarsState, params: optax.Params | None = None):
+    if params is None:
+      raise ValueError('lars needs params: call tx.update(grads, state, params)')
+    scaled = jax.tree.map(
+        lambda g, p: _scaled_gradient(g, p, weight_decay, trust_coefficient, exclude_1d), updates, params
+    )
+    mu = jax.tree.map(lambda m, g: momentum * m + g, state.mu, scaled)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    new_updates = jax.tree.map(lambda m: (-lr * m).astype(m.dtype), mu)
+    return new_updates, LarsState(count=optax.safe_increment(state.count), mu=mu)
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -124,6 +124,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def place(value, sharding) -> jax.Array:
+  """A host array (the same value on every process) laid out in ``sharding``, also one spanning several
+  processes: each fills its own shards (``jax.device_put`` of a host array cannot place a multi-process array)."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def place_tree(tree, shardings):
+  return jax.tree.map(place, tree, shardings)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-host numpy batch -> one global ``jax.Array`` per key, split along the batch axis. Host ``p``'s rows
   become rows ``[p * b, (p + 1) * b)`` of the global batch (its devices hold that block of the mesh)."""

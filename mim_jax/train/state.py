@@ -14,6 +14,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mim_jax import perf
@@ -64,13 +65,16 @@ class DynamicLossScale:
 
 def loss_scaling_from_config(config) -> Optional[DynamicLossScale]:
   """``DynamicLossScale`` from ``config.loss_scale`` when ``config.compute_dtype`` is 'float16', else None
-  (float32 and bfloat16 train unscaled)."""
+  (float32 and bfloat16 train unscaled). Bad settings are a ValueError naming the config field."""
   if config is None or config.get('compute_dtype', 'float32') != 'float16':
     return None
   settings = config.get('loss_scale', None) or {}
   defaults = DynamicLossScale()
-  return DynamicLossScale(initial=float(settings.get('initial', defaults.initial)),
-                          growth_interval=int(settings.get('growth_interval', defaults.growth_interval)))
+  try:
+    return DynamicLossScale(initial=float(settings.get('initial', defaults.initial)),
+                            growth_interval=int(settings.get('growth_interval', defaults.growth_interval)))
+  except ValueError as e:
+    raise ValueError(f'config.{e} Set config.loss_scale.initial / growth_interval accordingly.') from None
 
 
 def _resolve_loss_scaling(method, loss_scaling):
@@ -79,15 +83,16 @@ def _resolve_loss_scaling(method, loss_scaling):
   return loss_scaling if loss_scaling is not None else loss_scaling_from_config(getattr(method, 'config', None))
 
 
-def make_init_fn(method, tx: optax.GradientTransformation, example_images,
+def make_init_fn(method, tx: optax.GradientTransformation, example_batch,
                  loss_scaling: Optional[DynamicLossScale] = None) -> Callable[[jax.Array], TrainState]:
   """``rng -> TrainState`` with flax logical-partitioning boxes still on the leaves (for eval_shape).
-  ``loss_scaling`` defaults to the method config's (see :func:`loss_scaling_from_config`)."""
+  ``example_batch``: a batch of the method's declared fields (``method.example_batch()``). ``loss_scaling``
+  defaults to the method config's (see :func:`loss_scaling_from_config`)."""
   loss_scaling = _resolve_loss_scaling(method, loss_scaling)
   initial_scale = loss_scaling.initial if loss_scaling is not None else 1.0
 
   def init(rng):
-    params, extras = method.init(rng, example_images)
+    params, extras = method.init(rng, example_batch)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), extras=extras,
                       nonfinite_steps=jnp.zeros((), jnp.int32), loss_scale=jnp.full((), initial_scale, jnp.float32))
 
@@ -110,7 +115,9 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
                     loss_scaling: Optional[DynamicLossScale] = None):
   """``(state, batch, base_rng) -> (state, metrics)``, pure. The step rng is ``fold_in(base_rng, step)``,
   so a resumed run draws the same masks as an uninterrupted one. A non-finite loss or gradient skips the
-  update (params and optimizer state are kept) and is counted in ``state.nonfinite_steps``.
+  update (params, optimizer state and extras are kept) and is counted in ``state.nonfinite_steps``. After an
+  applied update, ``method.after_update(new_params, extras, step)`` gives the new extras (an EMA teacher moves
+  towards the updated params, without a one-step lag).
 
   ``loss_scaling`` defaults to the method config's: float16 compute gets :class:`DynamicLossScale` and the
   metrics ``train/loss_scale`` and ``train/overflow_steps``; float32 / bfloat16 steps do not scale at all."""
@@ -126,7 +133,8 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
       loss, metrics, extras, grads = _scaled_value_and_grad(method.loss_fn, state.loss_scale, *args)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, opt_state, extras = _update_if_finite(tx, finite, grads, state, extras)
+    params, opt_state, extras = _update_if_finite(tx, finite, grads, state, extras,
+                                                  lambda p, e: method.after_update(p, e, state.step))
     failed = ~finite
     scale_fields = {}
     if loss_scaling is not None:
@@ -143,8 +151,10 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
   return train_step
 
 
-def _update_if_finite(tx: optax.GradientTransformation, finite, grads, state: TrainState, new_extras):
-  """(params, opt_state, extras) after the optimizer update when ``finite``, else the state's own, unchanged.
+def _update_if_finite(tx: optax.GradientTransformation, finite, grads, state: TrainState, new_extras,
+                      after_update=lambda params, extras: extras):
+  """(params, opt_state, extras) after the optimizer update and ``after_update(new params, extras)`` when
+  ``finite``, else the state's own, unchanged.
 
   A ``lax.cond`` rather than a ``where`` over every leaf: the update is only computed when it is taken, and a
   taken update writes parameters and moments once instead of computing them and then selecting them against the
@@ -155,7 +165,8 @@ def _update_if_finite(tx: optax.GradientTransformation, finite, grads, state: Tr
   def apply(operands):
     params, opt_state, grads, _, extras = operands
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, extras
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, after_update(params, extras)
 
   def skip(operands):
     params, opt_state, _, old_extras, _ = operands
@@ -214,3 +225,35 @@ def jit_train_step(train_step, state_shardings, mesh, rules, compiler_options: d
 def _lower(jitted, rules, mesh, *args):
   with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
     return jitted.lower(*args)
+
+
+def without_external(state: TrainState, keys) -> TrainState:
+  """The state as checkpoints hold it: without the extras a method loads from outside (``external_extras``)."""
+  if not keys:
+    return state
+  return state.replace(extras={k: v for k, v in state.extras.items() if k not in keys})
+
+
+def with_external(state: TrainState, values: dict, keys, abstract_extras, extras_shardings) -> TrainState:
+  """``state`` with the external extras ``values`` (host trees from ``method.load_external()``, one per key of
+  ``keys``, the method's ``external_extras``) checked against the shapes the method initialises
+  (``abstract_extras``) and placed in their shardings."""
+  if set(values) != set(keys):
+    raise ValueError(f'load_external() returned {sorted(values)} but the method declares external_extras '
+                     f'{sorted(keys)}.')
+  placed = {}
+  for key, tree in values.items():
+    _check_like(tree, abstract_extras[key], f'the external {key!r}')
+    placed[key] = shd.place_tree(tree, extras_shardings[key])
+  return state.replace(extras={**state.extras, **placed})
+
+
+def _check_like(tree, expected, what: str) -> None:
+  got = jax.tree_util.tree_structure(tree)
+  want = jax.tree_util.tree_structure(expected)
+  if got != want:
+    raise ValueError(f'{what} does not have the structure the method initialises ({got} vs {want}).')
+  for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(expected)):
+    if tuple(np.shape(a)) != tuple(b.shape):
+      raise ValueError(f'{what} has a {tuple(np.shape(a))} array where the method initialises {tuple(b.shape)}.')
+

@@ -1,4 +1,5 @@
-"""``mim_jax.features(checkpoint, images)``: frozen-encoder features for downstream users, with no masking.
+"""``mim_jax.features(checkpoint, images)``: frozen-encoder features of a checkpoint file or workdir for downstream
+users, with no masking.
 
   feats = mim_jax.features('vit_b_mae.safetensors', images)        # images: NHWC float32, already normalized
   feats = mim_jax.features(workdir, uint8_images, normalize='checkpoint')
@@ -96,11 +97,11 @@ def _compiled(spec):
 
   @jax.jit
   def run(enc_params, fc_norm, images):
-    tokens = encoder.apply({'params': enc_params}, images)
-    pooled = tokens[:, 1:].mean(axis=1)
+    out = encoder.apply({'params': enc_params}, images)  # the encoder's feature contract
+    pooled = out['pooled']
     if fc_norm is not None:
       pooled = layer_norm(jnp.float32, 'fc_norm').apply({'params': fc_norm}, pooled)
-    return {'cls': tokens[:, 0], 'patch_tokens': tokens[:, 1:], 'pooled': pooled}
+    return {'cls': out['cls'], 'patch_tokens': out['patch_tokens'], 'pooled': pooled}
 
   return run
 

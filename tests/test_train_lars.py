@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mim_jax.eval.lars import lars
+from mim_jax.train.optim import lars
 
 
 def _reference_steps(params, grads_per_step, lrs, momentum, wd, tc):

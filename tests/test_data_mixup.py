@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax.eval import mixup
+from mim_jax.data import mixup
 
 
 def _batch(b=6, h=8, w=10, c=3):

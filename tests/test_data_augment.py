@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from mim_jax.data import pipeline, transforms
-from mim_jax.eval import randaugment
-from mim_jax.eval.random_erasing import random_erasing
+from mim_jax.data import randaugment
+from mim_jax.data.random_erasing import random_erasing
 
 
 @pytest.mark.parametrize('mode', ['RGB', 'L'])

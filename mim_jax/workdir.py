@@ -1,0 +1,163 @@
+"""What a run leaves in its workdir, read and written in one place: the resolved config, the flat summary, and the
+parameters of its orbax checkpoints.
+
+  <workdir>/config.json          the pre-training config (``<task>_config.json`` for evaluation tasks)
+  <workdir>/summary.json         flat evaluation results, merged by every stage that writes one
+  <workdir>/checkpoints/<step>/  orbax: ``state`` (the train state) and ``data`` (the grain iterator positions)
+
+Training (``mim_jax.train``), evaluation (``mim_jax.eval``), export (``mim_jax.interop``) and teachers read
+workdirs through this module. It sits below all of them: it knows the checkpoint layout, not the method or the
+optimizer, so reading a run's parameters needs neither (orbax restores the ``params`` subtree alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+CONFIG_FILE = 'config.json'
+SUMMARY_FILE = 'summary.json'
+
+
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint exists but cannot be restored (damaged files, or a train state it does not match)."""
+
+
+def checkpoint_dir(config, workdir: str) -> str:
+  """``config.checkpoint.directory`` (e.g. gs://... shared by all hosts of a pod), else ``<workdir>/checkpoints``."""
+  block = config.get('checkpoint', None) or {}
+  return block.get('directory', None) or os.path.join(workdir, 'checkpoints')
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, 'checkpoints'))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str, name: str = CONFIG_FILE) -> None:
+  """The resolved config as JSON (process 0 writes)."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, name), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def json_tuples(value):
+  """JSON lists back to tuples (configs hold tuples: crop_scale, mean, mesh rules)."""
+  if isinstance(value, dict):
+    return {k: json_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(json_tuples(v) for v in value)
+  return value
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` a pre-training run wrote, with today's defaults for the fields it predates."""
+  from mim_jax import config as config_lib
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir!r} has no {CONFIG_FILE}: expected a pre-training workdir (the --workdir of '
+                            '`python -m mim_jax.main --config=configs/<method>/...`).')
+  with open(path) as f:
+    stored = json_tuples(json.load(f))
+  config = config_lib.base_config().to_dict()
+  config.update(stored)
+  return ml_collections.ConfigDict(config)
+
+
+def summary_path(workdir: str) -> str:
+  return os.path.join(workdir, SUMMARY_FILE)
+
+
+def read_summary(workdir: str) -> dict:
+  path = summary_path(workdir)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def update_summary(workdir: str, values: dict) -> dict:
+  """Merges ``values`` into the workdir's flat ``summary.json`` (process 0 writes, atomically)."""
+  summary = {**read_summary(workdir), **values}
+  if jax.process_index() == 0:
+    path = summary_path(workdir)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  return summary
+
+
+def _manager(directory: str):
+  import orbax.checkpoint as ocp
+  from grain import checkpoint as grain_checkpoint
+
+  # Read only: neither create the directory nor start orbax's background cleanup of unfinished saves (a
+  # short-lived reader could exit before that thread and print a traceback over the real message).
+  options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False)
+  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'data': grain_checkpoint.CheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def latest_step(directory: str) -> int | None:
+  if not os.path.isdir(directory) and '://' not in directory:
+    return None
+  manager = _manager(directory)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+def read_params(workdir: str, step: int | None = None, directory: str | None = None) -> tuple[Any, int]:
+  """``(params, step)`` of a run's checkpoint (the latest unless ``step``), as host numpy arrays.
+
+  Only the ``params`` subtree of the saved train state is read: no optimizer state, no method extras, and no need
+  to rebuild the method or its optimizer. ``directory`` overrides ``<workdir>/checkpoints``.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = directory or os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory) and '://' not in directory:
+    raise FileNotFoundError(f'no checkpoint under {directory}; train first.')
+  manager = _manager(directory)
+  try:
+    step = manager.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint under {directory}; train first.')
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f'no checkpoint of step {step} under {directory}; there are {manager.all_steps()}.')
+    try:
+      saved = manager.item_metadata(step)['state']
+      saved = getattr(saved, 'tree', saved)
+      params_meta = saved['params']
+      item = {'params': jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), params_meta)}
+      args = {'params': jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)}
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)))
+    except Exception as e:  # orbax / tensorstore raise many types; the user needs the step and the way out
+      raise UnreadableCheckpointError(unreadable_message(directory, step, manager.all_steps(), e)) from e
+  finally:
+    manager.close()
+  return restored['state']['params'], int(step)
+
+
+def unreadable_message(directory: str, step: int, all_steps, error: BaseException) -> str:
+  """One line naming the checkpoint, the root cause and the way back to the previous checkpoint."""
+  root = error
+  while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+    root = root.__cause__ or root.__context__
+  detail = (str(root).strip().splitlines() or [type(root).__name__])[0][:400]
+  earlier = [s for s in all_steps if s < step]
+  path = os.path.join(directory, str(step))
+  way_out = (f'move it away to resume from step {earlier[-1]} (mv {path} {path}.unreadable)' if earlier else
+             f'move it away to start from scratch (mv {path} {path}.unreadable)')
+  return (f'checkpoint {path} could not be read into this run\'s train state: {detail}. If the config changed '
+          f'since it was written (model, optimizer, method), use a new --workdir; if its files are damaged '
+          f'(a truncated copy, a full disk), {way_out}.')
