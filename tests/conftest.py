@@ -10,7 +10,8 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / 'shared' / 'fixtures' / 'official_mae'
+# Tensors produced by the official PyTorch MAE (benchmarks/fixtures/official_mae.py; README beside them).
+FIXTURES = REPO / 'tests' / 'fixtures' / 'official_mae'
 
 
 def load_config(path: str, arg: str | None = None):

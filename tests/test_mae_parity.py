@@ -10,16 +10,15 @@ from mim_jax.interop import parity
 from mim_jax.interop.official_mae import from_official, to_official
 
 FILES = sorted(glob.glob(str(FIXTURES / '*.npz')))
+NAMES = ['mae_official_tiny_normpix.npz', 'mae_official_tiny_pix.npz']
 
 
-def _skip_if_absent():
-  if not FILES:
-    pytest.skip(f'official MAE fixtures not found under {FIXTURES} (../shared/fixtures/official_mae)')
+def test_the_fixtures_are_in_the_repository():
+  assert sorted(p.rsplit('/', 1)[-1] for p in FILES) == NAMES, f'missing official MAE fixtures under {FIXTURES}'
 
 
-@pytest.mark.parametrize('name', ['mae_official_small_normpix.npz', 'mae_official_small_pix.npz'])
+@pytest.mark.parametrize('name', NAMES)
 def test_parity_with_official_fixture(name):
-  _skip_if_absent()
   checks = parity.check_file(str(FIXTURES / name))
   names = {c.name for c in checks}
   for required in ('mask', 'ids_restore', 'loss', 'latent', 'pred', 'grad/patch_embed.proj.weight',
@@ -30,7 +29,6 @@ def test_parity_with_official_fixture(name):
 
 
 def test_parity_cli_exit_codes(tmp_path):
-  _skip_if_absent()
   assert parity.main(FILES[:1]) == 0
   # A corrupted prediction must make the command fail.
   z = dict(np.load(FILES[0], allow_pickle=False))
@@ -41,7 +39,6 @@ def test_parity_cli_exit_codes(tmp_path):
 
 
 def test_official_state_dict_round_trip():
-  _skip_if_absent()
   fx = parity.load_fixture(FILES[0])
   params = from_official(fx['params'])
   p = int(fx['config']['patch_size'])
