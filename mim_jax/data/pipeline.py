@@ -5,11 +5,14 @@ Train pipeline (grain Dataset API), identical on every host given the same seed:
 
   ArrayRecord source (all examples of the split)
     -> repeat forever, each epoch globally shuffled (numpy permutation seeded with (seed, epoch))
-    -> random_map(decode + augment), per-record rng from grain, keyed on (seed, global position) -> uint8 HWC
+    -> random_map(record transform), per-record rng from grain, keyed on (seed, global position): by default
+       decode + augment -> {'image': uint8 HWC, 'label'}; a method's own transform makes its declared fields
+       (two views, a clip, ...; mim_jax/data/batch.py)
     -> host p of N takes block p of each run of N * b consecutive examples (b = the per-host batch), so its
        batch k is rows [p*b, (p+1)*b) of what one host with batch N*b would get: the host count changes nothing
-    -> batch(batch_size_per_host, drop_remainder) -> normalize (vectorized numpy), or uint8 batches for callers
-       that normalize on the device (`allow_uint8_images=True` and data.normalize_on_device; see data/device.py)
+    -> batch(batch_size_per_host, drop_remainder): every field stacked; pixel fields normalized (vectorized numpy,
+       each with its own statistics), or left uint8 for callers that normalize on the device
+       (`allow_uint8_images=True` and data.normalize_on_device; see data/device.py)
     -> to_iter_dataset (read_threads prepare whole batches ahead) -> mp_prefetch(num_workers) if > 0
 
 Every host runs the same shuffle, so within an epoch the hosts see disjoint examples whose union is the epoch,
@@ -534,4 +537,6 @@ def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = N
   ds = ds.random_map(record_fn, seed=int(seed)) if train else ds.map(record_fn)
   ds = ds.batch(256, batch_fn=_Collate(batch_lib.pixel_stats(fields, mean, std)))
   parts = [batch for batch in ds.to_iter_dataset(_read_options(data_cfg))]
+  if not parts:  # an empty split: the declared fields with no rows
+    return batch_lib.zeros(fields, 0)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable
 
-import jax
+from mim_jax.utils.logging import log
 
 
 def _tasks() -> dict[str, Callable]:
@@ -41,8 +41,7 @@ def run(config, workdir: str) -> dict:
                 f'{task}/init': values.get('init')}
   summary = {**values, **provenance}
   workdir_lib.update_summary(workdir, summary)
-  if jax.process_index() == 0:
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
-    print(f'{task} results (written to {os.path.join(workdir, "summary.json")}):\n'
-          f'{json.dumps(shown, indent=2, sort_keys=True)}', flush=True)
+  shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+  log(f'{task} results (written to {os.path.join(workdir, "summary.json")}):\n'
+      f'{json.dumps(shown, indent=2, sort_keys=True)}')
   return summary

@@ -23,6 +23,8 @@ from typing import Mapping, Optional
 
 import jax
 
+from mim_jax.utils.logging import log
+
 ENV_COORDINATOR = 'MIM_JAX_COORDINATOR'
 ENV_NUM_PROCESSES = 'MIM_JAX_NUM_PROCESSES'
 ENV_PROCESS_ID = 'MIM_JAX_PROCESS_ID'
@@ -101,9 +103,8 @@ def maybe_initialize(env: Mapping[str, str] = os.environ) -> bool:
                              num_processes=settings.num_processes, process_id=settings.process_id,
                              local_device_ids=list(settings.local_device_ids) if settings.local_device_ids else None,
                              initialization_timeout=settings.initialization_timeout)
-  if jax.process_index() == 0:
-    print(f'jax.distributed ({settings.source}): {jax.process_count()} processes, {jax.device_count()} devices '
-          f'({jax.local_device_count()} per process)', flush=True)
+  log(f'jax.distributed ({settings.source}): {jax.process_count()} processes, {jax.device_count()} devices '
+      f'({jax.local_device_count()} per process)')
   return jax.process_count() > 1
 
 
