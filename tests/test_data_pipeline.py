@@ -67,8 +67,9 @@ def test_split_sizes_labels_and_info(cfg):
 def test_eval_transform_is_a_plain_bicubic_resize(cfg):
   from PIL import Image
 
-  arrays = pipeline.eval_arrays(cfg, max_examples=3)
-  raw = tfds.data_source('mim_digits', data_dir=cfg.data_dir)['test'][0]['image']
+  arrays = pipeline.eval_arrays(cfg, max_examples=3)  # a sample of three, in stored order
+  first = int(pipeline.eval_subset(cfg, 'test', 3).indices[0])
+  raw = tfds.data_source('mim_digits', data_dir=cfg.data_dir)['test'][first]['image']
   expected = np.asarray(Image.fromarray(raw[..., 0]).resize((16, 16), Image.Resampling.BICUBIC))
   got = arrays['image'][0, ..., 0] * digits.STD[0] + digits.MEAN[0]
   np.testing.assert_allclose(got, expected / 255.0, atol=1e-5)

@@ -35,7 +35,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from mim_jax.data import batch as batch_lib
-from mim_jax.data import device_crop, digits, sources, transforms
+from mim_jax.data import device_crop, digits, sources, subsets, transforms
 from mim_jax.data.batch import Fields
 
 
@@ -338,6 +338,36 @@ class _HostBlocks(grain.MapDataset):
     return self._parent[(run * self._count + self._index) * self._block + offset]
 
 
+class _Subset(grain.MapDataset):
+  """The elements of `parent` at `indices` (an evaluation subset, mim_jax/data/subsets.py), in that order."""
+
+  def __init__(self, parent: grain.MapDataset, indices: np.ndarray):
+    super().__init__(parent)
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __str__(self) -> str:
+    return f'Subset({len(self._indices)} of {len(self._parent)})'
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[int(self._indices[index])]
+
+
+def eval_subset(data_cfg, split: str, max_examples: int | None, seed: int = 0) -> subsets.Subset:
+  """The examples of ``split`` an evaluation reads when it may read at most ``max_examples``: the whole split,
+  or a seeded sample of it, stratified by label where the split's labels are cheap to read (subsets.py)."""
+  ds_info = _open(data_cfg)
+  n = sources.split_size(ds_info, split)
+  if max_examples is None or int(max_examples) >= n:
+    return subsets.sample(n, None, seed)
+  labels = sources.split_labels(ds_info, split, data_cfg.get('cache', 'auto'))
+  return subsets.sample(n, int(max_examples), seed, labels)
+
+
 class _Collate:
   """grain batch_fn: a list of per-example dicts -> one dict of batch arrays (every key stacked).
 
@@ -432,11 +462,13 @@ def record_fn_for(data_cfg, ds_info: sources.OpenedDataset, channels: int, train
 
 def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
                   process_count: int = 1, *, allow_uint8_images: bool = False, fields: Fields | None = None,
-                  record_transform: RecordTransformFactory | None = None) -> grain.IterDataset:
+                  record_transform: RecordTransformFactory | None = None,
+                  indices: np.ndarray | None = None) -> grain.IterDataset:
   """The train pipeline as a grain IterDataset (see the module docstring); `train_iterator` iterates it.
 
   ``fields`` / ``record_transform``: the batch a method declares and the per-record transform that makes it
-  (``mim_jax.data.batch``); None for both gives the single-image batch {'image', 'label'}.
+  (``mim_jax.data.batch``); None for both gives the single-image batch {'image', 'label'}. ``indices``: only
+  these examples of the split (an evaluation subset, :func:`eval_subset`).
   """
   if not isinstance(batch_size_per_host, (int, np.integer)) or batch_size_per_host <= 0:
     raise ValueError(f'batch_size_per_host must be a positive int, got {batch_size_per_host!r}')
@@ -449,7 +481,7 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
   fields = fields if fields is not None else batch_lib.image_fields((data_cfg.image_size, data_cfg.image_size,
                                                                       channels))
   source = sources.data_source(ds_info, data_cfg.train_split, data_cfg.get('cache', 'auto'))
-  n = len(source)
+  n = len(source) if indices is None else len(indices)
   if n < process_count * batch_size_per_host:
     raise ValueError(f'split {data_cfg.train_split!r} of {data_cfg.name!r} has {n} examples, fewer than one '
                      f'global batch ({process_count} hosts x {batch_size_per_host})')
@@ -457,6 +489,8 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
   ds = grain.MapDataset.source(source)
   if data_cfg.get('return_index', False):
     ds = ds.map_with_index(_WithIndex())
+  if indices is not None:
+    ds = _Subset(ds, indices)
   ds = _EpochShuffle(ds, seed, shuffle=data_cfg.shuffle)
   canvases = yields_canvases(data_cfg, allow_uint8_images)
   if canvases:
@@ -493,7 +527,8 @@ def train_dataset(data_cfg, batch_size_per_host: int, seed: int, process_index: 
 
 def train_iterator(data_cfg, batch_size_per_host: int, seed: int, process_index: int = 0,
                    process_count: int = 1, *, allow_uint8_images: bool = False, fields: Fields | None = None,
-                   record_transform: RecordTransformFactory | None = None) -> grain.DatasetIterator:
+                   record_transform: RecordTransformFactory | None = None,
+                   indices: np.ndarray | None = None) -> grain.DatasetIterator:
   """Endless iterator of this host's batches: by default dict(image=float32 [b, H, W, C] normalized, label=int32
   [b]); with ``fields`` / ``record_transform`` (a method's), every field it declares, pixel fields normalized.
 
@@ -506,17 +541,19 @@ def train_iterator(data_cfg, batch_size_per_host: int, seed: int, process_index:
   / `CheckpointRestore(it)`).
   """
   return iter(train_dataset(data_cfg, batch_size_per_host, seed, process_index, process_count,
-                            allow_uint8_images=allow_uint8_images, fields=fields, record_transform=record_transform))
+                            allow_uint8_images=allow_uint8_images, fields=fields, record_transform=record_transform,
+                            indices=indices))
 
 
 def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = None, *,
                 fields: Fields | None = None, record_transform: RecordTransformFactory | None = None,
-                train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
-  """The first `max_examples` (all when None) of a split, eval-transformed and normalized, in memory, in the
-  split's stored order: dict(image=float32 [N, H, W, C], label=int32 [N]) by default, or every field of a
-  method's eval transform. ``train=True`` applies the train record transform instead, with per-example rngs from
-  ``seed`` (the same arrays every time). For small subsets (monitors); whole-split evaluation streams instead
-  (eval/streaming).
+                train: bool = False, seed: int = 0, subset_seed: int = 0) -> dict[str, np.ndarray]:
+  """At most `max_examples` of a split (all when None), eval-transformed and normalized, in memory:
+  dict(image=float32 [N, H, W, C], label=int32 [N]) by default, or every field of a method's eval transform. A
+  capped split is a seeded, stratified sample (:func:`eval_subset` with ``subset_seed``), never a prefix; the
+  examples come in stored order. ``train=True`` applies the train record transform instead, with per-example
+  rngs from ``seed`` (the same arrays every time). For small subsets (monitors); whole-split evaluation streams
+  instead (eval/streaming).
   """
   ds_info = _open(data_cfg)
   split = data_cfg.eval_split if split is None else split
@@ -524,16 +561,14 @@ def eval_arrays(data_cfg, split: str | None = None, max_examples: int | None = N
   mean, std = _mean_std(data_cfg, ds_info, channels)
   fields = fields if fields is not None else batch_lib.image_fields((data_cfg.image_size, data_cfg.image_size,
                                                                       channels))
+  subset = eval_subset(data_cfg, split, max_examples, subset_seed)
   source = sources.data_source(ds_info, split, data_cfg.get('cache', 'auto'))
-  n = len(source)
-  if max_examples is not None:
-    if int(max_examples) <= 0:
-      raise ValueError(f'max_examples must be positive or None, got {max_examples!r}')
-    n = min(n, int(max_examples))
   record_fn = _Indexed(record_fn_for(data_cfg, ds_info, channels, train, record_transform))
-  ds = grain.MapDataset.source(source)[:n]
+  ds = grain.MapDataset.source(source)
   if data_cfg.get('return_index', False):
     ds = ds.map_with_index(_WithIndex())
+  if subset.indices is not None:
+    ds = _Subset(ds, subset.indices)
   ds = ds.random_map(record_fn, seed=int(seed)) if train else ds.map(record_fn)
   ds = ds.batch(256, batch_fn=_Collate(batch_lib.pixel_stats(fields, mean, std)))
   parts = [batch for batch in ds.to_iter_dataset(_read_options(data_cfg))]

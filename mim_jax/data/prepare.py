@@ -23,6 +23,9 @@ when labelled), `file_name` (path relative to --src). The train-split mean/std (
 are stored in the dataset metadata and used by the pipeline unless the config sets them (`--stats imagenet`
 stores none, so the standard ImageNet constants apply).
 
+Each split is stored in a seeded random order (`--seed`), not in the sorted order of the folder tree, so that
+any prefix of a split is a fair sample of its classes; the same seed writes the same bytes.
+
 Re-running is idempotent: an existing dataset built from the same files (same paths, sizes and mtimes) is left
 as it is; if the source changed, it says so and `--overwrite` rebuilds. Concurrent runs on the same output are
 serialized by a lock file, and tfds writes into a temporary folder that is renamed when complete.
@@ -43,6 +46,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -139,8 +143,25 @@ def _random_val_split(items: list[tuple[str, int]], val_fraction: float, seed: i
   return train, validation
 
 
+def _stored_order(splits: dict[str, list[tuple[str, int]]], seed: int) -> dict[str, list[tuple[str, int]]]:
+  """Each split in a seeded random order (the order the records are written in): a class-folder tree walked in
+  sorted order would otherwise be stored class by class, and any prefix of it would hold only the first classes.
+  Deterministic for a seed, so a rebuild writes the same bytes."""
+  out = {}
+  for split, items in splits.items():
+    rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+    out[split] = [items[i] for i in rng.permutation(len(items))]
+  return out
+
+
 def scan(src: str, val_fraction: float = 0.05, seed: int = 0, unlabelled: bool = False) -> Scan:
-  """Finds the images of each split and the class names under `src` (see the module docstring for layouts)."""
+  """Finds the images of each split and the class names under `src` (see the module docstring for layouts); each
+  split's files come in the seeded order they will be stored in."""
+  scanned = _scan(src, val_fraction, seed, unlabelled)
+  return dataclasses.replace(scanned, splits=_stored_order(scanned.splits, seed))
+
+
+def _scan(src: str, val_fraction: float, seed: int, unlabelled: bool) -> Scan:
   if not os.path.isdir(src):
     raise FileNotFoundError(f'--src {src} is not a directory')
   if not 0 <= val_fraction < 1:
@@ -176,7 +197,7 @@ def fingerprint(src: str, scanned: Scan, options: Options, val_fraction: float, 
   h = hashlib.sha256()
   h.update(json.dumps([dataclasses.asdict(options), val_fraction, seed, scanned.class_names]).encode())
   for split in sorted(scanned.splits):
-    for rel, label in scanned.splits[split]:
+    for rel, label in sorted(scanned.splits[split]):  # the files, not their stored order (same for any order)
       st = os.stat(os.path.join(src, rel))
       h.update(f'{split}\0{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
   return h.hexdigest()
@@ -289,7 +310,7 @@ def _make_builder(name: str, version: str, class_names: list[str] | None, scanne
       description=f'Images converted from the folder {src} by mim_jax.data.prepare ({scanned.layout}).',
       features=tfds.features.FeaturesDict(features),
       metadata=tfds.core.MetadataDict(metadata),
-      disable_shuffling=True,  # records in generation order (sorted files); the pipeline shuffles globally
+      disable_shuffling=True,  # records sorted by key = the scan's seeded order; the pipeline shuffles globally
     )
 
   def _split_generators(self, dl_manager):
@@ -298,6 +319,7 @@ def _make_builder(name: str, version: str, class_names: list[str] | None, scanne
 
   def _generate_examples(self, split, items):
     labels = dict(items)
+    position = {rel: i for i, (rel, _) in enumerate(items)}
     tasks = [(src, rel, options) for rel, _ in items]
     n_ok = 0
     results = pool.imap(_work, tasks, chunksize=8) if pool is not None else map(_work, tasks)
@@ -322,7 +344,7 @@ def _make_builder(name: str, version: str, class_names: list[str] | None, scanne
       if class_names is not None:
         example['label'] = labels[rel]
       n_ok += 1
-      yield rel, example
+      yield f'{position[rel]:010d}', example  # tfds stores records sorted by key: the scan's seeded order
     report.written[split] = n_ok
 
   cls = type(

@@ -95,6 +95,7 @@ class OpenedDataset:
   image_shape: tuple[Any, ...] | None  # stored shape, None entries for variable sizes
   num_classes: int | None
   metadata: dict[str, Any]
+  split_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # split name -> stored bytes (0: unknown)
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,9 +134,10 @@ def open_dataset(name: str, data_dir: str | None = None, image_key: str = 'image
     label_key = None
   metadata = dict(info.metadata) if info.metadata else {}
   splits = {k: int(v.num_examples) for k, v in info.splits.items()}
+  split_bytes = {k: int(getattr(v, 'num_bytes', 0) or 0) for k, v in info.splits.items()}
   return OpenedDataset(
     path=path, name=name, splits=splits, image_key=image_key, label_key=label_key, image_encoded=encoded,
-    image_shape=tuple(image_feature.shape), num_classes=num_classes, metadata=metadata,
+    image_shape=tuple(image_feature.shape), num_classes=num_classes, metadata=metadata, split_bytes=split_bytes,
   )
 
 
@@ -210,3 +212,28 @@ def data_source(ds: OpenedDataset, split: str, cache: bool | str = 'auto'):
       return InMemorySource(_cached_columns(ds.path, split, keys))
   decoders = {ds.image_key: tfds.decode.SkipDecoding()} if ds.image_encoded else None
   return _builder(ds.path).as_data_source(split=split, decoders=decoders)
+
+
+# A split's labels are read (for stratified evaluation subsets) when its records take at most this many bytes;
+# larger splits (ImageNet's 140 GB) are sampled uniformly instead of read end to end.
+LABEL_SCAN_BYTES = 512 * 2**20
+
+
+@functools.lru_cache(maxsize=16)
+def _split_labels(path: str, split: str, label_key: str) -> np.ndarray:
+  decoders = {k: tfds.decode.SkipDecoding() for k, f in _builder(path).info.features.items()
+              if isinstance(f, tfds.features.Image)}
+  return _load_columns(_builder(path).as_data_source(split=split, decoders=decoders), [label_key])[label_key]
+
+
+def split_labels(ds: OpenedDataset, split: str, cache: bool | str = 'auto') -> np.ndarray | None:
+  """Every label of ``split`` in stored order where that is cheap (an in-memory split, or one of at most
+  ``LABEL_SCAN_BYTES``), else None; None for unlabelled datasets."""
+  if ds.label_key is None:
+    return None
+  source = data_source(ds, split, cache)
+  if isinstance(source, InMemorySource) and ds.label_key in source.columns:
+    return source.columns[ds.label_key]
+  if not 0 < ds.split_bytes.get(split, 0) <= LABEL_SCAN_BYTES:
+    return None
+  return _split_labels(ds.path, split, ds.label_key)

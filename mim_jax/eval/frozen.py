@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mim_jax.data import pipeline
+from mim_jax.data import pipeline, subsets
 from mim_jax.eval import knn as knn_lib
 from mim_jax.eval import linear_probe as lp
 from mim_jax.eval import pretrained as pretrained_lib
@@ -91,6 +91,7 @@ def run_linear_probe(config, workdir: str) -> dict[str, Any]:
   train = None
   if config.get('cache_features', False):
     train = enc.features(enc.data_cfg.train_split, config.get('max_train_examples', None), bs)
+    _check_labels(train[1], eval_y, enc, 'linear probe')
     log(f'linear probe on cached features: {train[0].shape} train, {eval_x.shape} eval')
     res = lp.train_linear_probe(*train, eval_x, eval_y, num_classes=enc.num_classes, seed=config.seed, **probe)
     batch = lp.clip_batch_size(probe.get('batch_size', 16384), len(train[0]), probe.get('min_steps_per_epoch', 4))
@@ -104,7 +105,9 @@ def run_linear_probe(config, workdir: str) -> dict[str, Any]:
       train = enc.features(enc.data_cfg.train_split, config.get('max_train_examples', None), bs)
     out.update(_knn(config, enc, train, (eval_x, eval_y)))
   out['linear_probe/seconds'] = round(time.perf_counter() - t0, 1)
-  return {**out, **_provenance(enc)}
+  return {**out, **_provenance(enc), **streaming.subset_summary(enc.data_cfg, 'linear_probe',
+                                                                  config.get('max_train_examples', None),
+                                                                  config.get('max_eval_examples', None))}
 
 
 def run_knn(config, workdir: str) -> dict[str, Any]:
@@ -117,10 +120,18 @@ def run_knn(config, workdir: str) -> dict[str, Any]:
   test = enc.features(enc.data_cfg.eval_split, config.get('max_eval_examples', None), bs)
   out = _knn(config, enc, train, test)
   out['knn/seconds'] = round(time.perf_counter() - t0, 1)
-  return {**out, **_provenance(enc)}
+  return {**out, **_provenance(enc), **streaming.subset_summary(enc.data_cfg, 'knn',
+                                                                  config.get('max_train_examples', None),
+                                                                  config.get('max_eval_examples', None))}
+
+
+def _check_labels(train_labels, eval_labels, enc: FrozenEncoder, what: str) -> None:
+  for warning in subsets.check_labels(train_labels, eval_labels, enc.num_classes, what):
+    log(warning)
 
 
 def _knn(config, enc: FrozenEncoder, train, test) -> dict[str, Any]:
+  _check_labels(train[1], test[1], enc, 'k-NN')
   k, temperature = int(config.knn.get('k', 20)), float(config.knn.get('temperature', 0.07))
   res = knn_lib.knn_classify(*train, *test, num_classes=enc.num_classes, k=k, temperature=temperature)
   return {'knn/top1': res['top1'], 'knn/top5': res['top5'], 'knn/k': k, 'knn/temperature': temperature}

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from mim_jax import workdir as workdir_lib
-from mim_jax.data import pipeline
+from mim_jax.data import pipeline, subsets
 from mim_jax.eval import knn as knn_lib
 from mim_jax.eval import linear_probe as lp
 from mim_jax.eval import plots
@@ -104,6 +104,8 @@ def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=No
   results: dict[str, float] = {}
   (train_x, train_y), (test_x, test_y) = _split_features(
       streaming.FrozenFeatures(method, params, mesh, rules, cfg.feature), config)
+  for warning in subsets.check_labels(train_y, test_y, num_classes, 'end-of-training probes'):
+    log(warning)
   results.update(probe_all(train_x, train_y, test_x, test_y, num_classes, cfg, config.seed))
   if cfg.random_init_baseline:
     # Eager, not jitted: XLA fuses the initializers' arithmetic differently (values differ in the last bit).
@@ -127,7 +129,8 @@ def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=No
                             mean=info.mean, std=info.std, title=f'{config.method} step {step}')
     results['figure'] = os.path.basename(path)
   summary = {**results, 'method': config.method, 'checkpoint_step': int(step), 'config_hash': config_hash(config),
-             'eval/feature': cfg.feature, 'eval/seconds': round(time.perf_counter() - t0, 1)}
+             'eval/feature': cfg.feature, 'eval/seconds': round(time.perf_counter() - t0, 1),
+             **streaming.subset_summary(config.data, 'eval', cfg.max_train_examples, cfg.max_eval_examples)}
   summary.update(run_figures(workdir, step, results))
   workdir_lib.update_summary(workdir, summary)
   log('Evaluation (frozen encoder, %s feature) at step %d:\n%s' % (cfg.feature, step, json.dumps(

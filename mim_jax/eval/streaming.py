@@ -44,21 +44,17 @@ def fit_batch(batch_size: int, num_examples: int, mesh) -> int:
   return max(step, min(int(batch_size), num_examples) // step * step)
 
 
-def split_size(data_cfg, split: str, max_examples: int | None = None) -> int:
+def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: int | None = None,
+                 progress: bool = False, desc: str = '', *, fields=None, record_transform=None,
+                 subset_seed: int = 0) -> Iterator[dict[str, jax.Array]]:
+  """Global batches covering ``split`` once, or with ``max_examples`` a seeded stratified sample of it (never a
+  prefix: mim_jax/data/subsets.py): every field of the eval records (``image`` and ``label`` by default; a
+  method's eval fields with its ``fields`` / ``record_transform``) plus ``valid``."""
   info = pipeline.dataset_info(data_cfg)
   if split not in info.splits:
     raise ValueError(f'dataset {info.name!r} has no split {split!r}; available: {sorted(info.splits)}.')
-  n = info.splits[split]
-  return n if max_examples is None else min(n, int(max_examples))
-
-
-def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: int | None = None,
-                 progress: bool = False, desc: str = '', *, fields=None,
-                 record_transform=None) -> Iterator[dict[str, jax.Array]]:
-  """Global batches covering the first ``max_examples`` of ``split`` once: every field of the eval records
-  (``image`` and ``label`` by default; a method's eval fields with its ``fields`` / ``record_transform``) plus
-  ``valid``."""
-  n = split_size(data_cfg, split, max_examples)
+  subset = pipeline.eval_subset(data_cfg, split, max_examples, subset_seed)
+  n = len(subset)
   global_batch = fit_batch(global_batch, n, mesh)
   cfg = ml_collections.ConfigDict(data_cfg.to_dict())
   cfg.train_split, cfg.augment, cfg.shuffle, cfg.return_index = split, 'none', False, False
@@ -70,7 +66,7 @@ def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: in
     return record_transform(data_cfg, source, False) if record_transform is not None else None
 
   it = pipeline.train_iterator(cfg, per_host, seed=0, process_index=me, process_count=procs, fields=fields,
-                               record_transform=eval_transform)
+                               record_transform=eval_transform, indices=subset.indices)
   num_batches = -(-n // global_batch)
   local = np.arange(per_host)
   show = progress and num_batches >= 20  # a bar only where there is something to wait for
@@ -79,6 +75,17 @@ def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: in
     # Host `me` holds elements me, me + P, me + 2P, ... of the endless stream; element i is example i mod n.
     position = (k * per_host + local) * procs + me
     yield shd.global_batch({**batch, 'valid': position < n}, mesh)
+
+
+def subset_summary(data_cfg, prefix: str, max_train: int | None, max_eval: int | None) -> dict:
+  """How a probe's examples were drawn, for summary.json: ``<prefix>/{train,eval}_examples``, their sample kind
+  ('all', 'stratified', 'uniform'; mim_jax/data/subsets.py) and ``<prefix>/subset_seed``."""
+  out = {}
+  for name, split, cap in (('train', data_cfg.train_split, max_train), ('eval', data_cfg.eval_split, max_eval)):
+    subset = pipeline.eval_subset(data_cfg, split, cap)
+    out.update({f'{prefix}/{name}_examples': len(subset), f'{prefix}/{name}_sample': subset.kind,
+                f'{prefix}/subset_seed': subset.seed})
+  return out
 
 
 def array_batches(arrays: dict[str, np.ndarray], global_batch: int, mesh) -> Iterator[dict[str, jax.Array]]:
