@@ -47,3 +47,21 @@ def test_a_step_that_cannot_fit_fails_with_the_fix():
   code, out, err = _aot('--topology=v5e-8', '--config.batch_size=4194304')  # ~70 GB of activations per chip
   assert code == 1, out + err[-3000:]
   assert 'fits: NO' in out and 'RESOURCE_EXHAUSTED' in out and 'config.remat=full' in out
+
+
+def test_every_method_compiles_without_its_dataset(tmp_path):
+  """The fit check compiles a recipe on a host that does not have its data: no method may open the dataset
+  (HPM used to, for its schedule length, while the step was traced)."""
+  import jax
+  from conftest import load_config
+
+  from mim_jax.data.pipeline import default_data_config
+
+  for path in ('configs/mae/digits.py', 'configs/simmim/digits.py', 'configs/hpm/digits.py'):
+    config = load_config(path, 'tiny')
+    config.data = default_data_config('imagenet2012')
+    config.data.data_dir, config.data.image_size = str(tmp_path / 'no_such_data'), 16
+    config.total_steps, config.epochs = -1, 800.0  # a length that needs the split size, as the recipes have
+    report = aot.compile_for_devices(config, jax.devices()[:1], aot.config_image_shape(config))
+    assert report.flops and report.batch_bytes == 16 * 16 * 16 * 3 * 4 + 16 * 4, path
+  assert not (tmp_path / 'no_such_data').exists()
