@@ -17,6 +17,7 @@ reference (defaults in parentheses):
   model.decoder             width, depth, num_heads (MAE decoder)
   mask                      name (a mim_jax.masking generator) and its settings, e.g. ratio
   norm_pix_loss (True)      per-patch normalized pixel target
+  loss_on ('masked')        MAE: the loss on the masked patches only, or 'all' patches (the paper's ablation)
   compute_dtype ('float32') 'bfloat16' for mixed precision (params stay float32)
                             or 'float16' (GPUs without bfloat16, e.g. V100/T4) with dynamic loss scaling; prefer
                             'bfloat16' where the hardware has it (TPU, A100/H100, recent CPUs): same range as
@@ -78,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16, mlp_ratio=4.0))
   c.mask = ml_collections.ConfigDict(dict(name='random', ratio=0.75))
   c.norm_pix_loss = True
+  c.loss_on = 'masked'  # MAE: 'masked' patches only (the paper) | 'all' (its ablation)
   c.compute_dtype = 'float32'
   c.loss_scale = ml_collections.ConfigDict(dict(initial=2.0**15, growth_interval=2000))  # float16 only
   c.attention_impl = 'auto'

@@ -73,6 +73,37 @@ def mae_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MAE on Fashion-MNIST (60,000 28x28 grayscale training images, built offline: mim_jax/data/fashion_mnist.py).
+
+  A ViT for 28x28 inputs (patch 4 -> a 7x7 token grid) with MAE's recipe scaled to the data; pre-training plus
+  the quickstart's evaluation fit in 30 minutes on a 2-core CPU (README, "Fashion-MNIST"). ``arg``: None, or
+  'tiny' (a few seconds, for tests)."""
+  c = base_config()
+  c.data = default_data_config('fashion_mnist')
+  c.batch_size = 256
+  c.total_steps = 6000
+  c.warmup_steps = 300
+  c.optimizer.base_lr = 1.5e-3
+  c.model.encoder = dict(patch_size=4, width=192, depth=6, num_heads=3, mlp_ratio=4.0)
+  c.model.decoder = dict(width=128, depth=2, num_heads=4, mlp_ratio=4.0)
+  c.mask.ratio = 0.75
+  c.checkpoint.every_steps = 1000
+  c.log_every = 100
+  c.eval.max_train_examples = 60000
+  c.eval.linear_probe = dict(epochs=90, batch_size=1024, base_lr=10.0, warmup_epochs=10)
+  if arg == 'tiny':
+    c.total_steps, c.warmup_steps, c.batch_size = 6, 2, 16
+    c.model.encoder = dict(patch_size=4, width=32, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.model.decoder = dict(width=16, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.checkpoint.every_steps, c.log_every = 2, 2
+    c.eval.linear_probe.epochs = 2
+    c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
+  elif arg:
+    raise ValueError(f"unknown argument {arg!r} for configs/mae/fashion_mnist.py (use no argument or ':tiny').")
+  return c
+
+
 def mae_in1k(variant: str, epochs: float, arg: str | None) -> ml_collections.ConfigDict:
   """ImageNet-1k pre-training: mask 0.75, norm-pix, decoder 512x8x16, AdamW(0.9, 0.95) wd 0.05,
   blr 1.5e-4 at batch 4096 (lr 2.4e-3), 40 warmup epochs + cosine, RandomResizedCrop(224, 0.2-1) + flip.
@@ -118,6 +149,7 @@ MASK_VARIANTS: dict[str, dict] = {
     'colormae_green': dict(name='colormae', color='green'),
     'colormae_purple': dict(name='colormae', color='purple'),
     'gmml': dict(name='gmml'),
+    'grid': dict(name='grid'),  # the MAE paper's regular lattice (its sampling ablation)
 }
 SMALL_GRID_SETTINGS: dict[str, dict] = {
     'block': dict(min_block=2),
@@ -182,13 +214,12 @@ def hpm_ema_for_steps(total_steps: int) -> dict:
 def simmim_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   """SimMIM on the quickstart: 2x2-token cells (SimMIM's 32 px cells over 16 px tokens) on the 4x4 grid, ratio 0.6
   with MAE's rounding (10 of 16 tokens masked), since whole-cell rounding would leave only four patterns."""
-  return simmim(mae_digits(arg), scale=2, rounding='mae')
+  return _small_data_variant(mae_digits, 'simmim', arg)
 
 
 def hpm_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   """HPM on the quickstart, with the EMA decays rescaled to the run's length (:func:`hpm_ema_for_steps`)."""
-  c = mae_digits(arg)
-  return hpm(c, **hpm_ema_for_steps(c.total_steps))
+  return _small_data_variant(mae_digits, 'hpm', arg)
 
 
 def simmim_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -231,12 +262,24 @@ ABLATION_MASKS = ('block', 'colormae_red', 'colormae_blue', 'colormae_green', 'c
 ABLATION_VARIANTS = ('mae', 'simmim', 'hpm', *ABLATION_MASKS)
 
 
-def _one_variant(parts: list[str], file: str, example: str) -> str:
-  variants = [p for p in parts if p in ABLATION_VARIANTS]
+def _one_variant(parts: list[str], file: str, example: str, choices: tuple[str, ...] = ABLATION_VARIANTS) -> str:
+  variants = [p for p in parts if p in choices]
   if len(variants) != 1:
-    raise ValueError(f'{file} needs exactly one variant out of {ABLATION_VARIANTS} (e.g. {example}), got '
+    raise ValueError(f'{file} needs exactly one variant out of {choices} (e.g. {example}), got '
                      f'{",".join(parts) or None!r}.')
   return variants[0]
+
+
+def _small_data_variant(base, variant: str, base_arg: str | None) -> ml_collections.ConfigDict:
+  """A method (or MAE with a mask generator) on a small-data base recipe, everything else the base's."""
+  c = base(base_arg)
+  if variant == 'simmim':  # 2x2-token cells, MAE's rounding (a few tokens a side leave few whole-cell patterns)
+    return simmim(c, scale=2, rounding='mae')
+  if variant == 'hpm':
+    return hpm(c, **hpm_ema_for_steps(c.total_steps))
+  if variant in MASK_VARIANTS:
+    mae_mask(c, variant, small_grid=True)
+  return c
 
 
 def ablation_digits(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -244,15 +287,17 @@ def ablation_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = split_arg(arg)
   check_parts(parts, {*ABLATION_VARIANTS, 'tiny'}, 'configs/ablation/digits.py')
   variant = _one_variant(parts, 'configs/ablation/digits.py', ':simmim or :simmim,tiny')
-  tiny = 'tiny' if 'tiny' in parts else None
-  if variant == 'simmim':
-    return simmim_digits(tiny)
-  if variant == 'hpm':
-    return hpm_digits(tiny)
-  c = mae_digits(tiny)
-  if variant in ABLATION_MASKS:
-    mae_mask(c, variant, small_grid=True)
-  return c
+  return _small_data_variant(mae_digits, variant, 'tiny' if 'tiny' in parts else None)
+
+
+def ablation_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """One row of the Fashion-MNIST method table: the MAE recipe with one method or mask generator
+  (``VARIANT[,tiny]``; also ``grid``, the MAE paper's lattice), everything else unchanged."""
+  parts = split_arg(arg)
+  variants = (*ABLATION_VARIANTS, 'grid')
+  check_parts(parts, {*variants, 'tiny'}, 'configs/ablation/fashion_mnist.py')
+  variant = _one_variant(parts, 'configs/ablation/fashion_mnist.py', ':hpm or :hpm,tiny', variants)
+  return _small_data_variant(mae_fashion_mnist, variant, 'tiny' if 'tiny' in parts else None)
 
 
 def ablation_in1k(arg: str | None = None) -> ml_collections.ConfigDict:

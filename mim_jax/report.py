@@ -8,6 +8,11 @@ and printed as percentages with one decimal in markdown; CSV keeps the raw value
 the method, every accuracy present (pre-trained first, then ``random_init/``, ``raw_pixels/``), the
 checkpoint step and the config hash. ``--keys`` picks columns explicitly (shell-style wildcards allowed, e.g.
 ``'random_init/*'``); ``--all`` shows every key.
+
+``--seeds`` groups runs whose names differ only in a seed suffix (``mask0.5_seed0``, ``mask0.5_seed1``, ...: the
+pattern ``--seed-pattern``) into one row per group, with the mean and the sample standard deviation of every
+numeric column over the group's runs and the number of runs (``n``); a text column shows its value when all runs
+agree, else ``*``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import fnmatch
 import io
 import json
 import os
+import re
+import statistics
 import sys
 from collections.abc import Sequence
 
@@ -132,6 +139,55 @@ def render(
   return '\n'.join(lines) + '\n'
 
 
+DEFAULT_SEED_PATTERN = r'^(?P<group>.*?)[_-]?seed\d+$'
+
+
+def group_by_seed(names: Sequence[str], summaries: Sequence[dict],
+                  pattern: str = DEFAULT_SEED_PATTERN) -> tuple[list[str], list[list[dict]]]:
+  """Runs grouped by their name without the seed suffix (``pattern``'s ``group``), in order of first appearance."""
+  groups: dict[str, list[dict]] = {}
+  regex = re.compile(pattern)
+  for name, summary in zip(names, summaries):
+    match = regex.match(os.path.basename(name))
+    groups.setdefault(match.group('group') if match else name, []).append(summary)
+  return list(groups), list(groups.values())
+
+
+def aggregate(runs: Sequence[dict], columns: Sequence[str]) -> dict:
+  """One row for a group of runs: ``(mean, std, n)`` for numeric columns (std None for a single run), the common
+  value (or '*') for the others, and ``n``."""
+  row: dict = {'n': len(runs)}
+  for c in columns:
+    values = [r[c] for r in runs if r.get(c) is not None]
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+      std = statistics.stdev(values) if len(values) > 1 else None
+      row[c] = (statistics.fmean(values), std, len(values))
+    elif values:
+      row[c] = values[0] if all(v == values[0] for v in values) else '*'
+  return row
+
+
+def format_aggregate(key: str, value) -> str:
+  if not isinstance(value, tuple):
+    return format_value(key, value)
+  mean, std, _ = value
+  scale = 100.0 if is_accuracy_key(key) else 1.0
+  digits = 1 if is_accuracy_key(key) else 4
+  mean_s = f'{scale * mean:.{digits}f}' if is_accuracy_key(key) else f'{mean:.4g}'
+  if std is None:
+    return mean_s
+  return f'{mean_s} ± {scale * std:.{digits}f}' if is_accuracy_key(key) else f'{mean_s} ± {std:.2g}'
+
+
+def render_groups(groups: Sequence[str], runs: Sequence[Sequence[dict]], columns: Sequence[str]) -> str:
+  """Markdown: one row per group, ``mean ± std`` over its runs (accuracies in percent), and ``n``."""
+  rows = [aggregate(r, columns) for r in runs]
+  header = ['run', 'n', *columns]
+  body = [[g, str(row['n']), *(format_aggregate(c, row.get(c)) for c in columns)] for g, row in zip(groups, rows)]
+  align = [':---', '---:', *('---:' for _ in columns)]
+  return '\n'.join('| ' + ' | '.join(r) + ' |' for r in (header, align, *body)) + '\n'
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
     prog='python -m mim_jax.report',
@@ -144,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--format', choices=('markdown', 'csv'), default='markdown')
   parser.add_argument('--all', action='store_true', help='show every key, not only accuracies')
   parser.add_argument('--skip-missing', action='store_true', help='warn about workdirs without a summary')
+  parser.add_argument('--seeds', action='store_true',
+                      help='one row per group of runs that differ only in a seed suffix: mean ± std and n')
+  parser.add_argument('--seed-pattern', default=DEFAULT_SEED_PATTERN,
+                      help='regex with a named group "group": the run name without its seed')
   args = parser.parse_args(argv)
 
   workdirs, summaries = [], []
@@ -165,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f'warning: no run has {", ".join(unknown)}', file=sys.stderr)
   else:
     columns = default_columns(summaries, show_all=args.all)
+  if args.seeds:
+    if args.format != 'markdown':
+      print('error: --seeds renders markdown only', file=sys.stderr)
+      return 2
+    groups, runs = group_by_seed(run_names(workdirs), summaries, args.seed_pattern)
+    sys.stdout.write(render_groups(groups, runs, columns))
+    return 0
   sys.stdout.write(render(run_names(workdirs), summaries, columns, args.format))
   return 0
 

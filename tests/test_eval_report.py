@@ -76,3 +76,17 @@ def test_module_entry_point(workdirs):
     [sys.executable, '-m', 'mim_jax.report', *workdirs], capture_output=True, text=True, check=True
   ).stdout
   assert '| mae_run | mae | 91.2 |' in out
+
+
+def test_seed_groups_give_mean_and_std(tmp_path, capsys):
+  runs = {'ratio0.5_seed0': 0.80, 'ratio0.5_seed1': 0.84, 'ratio0.5_seed2': 0.82, 'ratio0.75_seed0': 0.9}
+  paths = []
+  for name, acc in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'summary.json').write_text(json.dumps({'method': 'mae', 'knn/top1': acc}))
+    paths.append(str(tmp_path / name))
+  assert report.main([*paths, '--seeds', '--keys', 'method,knn/top1']) == 0
+  header, _, first, second = _lines(capsys)
+  assert header == '| run | n | method | knn/top1 |'
+  assert first == '| ratio0.5 | 3 | mae | 82.0 ± 2.0 |'  # mean and sample std over the seeds, in percent
+  assert second == '| ratio0.75 | 1 | mae | 90.0 |'

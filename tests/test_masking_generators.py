@@ -35,6 +35,7 @@ CONFIGS = {
     'colormae-6x10': ('colormae', Grid(6, 10), {'bank_size': 16, 'ratio': 0.6}),
     'gmml': ('gmml', G14, {}),
     'gmml-ellipse': ('gmml', G14, {'shape': 'ellipse', 'ratio': 0.5, 'fill': 'random'}),
+    'grid-7x7-random-offset': ('grid', Grid(7, 7), {'offset': 'random'}),  # the fixed lattice: test_grid_...
 }
 
 
@@ -287,3 +288,15 @@ def test_gmml_masks_few_connected_groups(cid):
   # groups merge into a few (~3).
   assert components(mask, grid) < 0.6 * components(shuffled, grid)
   assert agreement(cid) > shuffled_agreement(cid) + 0.1  # measured ~0.75 vs ~0.52 for the 14x14 default
+
+
+def test_grid_keeps_the_lattice():
+  fixed = jax.jit(masking.build('grid', G14), static_argnums=1)(jax.random.key(0), BATCH)
+  kept = 1 - np.asarray(fixed.mask).reshape(BATCH, 14, 14)
+  lattice = np.zeros((14, 14))
+  lattice[::2, ::2] = 1
+  assert (kept == lattice).all()  # 75% of 14x14: exactly every other row and column, the same for every image
+  odd = 1 - sample('grid-7x7-random-offset').mask.reshape(BATCH, 7, 7)
+  assert (odd.sum((1, 2)) == 12).all()  # int(49 x 0.25) kept: 12 of a lattice of up to 16
+  corner = [tuple(np.argwhere(k)[0] % 2) for k in odd]
+  assert len(set(corner)) > 1  # the random offset moves the lattice

@@ -82,6 +82,39 @@ def test_digits_configs_keep_the_quickstart_budget(path, variant):
   assert info.mask.shape == (2, 16)
 
 
+FASHION = ABLATION + ('grid',)
+
+
+@pytest.mark.parametrize('variant', FASHION)
+def test_fashion_mnist_table_keeps_the_recipe_budget(variant):
+  recipe = load_config('configs/mae/fashion_mnist.py')
+  c = load_config('configs/ablation/fashion_mnist.py', variant)
+  config_lib.validate(c)
+  for key in ('batch_size', 'total_steps', 'warmup_steps', 'seed'):
+    assert c[key] == recipe[key], key
+  assert c.model.encoder.to_dict() == recipe.model.encoder.to_dict() and c.eval.to_dict() == recipe.eval.to_dict()
+  assert c.data.name == 'fashion_mnist' and c.data.image_size == 28
+  method = methods.build(c, methods.Facts.for_images((28, 28, 1)))
+  assert method.masker(jax.random.key(0), 2).mask.shape == (2, (28 // c.model.encoder.patch_size) ** 2)
+
+
+def test_mae_loss_on_all_patches():
+  c = load_config('configs/mae/digits.py', 'tiny')
+  images = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
+  for loss_on in ('masked', 'all'):
+    c.loss_on = loss_on
+    method = methods.build(c, methods.Facts.for_images((16, 16, 1)))
+    params, _ = method.init(jax.random.key(1), {'image': images})
+    loss, _ = method.loss_fn(params, {}, {'image': images}, jax.random.key(2), 0)
+    out = method.forward(params, images, method.masker(jax.random.key(2), 4))
+    expected = out['loss'] if loss_on == 'masked' else out['loss_per_token'].mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5), loss_on
+  assert float(out['loss']) != pytest.approx(float(out['loss_per_token'].mean()), rel=1e-3)
+  c.loss_on = 'visible'
+  with pytest.raises(ValueError, match="config.loss_on='visible'"):
+    methods.build(c, methods.Facts.for_images((16, 16, 1)))
+
+
 def test_bad_config_arguments_are_named():
   with pytest.raises(ValueError, match='exactly one variant'):
     load_config('configs/ablation/digits.py', 'tiny')

@@ -12,15 +12,13 @@ directory.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data.builders import LocalBuilder
+from mim_jax.data.builders import LocalBuilder, file_lock
 
 NAME = 'mim_digits'
 VERSION = '1.0.0'
@@ -72,23 +70,6 @@ class MimDigits(LocalBuilder):
       yield int(i), {'image': images[i], 'label': int(labels[i])}
 
 
-@contextlib.contextmanager
-def _file_lock(data_dir: str):
-  """An exclusive flock on DATA_DIR/.mim_digits.lock (creating DATA_DIR), with a clear error if unwritable."""
-  try:
-    os.makedirs(data_dir, exist_ok=True)
-    f = open(os.path.join(data_dir, f'.{NAME}.lock'), 'a+')
-  except OSError as e:
-    raise OSError(f'cannot build the bundled {NAME} dataset under {data_dir} ({e}); point data.data_dir or '
-                  '$MIM_JAX_DATA_DIR at a writable folder') from e
-  with f:
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def digits_dir(data_dir: str) -> str:
   return os.path.join(data_dir, NAME, VERSION)
 
@@ -101,7 +82,7 @@ def ensure_digits(data_dir: str) -> str:
   """Builds `mim_digits` under `data_dir` unless it is already there; returns its dataset directory."""
   if is_prepared(data_dir):
     return digits_dir(data_dir)
-  with _file_lock(data_dir):
+  with file_lock(data_dir, NAME):
     if is_prepared(data_dir):  # Another process built it while we waited for the lock.
       return digits_dir(data_dir)
     builder = MimDigits(data_dir=data_dir, file_format='array_record')

@@ -35,7 +35,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from mim_jax.data import batch as batch_lib
-from mim_jax.data import device_crop, digits, sources, subsets, transforms
+from mim_jax.data import device_crop, digits, fashion_mnist, sources, subsets, transforms
 from mim_jax.data.batch import Fields
 
 
@@ -56,29 +56,41 @@ class DatasetInfo:
     return max(1, self.num_train // int(global_batch_size))
 
 
+# Small grayscale datasets mim_jax builds itself: name -> (image size, flips, crop scale). Everything else gets
+# MAE's ImageNet presets.
+SMALL_DATASETS = {
+    digits.NAME: (16, False, (0.6, 1.0)),  # 8x8 digits upsampled; never flip digits
+    fashion_mnist.NAME: (28, True, (0.6, 1.0)),  # clothes are mirror-symmetric enough to flip
+}
+
+
 def default_data_config(name: str = digits.NAME) -> ml_collections.ConfigDict:
-  """Data config with presets for `name`: light digit-friendly augmentation for mim_digits, else MAE's."""
-  is_digits = name.partition(':')[0] == digits.NAME
+  """Data config with presets for `name`: light augmentation for the small grayscale datasets (mim_digits,
+  fashion_mnist), else MAE's ImageNet settings."""
+  small = SMALL_DATASETS.get(name.partition(':')[0])
   c = ml_collections.ConfigDict()
   c.name = name
   # None -> $MIM_JAX_DATA_DIR -> ~/.cache/mim_jax/tensorflow_datasets
   c.data_dir = config_dict.placeholder(str)
+  # Where a dataset mim_jax builds offline finds its raw files (fashion_mnist: the four IDX files; None -> Debian's
+  # /usr/share/datasets/fashion-mnist). Used only when the dataset is not built yet.
+  c.src = config_dict.placeholder(str)
   c.train_split = 'train'
-  c.eval_split = 'test' if is_digits else 'validation'
+  c.eval_split = 'test' if small else 'validation'
   c.image_key = 'image'
   c.label_key = 'label'
-  c.image_size = 16 if is_digits else 224
+  c.image_size = small[0] if small else 224
   c.channels = config_dict.placeholder(int)  # None -> the dataset's own (1 for digits, 3 for RGB photos)
   # Train augmentation: 'rrc_flip' (RandomResizedCrop [+ flip], MAE/SimMIM pre-training) or 'none' (eval
   # transform).
   c.augment = 'rrc_flip'
-  c.crop_scale = (0.6, 1.0) if is_digits else (0.2, 1.0)
+  c.crop_scale = small[2] if small else (0.2, 1.0)
   c.crop_ratio = (3 / 4, 4 / 3)
-  c.crop_subpixel = is_digits  # real-valued crop boxes: more distinct crops of tiny images
-  c.hflip = not is_digits  # never flip digits
+  c.crop_subpixel = bool(small)  # real-valued crop boxes: more distinct crops of tiny images
+  c.hflip = small[1] if small else True
   c.interpolation = 'bicubic'
   # 0.875: resize 256 + center crop 224 (scaled with image_size); 1.0: plain resize of square images
-  c.eval_crop_pct = 1.0 if is_digits else 0.875
+  c.eval_crop_pct = 1.0 if small else 0.875
   # JPEG decoding: 'auto' (simplejpeg if installed, else 'pil'), 'simplejpeg', 'simplejpeg_fast' (fast IDCT and
   # chroma upsampling), 'pil' (draft), 'pil_full'.
   c.decoder = 'auto'
@@ -98,7 +110,7 @@ def default_data_config(name: str = digits.NAME) -> ml_collections.ConfigDict:
   c.num_workers = 0  # 0: in-process; >0: grain worker processes (mp_prefetch)
   c.worker_buffer_size = 2  # batches each worker prepares ahead
   # Threads decoding/augmenting records in each process (0: none, fastest for tiny images).
-  c.read_threads = 0 if is_digits else 8
+  c.read_threads = 0 if small else 8
   c.prefetch_batches = 2  # batches prepared ahead in each process (at least read_threads)
   return c
 
@@ -144,7 +156,7 @@ def _check_cfg(cfg) -> None:
 def _open(cfg) -> sources.OpenedDataset:
   _check_cfg(cfg)
   return sources.open_dataset(cfg.name, cfg.data_dir, image_key=cfg.get('image_key', 'image'),
-                              label_key=cfg.get('label_key', 'label'))
+                              label_key=cfg.get('label_key', 'label'), src=cfg.get('src', None))
 
 
 def _channels(cfg, ds: sources.OpenedDataset) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import re
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data import digits
+from mim_jax.data import digits, fashion_mnist
 
 ENV_DATA_DIR = 'MIM_JAX_DATA_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'mim_jax', 'tensorflow_datasets')
@@ -46,14 +47,17 @@ def _version_key(v: str) -> tuple[int, ...]:
   return tuple(int(x) for x in v.split('.'))
 
 
-def find_dataset_dir(name: str, data_dir: str | None = None) -> str:
-  """Returns `DATA_DIR/name[/config]/version` of a prepared dataset, building the bundled digits if needed."""
+def find_dataset_dir(name: str, data_dir: str | None = None, src: str | None = None) -> str:
+  """Returns `DATA_DIR/name[/config]/version` of a prepared dataset, building the ones mim_jax builds offline if
+  needed: the bundled digits, and Fashion-MNIST from its IDX files in `src` (data.src; Debian's folder)."""
   root = resolve_data_dir(data_dir)
   if not name or not isinstance(name, str):
     raise ValueError(f'data.name must be a non-empty dataset name, got {name!r}')
   base, _, version = name.partition(':')
   if base == digits.NAME and version in ('', digits.VERSION):
     return digits.ensure_digits(root)
+  if base == fashion_mnist.NAME and version in ('', fashion_mnist.VERSION):
+    return fashion_mnist.ensure(root, src)
   ds_root = os.path.join(root, *base.split('/'))
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -104,8 +108,8 @@ def _builder(path: str):
 
 
 def open_dataset(name: str, data_dir: str | None = None, image_key: str = 'image',
-                 label_key: str | None = 'label') -> OpenedDataset:
-  path = find_dataset_dir(name, data_dir)
+                 label_key: str | None = 'label', src: str | None = None) -> OpenedDataset:
+  path = find_dataset_dir(name, data_dir, src)
   builder = _builder(path)
   info = builder.info
   file_format = str(getattr(info.file_format, 'value', info.file_format) or '')
@@ -191,25 +195,43 @@ def _load_columns(source, keys: list[str]) -> dict[str, np.ndarray]:
   return {k: np.stack([np.asarray(x) for x in v]) for k, v in cols.items()}
 
 
+def _decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+  from PIL import Image
+
+  with Image.open(io.BytesIO(data)) as img:
+    array = np.asarray(img)
+  return array.reshape(shape)
+
+
 @functools.lru_cache(maxsize=16)
-def _cached_columns(path: str, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-  return _load_columns(_builder(path).as_data_source(split=split), list(keys))
+def _cached_columns(path: str, split: str, keys: tuple[str, ...], encoded_key: str | None = None,
+                    shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+  """A split's columns in memory; ``encoded_key``'s images (PNG/JPEG bytes of one fixed ``shape``) are decoded
+  once here rather than at every read."""
+  decoders = {encoded_key: tfds.decode.SkipDecoding()} if encoded_key else None
+  columns = _load_columns(_builder(path).as_data_source(split=split, decoders=decoders), list(keys))
+  if encoded_key:
+    columns[encoded_key] = np.stack([_decode(bytes(b), shape) for b in columns[encoded_key]])
+  return columns
 
 
 def data_source(ds: OpenedDataset, split: str, cache: bool | str = 'auto'):
   """A random-access source (len, __getitem__, __getitems__) of raw records for `split`.
 
-  `cache`: True loads the split into memory (raw-array datasets only), False never, 'auto' when the split's
-  pixels take at most AUTO_CACHE_BYTES.
+  `cache`: True loads the split into memory, False never, 'auto' when the split's pixels take at most
+  AUTO_CACHE_BYTES. Only images of one fixed shape are cached: raw arrays as they are, encoded ones (Fashion-MNIST's
+  PNGs) decoded once.
   """
   check_split(ds, split)
   if cache not in (True, False, 'auto'):
     raise ValueError(f"data.cache must be True, False or 'auto', got {cache!r}")
-  if cache and not ds.image_encoded:
-    num_bytes = split_size(ds, split) * int(np.prod([d or 0 for d in ds.image_shape]))
+  fixed_shape = bool(ds.image_shape) and all(ds.image_shape)
+  if cache and fixed_shape:
+    num_bytes = split_size(ds, split) * int(np.prod(ds.image_shape))
     if cache is True or 0 < num_bytes <= AUTO_CACHE_BYTES:
       keys = tuple(k for k in (ds.image_key, ds.label_key) if k is not None)
-      return InMemorySource(_cached_columns(ds.path, split, keys))
+      encoded = ds.image_key if ds.image_encoded else None
+      return InMemorySource(_cached_columns(ds.path, split, keys, encoded, tuple(ds.image_shape)))
   decoders = {ds.image_key: tfds.decode.SkipDecoding()} if ds.image_encoded else None
   return _builder(ds.path).as_data_source(split=split, decoders=decoders)
 

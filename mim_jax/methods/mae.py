@@ -15,6 +15,9 @@ from mim_jax.models.vit import ViTEncoder
 from mim_jax.targets import pixel_target, reconstruction_images
 
 
+LOSS_ON = ('masked', 'all')
+
+
 class MAEModel(nn.Module):
   encoder: ViTEncoder
   decoder: MAEDecoder
@@ -42,6 +45,11 @@ class MAE(Method):
     self.masker = masking.build(config.mask.name, masking.Grid(*self.grid_hw),
                                 **{k: v for k, v in config.mask.items() if k != 'name'})
     self.norm_pix = bool(config.get('norm_pix_loss', True))
+    # MAE computes the loss on the masked patches only; 'all' is the paper's ablation (Sec. 4.1: the loss on every
+    # patch, visible ones included, costs accuracy).
+    self.loss_on = config.get('loss_on', 'masked')
+    if self.loss_on not in LOSS_ON:
+      raise ValueError(f'config.loss_on={self.loss_on!r} is not one of {LOSS_ON}.')
 
   def init(self, rng, batch):
     images = self.images(batch)
@@ -73,7 +81,10 @@ class MAE(Method):
   def loss_fn(self, params, extras, batch, rng, step):
     images = batch['image']
     info = self.masker(rng, images.shape[0])
-    loss = self.masked_loss(params, images, info)
+    if self.loss_on == 'all':
+      loss = jnp.mean(self.forward(params, images, info)['loss_per_token'])
+    else:
+      loss = self.masked_loss(params, images, info)
     return loss, ({'loss': loss}, extras)
 
   def reconstruct(self, params, images, rng, noise: jax.Array | None = None):

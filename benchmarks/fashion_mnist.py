@@ -1,0 +1,187 @@
+"""The Fashion-MNIST scoreboard: every method at one budget, and the MAE paper's ablations in miniature.
+
+  python benchmarks/fashion_mnist.py methods   --root workdirs/fashion [--seeds 0] [--jobs 1]
+  python benchmarks/fashion_mnist.py ablations --root workdirs/fashion_ablation --seeds 0,1,2 [--steps N]
+  python benchmarks/fashion_mnist.py tables    --root workdirs/fashion_ablation [--figure docs/img/x.png]
+
+`methods` runs configs/ablation/fashion_mnist.py:VARIANT for every variant (MAE, SimMIM, HPM, MAE with block,
+GMML and the four ColorMAE masks). `ablations` runs configs/mae/fashion_mnist.py with one change per cell, after
+the MAE paper's Table 1 and Figure 5/6: mask ratio 0.25 / 0.5 / 0.75 / 0.9, raw-pixel vs normalized-pixel
+target, the loss on all patches vs masked ones only, decoder depth 1 / 2 / 4 and width x0.5 / x2, random vs
+block vs grid masking at 0.75. Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished
+run (its summary.json exists) is skipped and an interrupted one resumes from its checkpoint, so the command can be
+re-run until the grid is complete. `--steps` shortens every run (the same for all cells; recorded in
+ROOT/grid.json, and a root holds one budget only). `--jobs` runs that many processes at once (JAX already uses
+every core of a process: more than one pays off only on machines with more cores than one run uses).
+
+`tables` prints one markdown table per group of cells (mean ± sample std over the seeds, via
+`python -m mim_jax.report --seeds`) and draws accuracy against mask ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHOD_VARIANTS = ('mae', 'simmim', 'hpm', 'block', 'gmml', 'colormae_red', 'colormae_green', 'colormae_blue',
+                   'colormae_purple')
+# Cells of the MAE ablations: name -> config overrides on configs/mae/fashion_mnist.py ('baseline' is the recipe);
+# the mask-sampling cells are rows of the method table's config (MAE with that generator, small-grid settings).
+MAE = 'configs/mae/fashion_mnist.py'
+MASK_CELLS = {'mask_block': 'configs/ablation/fashion_mnist.py:block',
+              'mask_grid': 'configs/ablation/fashion_mnist.py:grid'}
+ABLATIONS = {
+    'baseline': {},
+    'ratio0.25': {'mask.ratio': 0.25}, 'ratio0.5': {'mask.ratio': 0.5}, 'ratio0.9': {'mask.ratio': 0.9},
+    'target_raw_pixels': {'norm_pix_loss': False},
+    'loss_all_patches': {'loss_on': 'all'},
+    'decoder_depth1': {'model.decoder.depth': 1}, 'decoder_depth4': {'model.decoder.depth': 4},
+    'decoder_width_half': {'model.decoder.width': 32}, 'decoder_width_double': {'model.decoder.width': 128},
+    'mask_block': {}, 'mask_grid': {},
+}
+TABLES = {  # title -> (cells, what the paper found)
+    'mask ratio': (('ratio0.25', 'ratio0.5', 'baseline', 'ratio0.9'),
+                   'MAE Fig. 5: linear probe rises steadily up to 75%; fine-tuning is flat from 40% to 80%'),
+    'reconstruction target': (('baseline', 'target_raw_pixels'),
+                              'MAE Table 1d: normalized pixels beat raw pixels (+0.5 fine-tune, +0.8 linear)'),
+    'loss on': (('baseline', 'loss_all_patches'),
+                'MAE Sec. 4.1: the loss on all patches instead of the masked ones costs about 0.5 points'),
+    'decoder depth': (('decoder_depth1', 'baseline', 'decoder_depth4'),
+                      'MAE Table 1a: a deeper decoder helps linear probing most (8 blocks best), fine-tuning little'),
+    'decoder width': (('decoder_width_half', 'baseline', 'decoder_width_double'),
+                      'MAE Table 1b: width matters little (512 of 128..1024 best)'),
+    'mask sampling': (('baseline', 'mask_block', 'mask_grid'),
+                      'MAE Table 1f / Fig. 6: random > block > grid at 75% (grid is much worse)'),
+}
+BASELINE_ONLY = {'eval.random_init_baseline': False, 'eval.raw_pixels_max_features': 0}  # the same for every cell
+
+
+def _flag(key: str, value) -> str:
+  return f'--config.{key}={value}'
+
+
+def runs_for(kind: str, seeds: list[int]) -> list[tuple[str, str, dict]]:
+  """(workdir name, config, overrides) of every run of the grid."""
+  out = []
+  for seed in seeds:
+    if kind == 'methods':
+      out += [(f'{v}_seed{seed}', f'configs/ablation/fashion_mnist.py:{v}', {'seed': seed}) for v in METHOD_VARIANTS]
+    else:
+      for cell, overrides in ABLATIONS.items():
+        extra = {} if cell == 'baseline' else BASELINE_ONLY
+        out.append((f'{cell}_seed{seed}', MASK_CELLS.get(cell, MAE), {**overrides, **extra, 'seed': seed}))
+  return out
+
+
+def check_budget(root: str, steps: int | None) -> None:
+  """One budget per root: grid.json records the steps of its runs."""
+  os.makedirs(root, exist_ok=True)
+  path = os.path.join(root, 'grid.json')
+  record = {'steps': steps}
+  if os.path.exists(path):
+    with open(path) as f:
+      existing = json.load(f)
+    if existing != record:
+      raise SystemExit(f'{root} holds runs with {existing}, not {record}: use another --root for another budget.')
+  else:
+    with open(path, 'w') as f:
+      json.dump(record, f)
+
+
+def run_one(root: str, name: str, config: str, overrides: dict, steps: int | None) -> str:
+  workdir = os.path.join(root, name)
+  if os.path.exists(os.path.join(workdir, 'summary.json')):
+    return f'{name}: done before'
+  if steps:
+    overrides = {**overrides, 'total_steps': steps, 'warmup_steps': max(1, steps // 20)}
+  cmd = [sys.executable, '-m', 'mim_jax.main', f'--config={config}', f'--workdir={workdir}',
+         *(_flag(k, v) for k, v in overrides.items())]
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'run.log'), 'a') as log:
+    log.write(' '.join(cmd) + '\n')
+    log.flush()
+    code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+  status = 'ok' if code == 0 else f'FAILED (exit {code}; see {workdir}/run.log)'
+  return f'{name}: {status} in {(time.time() - t0) / 60:.1f} min'
+
+
+def tables(root: str, figure: str | None) -> None:
+  from mim_jax import report
+
+  keys = 'linear_probe/top1,knn/top1,logreg/top1'
+  names = sorted(d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, 'summary.json')))
+  for title, (cells, paper) in TABLES.items():
+    dirs = [os.path.join(root, n) for n in names if n.rsplit('_seed', 1)[0] in cells]
+    dirs.sort(key=lambda d: cells.index(os.path.basename(d).rsplit('_seed', 1)[0]))
+    if not dirs:
+      continue
+    print(f'\n### {title}\n\nPaper: {paper}.\n')
+    report.main([*dirs, '--seeds', '--keys', keys])
+  if figure:
+    draw_ratio_figure(root, names, figure)
+
+
+def draw_ratio_figure(root: str, names: list[str], out: str) -> None:
+  """Accuracy against mask ratio, mean ± std over seeds (MAE's Figure 5 in miniature)."""
+  import numpy as np
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  from mim_jax import report
+
+  ratios = {'ratio0.25': 0.25, 'ratio0.5': 0.5, 'baseline': 0.75, 'ratio0.9': 0.9}
+  fig = Figure(figsize=(6, 4))
+  ax = fig.add_subplot()
+  for key, label in (('linear_probe/top1', 'linear probe'), ('knn/top1', 'k-NN')):
+    xs, means, stds = [], [], []
+    for cell, ratio in ratios.items():
+      values = [report.load_summary(os.path.join(root, n))[key] for n in names if n.rsplit('_seed', 1)[0] == cell]
+      if values:
+        xs.append(ratio)
+        means.append(100 * np.mean(values))
+        stds.append(100 * np.std(values, ddof=1) if len(values) > 1 else 0.0)
+    ax.errorbar(xs, means, yerr=stds, marker='o', capsize=3, label=label)
+  ax.set_xlabel('mask ratio')
+  ax.set_ylabel('top-1 on the Fashion-MNIST test split (%)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title('MAE on Fashion-MNIST: accuracy against mask ratio')
+  FigureCanvasAgg(fig)
+  fig.savefig(out, dpi=120, bbox_inches='tight')
+  print(f'\nwrote {out}')
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('what', choices=('methods', 'ablations', 'tables'))
+  parser.add_argument('--root', required=True, help='folder of the runs (one workdir per run)')
+  parser.add_argument('--seeds', default='0', help='comma-separated seeds (default 0)')
+  parser.add_argument('--steps', type=int, default=None, help='shorter runs: total_steps of every run')
+  parser.add_argument('--jobs', type=int, default=1, help='runs at once')
+  parser.add_argument('--only', default='', help='comma-separated run names (e.g. ratio0.25_seed0) to run')
+  parser.add_argument('--figure', default=None, help='tables: where to draw accuracy against mask ratio')
+  args = parser.parse_args(argv)
+  root = os.path.abspath(args.root)
+  if args.what == 'tables':
+    tables(root, args.figure)
+    return 0
+  check_budget(root, args.steps)
+  runs = runs_for(args.what, [int(s) for s in args.seeds.split(',') if s])
+  if args.only:
+    wanted = set(args.only.split(','))
+    runs = [r for r in runs if r[0] in wanted]
+  with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    for line in pool.map(lambda r: run_one(root, *r, args.steps), runs):
+      print(line, flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
