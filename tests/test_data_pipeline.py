@@ -250,3 +250,15 @@ def test_iterator_state_round_trips_through_an_orbax_checkpoint(cfg, tmp_path):
   ocp.CheckpointManager(str(tmp_path / 'ckpt')).restore(
     3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
   _assert_batches_equal(_take(resumed, 3), expected)
+
+
+def test_split_slices_read_like_splits(cfg):
+  """tfds slices (a seeded validation slice held out of train) on a dataset held in memory: sizes, data, eval."""
+  sliced = cfg.copy_and_resolve_references()
+  sliced.train_split, sliced.eval_split = 'train[:1000]', 'train[1000:]'
+  info = pipeline.dataset_info(sliced)
+  assert (info.num_train, info.num_eval) == (1000, 437)
+  held_out = pipeline.eval_arrays(sliced)
+  whole = pipeline.eval_arrays(cfg, split='train')
+  np.testing.assert_array_equal(held_out['label'], whole['label'][1000:])
+  assert next(pipeline.train_iterator(sliced, 8, seed=0))['image'].shape == (8, 16, 16, 1)

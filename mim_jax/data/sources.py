@@ -154,11 +154,16 @@ def check_split(ds: OpenedDataset, split: str) -> None:
                      f'{sorted(ds.splits)}')
 
 
+def _skip_image_decoding(ds: OpenedDataset):
+  return {ds.image_key: tfds.decode.SkipDecoding()} if ds.image_encoded else None
+
+
 def split_size(ds: OpenedDataset, split: str) -> int:
+  """Examples of ``split``: a stored split, or a tfds slice of one (``train[:55000]``, ``train[90%:]``)."""
   check_split(ds, split)
   if split in ds.splits:
     return ds.splits[split]
-  return len(data_source(ds, split))
+  return len(_builder(ds.path).as_data_source(split=split, decoders=_skip_image_decoding(ds)))
 
 
 class InMemorySource:
@@ -232,8 +237,7 @@ def data_source(ds: OpenedDataset, split: str, cache: bool | str = 'auto'):
       keys = tuple(k for k in (ds.image_key, ds.label_key) if k is not None)
       encoded = ds.image_key if ds.image_encoded else None
       return InMemorySource(_cached_columns(ds.path, split, keys, encoded, tuple(ds.image_shape)))
-  decoders = {ds.image_key: tfds.decode.SkipDecoding()} if ds.image_encoded else None
-  return _builder(ds.path).as_data_source(split=split, decoders=decoders)
+  return _builder(ds.path).as_data_source(split=split, decoders=_skip_image_decoding(ds))
 
 
 # A split's labels are read (for stratified evaluation subsets) when its records take at most this many bytes;

@@ -50,10 +50,7 @@ def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: in
   """Global batches covering ``split`` once, or with ``max_examples`` a seeded stratified sample of it (never a
   prefix: mim_jax/data/subsets.py): every field of the eval records (``image`` and ``label`` by default; a
   method's eval fields with its ``fields`` / ``record_transform``) plus ``valid``."""
-  info = pipeline.dataset_info(data_cfg)
-  if split not in info.splits:
-    raise ValueError(f'dataset {info.name!r} has no split {split!r}; available: {sorted(info.splits)}.')
-  subset = pipeline.eval_subset(data_cfg, split, max_examples, subset_seed)
+  subset = pipeline.eval_subset(data_cfg, split, max_examples, subset_seed)  # also checks that the split exists
   n = len(subset)
   global_batch = fit_batch(global_batch, n, mesh)
   cfg = ml_collections.ConfigDict(data_cfg.to_dict())
