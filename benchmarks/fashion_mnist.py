@@ -1,6 +1,6 @@
 """The Fashion-MNIST scoreboard: every method at one budget, and the MAE paper's ablations in miniature.
 
-  python benchmarks/fashion_mnist.py methods   --root workdirs/fashion [--seeds 0] [--jobs 1]
+  python benchmarks/fashion_mnist.py methods   --root workdirs/fashion [--seeds 0] [--steps N] [--eval-train N]
   python benchmarks/fashion_mnist.py ablations --root workdirs/fashion_ablation --seeds 0,1,2 [--steps N]
   python benchmarks/fashion_mnist.py tables    --root workdirs/fashion_ablation [--figure docs/img/x.png]
 
@@ -10,11 +10,12 @@ the MAE paper's Table 1 and Figure 5/6: mask ratio 0.25 / 0.5 / 0.75 / 0.9, raw-
 target, the loss on all patches vs masked ones only, decoder depth 1 / 2 / 4 and width x0.5 / x2, random vs
 block vs grid masking at 0.75. Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished
 run (its summary.json exists) is skipped and an interrupted one resumes from its checkpoint, so the command can be
-re-run until the grid is complete. `--steps` shortens every run (the same for all cells; recorded in
-ROOT/grid.json, and a root holds one budget only). `--jobs` runs that many processes at once (JAX already uses
+re-run until the grid is complete. `--steps` shortens every run and `--eval-train` caps the probes' training
+features (the same for all cells; recorded in ROOT/grid.json, and a root holds one budget only). The random-init
+and raw-pixel baselines do not depend on the method: only the MAE row of the method table computes them. `--jobs` runs that many processes at once (JAX already uses
 every core of a process: more than one pays off only on machines with more cores than one run uses).
 
-`tables` prints one markdown table per group of cells (mean ± sample std over the seeds, via
+`tables` prints the method table, or one markdown table per group of ablation cells (mean ± sample std over the seeds, via
 `python -m mim_jax.report --seeds`) and draws accuracy against mask ratio.
 """
 
@@ -59,7 +60,7 @@ TABLES = {  # title -> (cells, what the paper found)
     'mask sampling': (('baseline', 'mask_block', 'mask_grid'),
                       'MAE Table 1f / Fig. 6: random > block > grid at 75% (grid is much worse)'),
 }
-BASELINE_ONLY = {'eval.random_init_baseline': False, 'eval.raw_pixels_max_features': 0}  # the same for every cell
+NO_BASELINES = {'eval.random_init_baseline': False, 'eval.raw_pixels_max_features': 0}
 
 
 def _flag(key: str, value) -> str:
@@ -71,19 +72,19 @@ def runs_for(kind: str, seeds: list[int]) -> list[tuple[str, str, dict]]:
   out = []
   for seed in seeds:
     if kind == 'methods':
-      out += [(f'{v}_seed{seed}', f'configs/ablation/fashion_mnist.py:{v}', {'seed': seed}) for v in METHOD_VARIANTS]
+      out += [(f'{v}_seed{seed}', f'configs/ablation/fashion_mnist.py:{v}',
+               {**({} if v == 'mae' else NO_BASELINES), 'seed': seed}) for v in METHOD_VARIANTS]
     else:
-      for cell, overrides in ABLATIONS.items():
-        extra = {} if cell == 'baseline' else BASELINE_ONLY
-        out.append((f'{cell}_seed{seed}', MASK_CELLS.get(cell, MAE), {**overrides, **extra, 'seed': seed}))
+      out += [(f'{cell}_seed{seed}', MASK_CELLS.get(cell, MAE), {**overrides, **NO_BASELINES, 'seed': seed})
+              for cell, overrides in ABLATIONS.items()]
   return out
 
 
-def check_budget(root: str, steps: int | None) -> None:
-  """One budget per root: grid.json records the steps of its runs."""
+def check_budget(root: str, steps: int | None, eval_train: int | None) -> None:
+  """One budget per root: grid.json records the steps and probe subset of its runs."""
   os.makedirs(root, exist_ok=True)
   path = os.path.join(root, 'grid.json')
-  record = {'steps': steps}
+  record = {'steps': steps, 'eval_train': eval_train}
   if os.path.exists(path):
     with open(path) as f:
       existing = json.load(f)
@@ -94,12 +95,14 @@ def check_budget(root: str, steps: int | None) -> None:
       json.dump(record, f)
 
 
-def run_one(root: str, name: str, config: str, overrides: dict, steps: int | None) -> str:
+def run_one(root: str, name: str, config: str, overrides: dict, steps: int | None, eval_train: int | None) -> str:
   workdir = os.path.join(root, name)
   if os.path.exists(os.path.join(workdir, 'summary.json')):
     return f'{name}: done before'
   if steps:
     overrides = {**overrides, 'total_steps': steps, 'warmup_steps': max(1, steps // 20)}
+  if eval_train:
+    overrides = {**overrides, 'eval.max_train_examples': eval_train}
   cmd = [sys.executable, '-m', 'mim_jax.main', f'--config={config}', f'--workdir={workdir}',
          *(_flag(k, v) for k, v in overrides.items())]
   t0 = time.time()
@@ -117,6 +120,11 @@ def tables(root: str, figure: str | None) -> None:
 
   keys = 'linear_probe/top1,knn/top1,logreg/top1'
   names = sorted(d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, 'summary.json')))
+  methods = [n for n in names if n.rsplit('_seed', 1)[0] in METHOD_VARIANTS]
+  if methods:  # a root of the method table
+    methods.sort(key=lambda n: METHOD_VARIANTS.index(n.rsplit('_seed', 1)[0]))
+    print('\n### methods\n')
+    report.main([*(os.path.join(root, n) for n in methods), '--seeds', '--keys', keys])
   for title, (cells, paper) in TABLES.items():
     dirs = [os.path.join(root, n) for n in names if n.rsplit('_seed', 1)[0] in cells]
     dirs.sort(key=lambda d: cells.index(os.path.basename(d).rsplit('_seed', 1)[0]))
@@ -164,6 +172,7 @@ def main(argv=None) -> int:
   parser.add_argument('--root', required=True, help='folder of the runs (one workdir per run)')
   parser.add_argument('--seeds', default='0', help='comma-separated seeds (default 0)')
   parser.add_argument('--steps', type=int, default=None, help='shorter runs: total_steps of every run')
+  parser.add_argument('--eval-train', type=int, default=None, help="cap on the probes' training features")
   parser.add_argument('--jobs', type=int, default=1, help='runs at once')
   parser.add_argument('--only', default='', help='comma-separated run names (e.g. ratio0.25_seed0) to run')
   parser.add_argument('--figure', default=None, help='tables: where to draw accuracy against mask ratio')
@@ -172,13 +181,13 @@ def main(argv=None) -> int:
   if args.what == 'tables':
     tables(root, args.figure)
     return 0
-  check_budget(root, args.steps)
+  check_budget(root, args.steps, args.eval_train)
   runs = runs_for(args.what, [int(s) for s in args.seeds.split(',') if s])
   if args.only:
     wanted = set(args.only.split(','))
     runs = [r for r in runs if r[0] in wanted]
   with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-    for line in pool.map(lambda r: run_one(root, *r, args.steps), runs):
+    for line in pool.map(lambda r: run_one(root, *r, args.steps, args.eval_train), runs):
       print(line, flush=True)
   return 0
 

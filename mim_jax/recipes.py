@@ -76,22 +76,27 @@ def mae_digits(arg: str | None = None) -> ml_collections.ConfigDict:
 def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   """MAE on Fashion-MNIST (60,000 28x28 grayscale training images, built offline: mim_jax/data/fashion_mnist.py).
 
-  A ViT for 28x28 inputs (patch 4 -> a 7x7 token grid) with MAE's recipe scaled to the data; pre-training plus
-  the quickstart's evaluation fit in 30 minutes on a 2-core CPU (README, "Fashion-MNIST"). ``arg``: None, or
+  A ViT for 28x28 inputs with MAE's recipe scaled to the data, sized so that pre-training plus the quickstart's
+  evaluation fit in 30 minutes on a 2-core CPU (README, "Fashion-MNIST"). Patch 7 (a 4x4 token grid, 16
+  tokens) rather than patch 4 (7x7): on this box the 7x7 grid trains at ~560 img/s against ~1,500, and the
+  coarser grid probed better in less time (3,000 steps in 10 min: 81.7 linear probe; patch 4, 1,200 steps in
+  17 min: 80.1; pooled feature). The frozen feature is the mean of the patch tokens: it probed 0.6-1.8 points
+  above the CLS token here (linear probe, k-NN, logistic regression). ``arg``: None, or
   'tiny' (a few seconds, for tests)."""
   c = base_config()
   c.data = default_data_config('fashion_mnist')
   c.batch_size = 256
-  c.total_steps = 6000
+  c.total_steps = 6000  # ~26 epochs
   c.warmup_steps = 300
   c.optimizer.base_lr = 1.5e-3
-  c.model.encoder = dict(patch_size=4, width=192, depth=6, num_heads=3, mlp_ratio=4.0)
-  c.model.decoder = dict(width=128, depth=2, num_heads=4, mlp_ratio=4.0)
+  c.model.encoder = dict(patch_size=7, width=128, depth=4, num_heads=4, mlp_ratio=4.0)
+  c.model.decoder = dict(width=64, depth=2, num_heads=4, mlp_ratio=4.0)
   c.mask.ratio = 0.75
+  c.eval.feature = 'pooled'
   c.checkpoint.every_steps = 1000
   c.log_every = 100
   c.eval.max_train_examples = 60000
-  c.eval.linear_probe = dict(epochs=90, batch_size=1024, base_lr=10.0, warmup_epochs=10)
+  c.eval.linear_probe = dict(epochs=90, batch_size=1024, base_lr=1.0, warmup_epochs=10)  # tuned on train[55000:]
   if arg == 'tiny':
     c.total_steps, c.warmup_steps, c.batch_size = 6, 2, 16
     c.model.encoder = dict(patch_size=4, width=32, depth=1, num_heads=2, mlp_ratio=2.0)

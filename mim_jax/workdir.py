@@ -94,6 +94,11 @@ def update_summary(workdir: str, values: dict) -> dict:
   return summary
 
 
+def _absolute(directory: str) -> str:
+  """Orbax refuses relative paths (``--config.init=workdirs/run`` is one); URLs (gs://...) stay as they are."""
+  return directory if '://' in directory else os.path.abspath(directory)
+
+
 def _manager(directory: str):
   import orbax.checkpoint as ocp
   from grain import checkpoint as grain_checkpoint
@@ -102,7 +107,7 @@ def _manager(directory: str):
   # short-lived reader could exit before that thread and print a traceback over the real message).
   options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False)
   handlers = {'state': ocp.PyTreeCheckpointHandler(), 'data': grain_checkpoint.CheckpointHandler()}
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  return ocp.CheckpointManager(_absolute(directory), options=options, item_handlers=handlers)
 
 
 def latest_step(directory: str) -> int | None:

@@ -93,3 +93,20 @@ def test_the_real_files():
   assert np.bincount(train_labels).tolist() == [6000] * 10 and np.bincount(test_labels).tolist() == [1000] * 10
   assert train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the dataset's published first labels
   assert test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+
+
+def test_pretrain_then_finetune_tiny_on_the_built_dataset(tmp_path, small_src, monkeypatch):
+  from conftest import load_config
+
+  from mim_jax import main
+
+  src, _ = small_src
+  pre = load_config('configs/mae/fashion_mnist.py', 'tiny')
+  pre.data.data_dir, pre.data.src = str(tmp_path / 'data'), src
+  pre.eval.enabled = False
+  main.run(pre, str(tmp_path / 'pre'))
+  ft = load_config('configs/eval/finetune_fashion_mnist.py', 'tiny')
+  monkeypatch.chdir(tmp_path)
+  ft.init, ft.data.data_dir = 'pre', str(tmp_path / 'data')  # relative, as users type it (orbax wants absolute)
+  summary = main.run(ft, 'ft')
+  assert summary['finetune/steps'] == 6 and 0.0 <= summary['finetune/top1'] <= 1.0

@@ -40,7 +40,8 @@ def test_linear_probe_digits_and_cpu_cache_unaugmented_features():
 @pytest.mark.parametrize('path,arg', [('configs/eval/linear_probe.py', 'giant'),
                                       ('configs/eval/linear_probe.py', 'digits,large'),
                                       ('configs/eval/finetune_vit_base.py', 'gpu'),
-                                      ('configs/eval/finetune_digits.py', 'cpu')])
+                                      ('configs/eval/finetune_digits.py', 'cpu'),
+                                      ('configs/eval/finetune_fashion_mnist.py', 'digits')])
 def test_bad_argument(path, arg):
   with pytest.raises(ValueError, match='bad argument'):
     load_config(path, arg)
@@ -72,6 +73,11 @@ def test_finetune_cpu_and_digits_variants_are_small():
   digits = load_config('configs/eval/finetune_digits.py')
   assert digits.data.name == 'mim_digits' and not digits.data.hflip
   assert digits.model.encoder.patch_size == 4 and digits.model.encoder.depth == 4
+  fashion = load_config('configs/eval/finetune_fashion_mnist.py')
+  recipe = load_config('configs/mae/fashion_mnist.py')
+  assert fashion.data.name == 'fashion_mnist' and fashion.data.hflip and not MixupConfig(**fashion.mixup).enabled
+  assert dict(fashion.model.encoder) == {**dict(fashion.model.encoder), **dict(recipe.model.encoder)}
+  assert load_config('configs/eval/finetune_fashion_mnist.py', 'tiny').total_steps <= 10
 
 
 def test_data_block_accepts_only_pipeline_fields():
