@@ -10,13 +10,14 @@ the MAE paper's Table 1 and Figure 5/6: mask ratio 0.25 / 0.5 / 0.75 / 0.9, raw-
 target, the loss on all patches vs masked ones only, decoder depth 1 / 2 / 4 and width x0.5 / x2, random vs
 block vs grid masking at 0.75. Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished
 run (its summary.json exists) is skipped and an interrupted one resumes from its checkpoint, so the command can be
-re-run until the grid is complete. `--steps` shortens every run and `--eval-train` caps the probes' training
-features (the same for all cells; recorded in ROOT/grid.json, and a root holds one budget only). The random-init
-and raw-pixel baselines do not depend on the method: only the MAE row of the method table computes them. `--jobs` runs that many processes at once (JAX already uses
-every core of a process: more than one pays off only on machines with more cores than one run uses).
+re-run until the grid is complete. `--steps` shortens every run (HPM's EMA decays re-derived for the length)
+and `--eval-train` caps the probes' training features (the same for all cells; recorded in ROOT/grid.json, and a
+root holds one budget only). The random-init and raw-pixel baselines do not depend on the method: only the MAE
+row of the method table computes them. `--jobs` runs that many processes at once (JAX already uses every core of
+a process: more than one pays off only on machines with more cores than one run uses).
 
-`tables` prints the method table, or one markdown table per group of ablation cells (mean ± sample std over the seeds, via
-`python -m mim_jax.report --seeds`) and draws accuracy against mask ratio.
+`tables` prints the method table, or one markdown table per group of ablation cells (mean ± sample std over the
+seeds, via `python -m mim_jax.report --seeds`), and draws accuracy against mask ratio.
 """
 
 from __future__ import annotations
@@ -95,12 +96,23 @@ def check_budget(root: str, steps: int | None, eval_train: int | None) -> None:
       json.dump(record, f)
 
 
+def shorter_run(config: str, steps: int) -> dict:
+  """Overrides that shorten a run to ``steps``, with what the recipe derives from its length re-derived (HPM's
+  EMA decays are fractions of the run, mim_jax.recipes.hpm_ema_for_steps)."""
+  from mim_jax.recipes import hpm_ema_for_steps
+
+  out = {'total_steps': steps, 'warmup_steps': max(1, steps // 20)}
+  if config.endswith(':hpm'):
+    out.update({f'hpm.{k}': v for k, v in hpm_ema_for_steps(steps).items()})
+  return out
+
+
 def run_one(root: str, name: str, config: str, overrides: dict, steps: int | None, eval_train: int | None) -> str:
   workdir = os.path.join(root, name)
   if os.path.exists(os.path.join(workdir, 'summary.json')):
     return f'{name}: done before'
   if steps:
-    overrides = {**overrides, 'total_steps': steps, 'warmup_steps': max(1, steps // 20)}
+    overrides = {**overrides, **shorter_run(config, steps)}
   if eval_train:
     overrides = {**overrides, 'eval.max_train_examples': eval_train}
   cmd = [sys.executable, '-m', 'mim_jax.main', f'--config={config}', f'--workdir={workdir}',

@@ -77,3 +77,11 @@ def test_method_table_in_the_order_of_the_grid(tmp_path, capsys):
   rows = [line.split(' | ')[0] for line in out.splitlines() if line.startswith('| ') and ' ± ' not in line
           and '---' not in line and 'run' not in line]
   assert rows == ['| mae', '| simmim', '| hpm'] and '### mask ratio' not in out
+
+
+def test_shorter_runs_rederive_what_depends_on_the_length():
+  from mim_jax.recipes import hpm_ema_for_steps
+
+  assert bench.shorter_run('configs/ablation/fashion_mnist.py:mae', 400) == {'total_steps': 400, 'warmup_steps': 20}
+  hpm = bench.shorter_run('configs/ablation/fashion_mnist.py:hpm', 400)
+  assert hpm['hpm.ema_decay_end'] == hpm_ema_for_steps(400)['ema_decay_end'] < hpm_ema_for_steps(6000)['ema_decay_end']

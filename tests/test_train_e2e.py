@@ -32,7 +32,7 @@ def test_quick_run_writes_everything(tmp_path):
   on_disk = json.load(open(tmp_path / 'summary.json'))
   assert on_disk == summary
   for key in ('linear_probe/top1', 'random_init/linear_probe/top1', 'knn/top1', 'random_init/knn/top1',
-              'raw_pixels/logreg/top1'):
+              'raw_pixels/logreg/top1', 'raw_pixels/knn/top1'):
     assert 0.0 <= on_disk[key] <= 1.0, key
   assert on_disk['checkpoint_step'] == 6 and on_disk['method'] == 'mae'
 

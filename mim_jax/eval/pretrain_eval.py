@@ -4,7 +4,8 @@ sense; a reconstruction figure. Writes everything into the workdir's flat ``summ
 
 Keys (fractions in [0, 1]): ``linear_probe/top1`` (the MAE probe head: BatchNorm without affine + linear,
 LARS), ``knn/top1`` (k=20, T=0.07), ``logreg/top1`` (scikit-learn logistic regression), each also under
-``random_init/``; ``raw_pixels/logreg/top1`` when an image has at most ``eval.raw_pixels_max_features`` values.
+``random_init/``; ``raw_pixels/logreg/top1`` and ``raw_pixels/knn/top1`` when an image has at most
+``eval.raw_pixels_max_features`` values.
 
 The features stream through the method (``method.feature``) sharded over the run's mesh, from at most
 ``eval.max_train_examples`` / ``eval.max_eval_examples`` images of each split: only the ``[N, D]`` features are
@@ -64,9 +65,9 @@ def _split_features(features: streaming.FrozenFeatures, config):
   return train, test
 
 
-def _raw_pixels(config, method, mesh, rules) -> dict[str, float]:
-  """Logistic regression on the raw (normalized) pixels of the single-image eval batch, where an image has few
-  enough values for that to be a baseline (the digits' 256) rather than a 150,528-feature fit (ImageNet)."""
+def _raw_pixels(config, method, mesh, rules, num_classes: int) -> dict[str, float]:
+  """Logistic regression and k-NN on the raw (normalized) pixels of the single-image eval batch, where an image has
+  few enough values for that to be a baseline (the digits' 256) rather than a 150,528-feature fit (ImageNet)."""
   fields = method.batch_fields(False)
   limit = int(config.eval.get('raw_pixels_max_features', 4096))  # workdirs written before the field existed
   if 'image' not in fields or int(np.prod(fields['image'].shape)) > limit:
@@ -84,7 +85,10 @@ def _raw_pixels(config, method, mesh, rules) -> dict[str, float]:
                                      record_transform=method.record_transform)
     data[name] = streaming.gather(forward, None, batches)
   raw = lp.logistic_regression_probe(*data['train'], *data['test'])
-  return {'raw_pixels/logreg/top1': raw['top1']}
+  # the same k-NN as on the encoder's features (cosine, k, temperature)
+  knn = knn_lib.knn_classify(*data['train'], *data['test'], num_classes=num_classes, k=cfg.knn.k,
+                             temperature=cfg.knn.temperature)
+  return {'raw_pixels/logreg/top1': raw['top1'], 'raw_pixels/knn/top1': knn['top1']}
 
 
 def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=None, rules=None) -> dict:
@@ -115,7 +119,7 @@ def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=No
     (rtrain_x, _), (rtest_x, _) = _split_features(random, config)
     rand = probe_all(rtrain_x, train_y, rtest_x, test_y, num_classes, cfg, config.seed)
     results.update({f'random_init/{k}': v for k, v in rand.items()})
-  results.update(_raw_pixels(config, method, mesh, rules))
+  results.update(_raw_pixels(config, method, mesh, rules, num_classes))
 
   if cfg.figure and reconstructs(method):
     test = pipeline.eval_arrays(config.data, split=config.data.eval_split, max_examples=8,
