@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # mim_jax from this checkout, installed or not (the runs use it too: cwd=REPO)
 METHOD_VARIANTS = ('mae', 'simmim', 'hpm', 'block', 'gmml', 'colormae_red', 'colormae_green', 'colormae_blue',
                    'colormae_purple')
 # Cells of the MAE ablations: name -> config overrides on configs/mae/fashion_mnist.py ('baseline' is the recipe);
@@ -191,6 +192,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   root = os.path.abspath(args.root)
   if args.what == 'tables':
+    if not os.path.isdir(root):
+      raise SystemExit(f'error: no runs under {root}: run the methods or ablations grid there first.')
     tables(root, args.figure)
     return 0
   check_budget(root, args.steps, args.eval_train)

@@ -85,3 +85,8 @@ def test_shorter_runs_rederive_what_depends_on_the_length():
   assert bench.shorter_run('configs/ablation/fashion_mnist.py:mae', 400) == {'total_steps': 400, 'warmup_steps': 20}
   hpm = bench.shorter_run('configs/ablation/fashion_mnist.py:hpm', 400)
   assert hpm['hpm.ema_decay_end'] == hpm_ema_for_steps(400)['ema_decay_end'] < hpm_ema_for_steps(6000)['ema_decay_end']
+
+
+def test_tables_of_a_missing_root_is_one_line(tmp_path):
+  with pytest.raises(SystemExit, match='no runs under .*missing: run the methods or ablations grid'):
+    bench.main(['tables', '--root', str(tmp_path / 'missing')])
