@@ -10,7 +10,8 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Tensors produced by the official PyTorch MAE (benchmarks/fixtures/official_mae.py; README beside them).
+# Tensors produced by the official PyTorch code (tools/fixtures/; tests/fixtures/README.md).
+FIXTURE_ROOT = REPO / 'tests' / 'fixtures'
 FIXTURES = REPO / 'tests' / 'fixtures' / 'official_mae'
 
 

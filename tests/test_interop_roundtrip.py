@@ -78,21 +78,21 @@ def test_mim_jax_file_keeps_the_whole_spec(tmp_path):
 def test_official_fixture_reads_runs_and_writes_back():
   files = sorted(glob.glob(str(FIXTURES / '*.npz')))
   assert files, f'official MAE fixtures not found under {FIXTURES}'
-  from mim_jax.interop.parity import load_fixture
+  from mim_jax.interop import parity
 
-  fx = load_fixture(files[0])
-  cfg = fx['config']
-  ckpt = official_mae.checkpoint_from_official(fx['params'], num_heads=cfg['num_heads'],
-                                               decoder_num_heads=cfg['decoder_num_heads']).check()
-  assert ckpt.spec.pos_embed == 'sincos' and ckpt.spec.decoder.depth == cfg['decoder_depth']
+  fx = parity.load(files[0])
+  model = fx.config().model
+  ckpt = official_mae.checkpoint_from_official(fx.params, num_heads=model.encoder.num_heads,
+                                               decoder_num_heads=model.decoder.num_heads).check()
+  assert ckpt.spec.pos_embed == 'sincos' and ckpt.spec.decoder.depth == model.decoder.depth
   # Writing back reproduces the official state dict exactly, fixed position tables included.
   out = official_mae.checkpoint_to_official(ckpt)
-  assert sorted(out) == sorted(fx['params'])
-  for k, v in fx['params'].items():
+  assert sorted(out) == sorted(fx.params)
+  for k, v in fx.params.items():
     np.testing.assert_array_equal(out[k], v, err_msg=k)
   # The encoder goes through the timm reader, the decoder through from_official: together they give exactly the
   # params that the parity tests (tests/test_mae_parity.py) run against the official outputs.
-  _assert_same_params(ckpt.params, official_mae.from_official(fx['params']))
+  _assert_same_params(ckpt.params, official_mae.from_official(fx.params))
 
 
 def test_features_match_the_encoder_and_batch_padding():

@@ -79,10 +79,11 @@ class CoarseMask:
     n = self.grid.num_tokens
     if self.rounding == 'mae':
       return n - num_visible(n, self.ratio)
-    # The 1e-9 keeps float error from rounding up an exact product (e.g. 0.6 * 40 = 24.000000000000004).
+    # The reference's own expression, float error included: int(np.ceil(cells * ratio)) masks 25 of 40 cells at
+    # 0.6 (0.6 * 40 = 24.000000000000004), and so do we.
     if self.divisible:
-      return math.ceil(self.coarse_grid.num_tokens * self.ratio - 1e-9) * self.cell_size**2
-    return math.ceil(n * self.ratio - 1e-9)
+      return math.ceil(self.coarse_grid.num_tokens * self.ratio) * self.cell_size**2
+    return math.ceil(n * self.ratio)
 
   @property
   def len_keep(self) -> int:
@@ -94,6 +95,25 @@ class CoarseMask:
     rows = np.arange(self.grid.height) // s
     cols = np.arange(self.grid.width) // s
     return (rows[:, None] * self.coarse_grid.width + cols[None, :]).reshape(-1)
+
+  def from_permutation(self, permutation: jax.Array) -> MaskInfo:
+    """The reference's mask from its draw: ``permutation`` ``[B, cells]`` is what ``MaskGenerator`` got from
+    ``np.random.permutation(cells)``; the cells ``permutation[:, :ceil(cells * ratio)]`` are masked, each over its
+    ``scale x scale`` tokens. Needs the reference's setting: a token grid divisible into cells, ``'simmim'``
+    rounding. (Replays official draws in the parity check; training uses ``__call__``.)"""
+    if not self.divisible or self.rounding != 'simmim':
+      raise ValueError('from_permutation replays the SimMIM reference, which needs a token grid divisible into '
+                       f"cells and rounding='simmim' (got grid {self.grid}, cells of {self.cell_size}, "
+                       f'rounding={self.rounding!r}).')
+    c = self.coarse_grid.num_tokens
+    permutation = jnp.asarray(permutation)
+    if permutation.ndim != 2 or permutation.shape[1] != c:
+      raise ValueError(f'permutation must be [batch, {c}] (one per image over the {c} cells), got {permutation.shape}.')
+    masked_cells = self.num_masked // self.cell_size**2
+    # Score 1 for masked cells, 0 for the others; mask_from_scores keeps the smallest, in raster order.
+    position = jnp.argsort(permutation, axis=1)  # where each cell appears in the permutation
+    cell_masked = (position < masked_cells).astype(jnp.float32)
+    return mask_from_scores(jnp.take(cell_masked, jnp.asarray(self.cell_index()), axis=1), self.len_keep)
 
   def __call__(self, rng: jax.Array, batch_size: int) -> MaskInfo:
     k_cells, k_tie = jax.random.split(rng)

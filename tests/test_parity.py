@@ -1,0 +1,121 @@
+"""Parity with the official implementations: every committed fixture passes `python -m mim_jax.interop.parity`,
+and a changed number makes it fail and name the tensor."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE_ROOT, FIXTURES
+from mim_jax.interop import parity
+from mim_jax.interop.official_mae import from_official, to_official
+
+# Every fixture CI must check: a missing file fails the first test instead of silently shrinking the parametrization.
+EXPECTED = {
+    'official_mae/mae_official_tiny_normpix.npz': 'mae',
+    'official_mae/mae_official_tiny_pix.npz': 'mae',
+    'official_simmim/simmim_official_tiny_p4.npz': 'simmim',
+    'official_simmim/simmim_official_tiny_p4_grid6.npz': 'simmim',
+}
+# What each method's check must cover (a fixture without these outputs would prove less).
+REQUIRED = {
+    'mae': ('len_keep', 'mask', 'ids_restore', 'loss', 'latent', 'pred', 'grad/patch_embed.proj.weight',
+            'grad/blocks.0.attn.qkv.weight', 'grad/decoder_pred.weight', 'grad/cls_token', 'grad/mask_token'),
+    'simmim': ('mask', 'z', 'x_rec', 'loss', 'grad/encoder.patch_embed.proj.weight', 'grad/encoder.pos_embed',
+               'grad/encoder.mask_token', 'grad/encoder.blocks.0.attn.q_bias', 'grad/encoder.blocks.0.attn.v_bias',
+               'grad/encoder.blocks.0.attn.k_bias (zero)', 'grad/decoder.0.weight'),
+}
+
+
+def test_every_fixture_is_in_the_repository():
+  found = sorted(str(p.relative_to(FIXTURE_ROOT)) for p in FIXTURE_ROOT.glob('*/*.npz'))
+  assert found == sorted(EXPECTED), f'fixtures under {FIXTURE_ROOT}: {found}'
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED))
+def test_parity_with_the_official_code(name):
+  path = str(FIXTURE_ROOT / name)
+  assert parity.load(path).method == EXPECTED[name]
+  checks = parity.check_file(path)
+  names = {c.name for c in checks}
+  assert not [r for r in REQUIRED.get(EXPECTED[name], ()) if r not in names]
+  bad = [f'{c.name}: {c.max_abs:.3e} > {c.tolerance:.3e}' for c in checks if not c.ok]
+  assert not bad, bad
+
+
+def _rewrite(src, dst, change):
+  z = dict(np.load(src, allow_pickle=False))
+  change(z)
+  with open(dst, 'wb') as f:
+    np.savez(f, **z)
+  return str(dst)
+
+
+@pytest.mark.parametrize('name, key', [('official_mae/mae_official_tiny_pix.npz', 'param/blocks.1.mlp.fc2.weight'),
+                                       ('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias')])
+def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):
+  def change(z):
+    z[key] = z[key].copy()
+    z[key].flat[0] += 0.05
+
+  bad = _rewrite(FIXTURE_ROOT / name, tmp_path / 'bad.npz', change)
+  assert parity.main([bad]) == 1
+  out = capsys.readouterr().out
+  assert 'FAILED: ' in out
+  failed = out.split('FAILED: ', 1)[1].splitlines()[0].split(', ')
+  outputs = [f for f in failed if not f.startswith('grad/')]
+  assert outputs and len(outputs) < len(failed), failed  # forward outputs and gradients both named
+  assert any(line.startswith(f'  FAIL {outputs[0]} ') for line in out.splitlines())
+
+
+def test_exit_codes_and_errors(tmp_path, capsys):
+  good = str(FIXTURE_ROOT / 'official_mae/mae_official_tiny_pix.npz')
+  assert parity.main([good]) == 0
+  not_npz = tmp_path / 'notes.npz'
+  not_npz.write_text('hello')
+  unknown = _rewrite(good, tmp_path / 'unknown.npz',
+                     lambda z: z.__setitem__('meta_json', np.asarray(json.dumps({'method': 'byol', 'config': {}}))))
+  missing = _rewrite(good, tmp_path / 'missing.npz', lambda z: z.pop('draw/noise'))
+  capsys.readouterr()
+  assert parity.main([str(not_npz), unknown, missing]) == 1
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith(f'{not_npz}: cannot check: {not_npz}: cannot read it as an .npz file')
+  assert "method 'byol' has no parity adapter" in out[1]
+  assert 'needs draw/noise' in out[2]
+
+
+def test_the_older_official_mae_layout_is_read(tmp_path):
+  """Files in the shared/fixtures/official_mae layout (config_json, imgs, noise, ...) check like the new format."""
+  fx = parity.load(str(FIXTURES / 'mae_official_tiny_normpix.npz'))
+  official = fx.meta['official_hparams'] | {'norm_pix_loss': fx.config().norm_pix_loss}
+  legacy = {'config_json': np.asarray(json.dumps(official)), 'imgs': fx.inputs['images'], 'noise': fx.draws['noise'],
+            **{k: fx.outputs[k] for k in ('loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')},
+            **{f'param/{k}': v for k, v in fx.params.items()}, **{f'grad/{k}': v for k, v in fx.grads.items()}}
+  path = tmp_path / 'legacy.npz'
+  np.savez(path, **legacy)
+  again = parity.load(str(path))
+  assert again.config() == fx.config() and again.meta['layout'].startswith('official_mae')
+  checks = parity.check_file(str(path))
+  assert len(checks) > 60 and all(c.ok for c in checks)
+
+
+def test_official_state_dict_round_trip():
+  fx = parity.load(str(FIXTURES / 'mae_official_tiny_normpix.npz'))
+  params = from_official(fx.params)
+  p = fx.config().model.encoder.patch_size
+  side = fx.inputs['images'].shape[-1] // p
+  back = to_official(params, patch_size=p, grid_hw=(side, side))
+  assert sorted(back) == sorted(fx.params)
+  for k, v in fx.params.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+def test_simmim_state_dict_round_trip():
+  from mim_jax.interop import official_simmim
+
+  fx = parity.load(str(FIXTURE_ROOT / 'official_simmim/simmim_official_tiny_p4.npz'))
+  back, k_bias = official_simmim.to_official(official_simmim.from_official(fx.params), patch_size=4)
+  assert sorted(back) == sorted(fx.params)
+  for k, v in fx.params.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+  assert all(not v.any() for v in k_bias.values())
