@@ -51,8 +51,10 @@ def _rewrite(src, dst, change):
   return str(dst)
 
 
-@pytest.mark.parametrize('name, key', [('official_mae/mae_official_tiny_pix.npz', 'param/blocks.1.mlp.fc2.weight'),
-                                       ('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias')])
+@pytest.mark.parametrize('name, key', [
+    ('official_mae/mae_official_tiny_pix.npz', 'param/blocks.1.mlp.fc2.weight'),
+    ('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias'),
+])
 def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):
   def change(z):
     z[key] = z[key].copy()
