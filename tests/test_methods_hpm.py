@@ -21,7 +21,8 @@ def reference_bce(pred, target, valid):
         if not (valid[b, i] and valid[b, j]) or target[b, i] == target[b, j]:
           continue
         prob_j_harder = 1.0 / (1.0 + np.exp(-(pred[b, j] - pred[b, i])))
-        total += -np.log(prob_j_harder if target[b, j] > target[b, i] else 1.0 - prob_j_harder)
+        # The authors' forward_learning_loss, its 1e-6 inside the logs included.
+        total += -np.log((prob_j_harder if target[b, j] > target[b, i] else 1.0 - prob_j_harder) + 1e-6)
         count += 1
   return total / count
 
@@ -123,7 +124,9 @@ def test_loss_fn_trains_the_predictor_and_the_ema_teacher_follows_the_update(hpm
   np.testing.assert_allclose(float(loss), float(metrics['recon_loss']) + float(metrics['rank_loss']), rtol=1e-5)
   assert 0.0 < float(metrics['rank_loss'])
   norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))
-  assert norm(grads['predictor']) > 0 and norm(grads['encoder']) > 0  # the predictor is trained jointly
+  predictor = {k: v for k, v in grads['decoder'].items() if k.endswith('losspred') or 'losspred_' in k}
+  assert len(predictor) == 2 + method.decoder.predictor_depth  # its blocks, norm and head
+  assert norm(predictor) > 0 and norm(grads['encoder']) > 0  # the predictor is trained jointly
   jax.tree.map(np.testing.assert_array_equal, new_extras['teacher'], extras['teacher'])  # the loss leaves it
   # After the optimizer step, the teacher moves towards the *updated* params (no one-step lag).
   updated = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)

@@ -14,6 +14,8 @@ from mim_jax.interop.official_mae import from_official, to_official
 EXPECTED = {
     'official_mae/mae_official_tiny_normpix.npz': 'mae',
     'official_mae/mae_official_tiny_pix.npz': 'mae',
+    'official_hpm/hpm_official_tiny_normpix.npz': 'hpm',
+    'official_hpm/hpm_official_tiny_pix.npz': 'hpm',
     'official_simmim/simmim_official_tiny_p4.npz': 'simmim',
     'official_simmim/simmim_official_tiny_p4_grid6.npz': 'simmim',
 }
@@ -24,6 +26,10 @@ REQUIRED = {
     'simmim': ('mask', 'z', 'x_rec', 'loss', 'grad/encoder.patch_embed.proj.weight', 'grad/encoder.pos_embed',
                'grad/encoder.mask_token', 'grad/encoder.blocks.0.attn.q_bias', 'grad/encoder.blocks.0.attn.v_bias',
                'grad/encoder.blocks.0.attn.k_bias (zero)', 'grad/decoder.0.weight'),
+    'hpm': ('teacher_loss_pred', 'mask', "mask (from mim_jax's own teacher prediction)", 'latent', 'pix_pred',
+            'loss_pred', 'recon_loss', 'rank_loss', 'loss', 'grad/decoder_embed.weight', 'grad/mask_token',
+            'grad/decoder_blocks_losspred.0.attn.qkv.weight', 'grad/decoder_pred_losspred.weight',
+            'grad/blocks.0.mlp.fc1.weight'),
 }
 
 
@@ -54,6 +60,7 @@ def _rewrite(src, dst, change):
 @pytest.mark.parametrize('name, key', [
     ('official_mae/mae_official_tiny_pix.npz', 'param/blocks.1.mlp.fc2.weight'),
     ('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias'),
+    ('official_hpm/hpm_official_tiny_pix.npz', 'param/decoder_blocks_losspred.0.mlp.fc1.weight'),
 ])
 def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):
   def change(z):

@@ -16,7 +16,8 @@ import numpy as np
 
 from mim_jax.models.vit import sincos_2d_table
 
-_BLOCK = re.compile(r'^(decoder_blocks|blocks)\.(\d+)\.(.+)$')
+# HPM's loss predictor (models_mae_learn_loss.py) adds decoder_blocks_losspred.* / decoder_{norm,pred}_losspred.*.
+_BLOCK = re.compile(r'^(decoder_blocks_losspred|decoder_blocks|blocks)\.(\d+)\.(.+)$')
 _LEAF = {'weight': 'kernel', 'bias': 'bias'}
 _NORM_LEAF = {'weight': 'scale', 'bias': 'bias'}
 
@@ -77,9 +78,10 @@ def from_official(state: Mapping[str, Any], *, check_pos_embed: bool = True) -> 
       _set(params, ('encoder', 'norm', _NORM_LEAF[key.split('.')[1]]), value)
     elif key == 'mask_token':
       _set(params, ('decoder', 'mask_token'), value)
-    elif key in ('decoder_norm.weight', 'decoder_norm.bias'):
-      _set(params, ('decoder', 'decoder_norm', _NORM_LEAF[key.split('.')[1]]), value)
-    elif key.split('.')[0] in ('decoder_embed', 'decoder_pred') and key.count('.') == 1:
+    elif key.split('.')[0] in ('decoder_norm', 'decoder_norm_losspred') and key.count('.') == 1:
+      mod, leaf = key.split('.')
+      _set(params, ('decoder', mod, _NORM_LEAF[leaf]), value)
+    elif key.split('.')[0] in ('decoder_embed', 'decoder_pred', 'decoder_pred_losspred') and key.count('.') == 1:
       mod, leaf = key.split('.')
       _set(params, ('decoder', mod, _LEAF[leaf]), value.T if leaf == 'weight' else value)
     else:
@@ -128,6 +130,12 @@ def to_official(params: Mapping[str, Any], *, patch_size: int,
     emit_blocks(dec, 'decoder_blocks')
     out['decoder_norm.weight'] = np.asarray(dec['decoder_norm']['scale'])
     out['decoder_norm.bias'] = np.asarray(dec['decoder_norm']['bias'])
+    if 'decoder_norm_losspred' in dec:  # HPM's loss predictor
+      emit_blocks(dec, 'decoder_blocks_losspred')
+      out['decoder_norm_losspred.weight'] = np.asarray(dec['decoder_norm_losspred']['scale'])
+      out['decoder_norm_losspred.bias'] = np.asarray(dec['decoder_norm_losspred']['bias'])
+      out['decoder_pred_losspred.weight'] = np.asarray(dec['decoder_pred_losspred']['kernel']).T
+      out['decoder_pred_losspred.bias'] = np.asarray(dec['decoder_pred_losspred']['bias'])
     if grid_hw is not None:
       out['decoder_pos_embed'] = _with_cls_row(sincos_2d_table(out['mask_token'].shape[-1], *grid_hw))
   return out

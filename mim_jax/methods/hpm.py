@@ -4,18 +4,18 @@ MAE plus an auxiliary *loss predictor* that learns, per patch, how hard the patc
 masks are then chosen where the predicted difficulty is high. The mechanism, as pinned down from the paper
 and the authors' released code (read for semantics; nothing is copied):
 
-* Loss predictor: a second MAE-style decoder branch on the encoder's latent (same width/depth/heads as
-  the reconstruction decoder) ending in one scalar per patch. It sees the same visible tokens + mask tokens
-  as the reconstruction decoder, so it learns to predict each *masked* patch's reconstruction loss from
-  the visible context. (The authors' branch shares ``decoder_embed`` and the mask token with the
-  reconstructor and averages a ``p*p*C`` output; here it is a separate :class:`MAEDecoder` with ``out_dim=1``:
-  the same function class, one extra linear layer and token.)
+* Loss predictor: a second decoder branch, as in the authors' code (``models_mae_learn_loss.py``): it shares
+  the reconstruction decoder's input (``decoder_embed``, the mask token and the sin-cos positions over the visible
+  tokens + mask tokens) and has its own blocks (``decoder_blocks_losspred_{i}``, as many as the decoder's), norm and
+  linear layer to ``p*p*C`` values, averaged into one score per patch. It learns each *masked* patch's loss from
+  the visible context; its loss trains the shared input layer and the encoder too. (Before 2026-12-06 the
+  predictor was a separate decoder with its own input layer and one output; docs/methods.md.)
 * Relative objective: over every pair (i, j) of masked patches of the same image whose true losses
   differ, binary cross-entropy of ``sigmoid(p_j - p_i)`` against the hard label ``[l_j > l_i]``, where
-  ``l`` is the stop-gradient per-patch reconstruction loss; averaged over such pairs. Only the order of the
-  losses is learned, not their values. :func:`relative_ranking_loss` also offers a margin-free hinge
-  ``relu(-sign(l_j - l_i) (p_j - p_i))``, which is exactly zero when the predictions are ordered like the
-  losses; the BCE only tends to zero as the ordered predictions spread apart (see its docstring).
+  ``l`` is the stop-gradient per-patch reconstruction loss, with the authors' ``+1e-6`` inside each log; averaged
+  over such pairs. Only the order of the losses is learned, not their values. :func:`relative_ranking_loss` also
+  offers a margin-free hinge ``relu(-sign(l_j - l_i) (p_j - p_i))``, which is exactly zero when the predictions
+  are ordered like the losses; the BCE only tends to zero as the ordered predictions spread apart.
 * Easy-to-hard masks: at step t a fraction ``alpha_t`` of the masked patches are the patches with the
   highest predicted loss and the rest are drawn uniformly at random from the others;
   ``alpha_t = alpha_0 + (alpha_T - alpha_0) * (t + 1) / T`` grows linearly (0 -> 0.5 in the paper; the
@@ -33,6 +33,8 @@ the updated params (``after_update``, inside the jitted step), as in the authors
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,11 +44,12 @@ from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods.base import check_images, register
 from mim_jax.methods.mae import MAE
-from mim_jax.models.decoders import MAEDecoder
-from mim_jax.models.vit import ViTEncoder
+from mim_jax.models.decoders import decoder_input, decoder_tower
+from mim_jax.models.vit import EMBED, ViTEncoder, dense, layer_norm, token_dense
 from mim_jax.targets import pixel_target
 
 RANKING_KINDS = ('bce', 'hinge')
+BCE_EPS = 1e-6  # inside the BCE's logs, as in the authors' forward_learning_loss
 TEACHERS = ('ema', 'online')
 
 
@@ -73,9 +76,10 @@ def relative_ranking_loss(pred: jax.Array, target: jax.Array, valid: jax.Array, 
   takes part; HPM uses the masked patches). A pair (i, j) counts when both are valid and ``target`` differs;
   with ``s = sign(target_j - target_i)`` and ``z = s * (pred_j - pred_i)``:
 
-  * ``'bce'``: ``-log sigmoid(z)``, the binary cross-entropy of ``sigmoid(pred_j - pred_i)`` against the label
-    ``[target_j > target_i]``. It is below ``log 2`` for every correctly ordered pair and goes to 0 only as the
-    correctly ordered predictions move apart (``c * pred`` with ``c -> inf``); it is never exactly 0.
+  * ``'bce'``: about ``-log sigmoid(z)``, the binary cross-entropy of ``sigmoid(pred_j - pred_i)`` against the
+    label ``[target_j > target_i]``, with the authors' ``+1e-6`` inside the log. It is below ``log 2`` for every
+    correctly ordered pair and falls towards ``-log(1 + 1e-6)`` (about ``-1e-6``) as the correctly ordered
+    predictions move apart.
   * ``'hinge'``: ``relu(-z)``: exactly 0 iff no counted pair is ordered against its target (ties in ``pred``
     cost nothing), positive otherwise.
 
@@ -90,8 +94,13 @@ def relative_ranking_loss(pred: jax.Array, target: jax.Array, valid: jax.Array, 
   dp = pred[:, None, :] - pred[:, :, None]
   sign = jnp.sign(target[:, None, :] - target[:, :, None])
   pairs = valid[:, :, None] * valid[:, None, :] * jnp.abs(sign)
-  z = sign * dp
-  per_pair = -jax.nn.log_sigmoid(z) if kind == 'bce' else jax.nn.relu(-z)
+  if kind == 'bce':
+    # The authors' expression, eps included: -[l_j > l_i] log(s + 1e-6) - [l_j < l_i] log(1 - s + 1e-6) with
+    # s = sigmoid(p_j - p_i). The eps caps a pair's loss (at -log 1e-6 = 13.8) and its gradient.
+    prob = jax.nn.sigmoid(dp)
+    per_pair = jnp.where(sign > 0, -jnp.log(prob + BCE_EPS), -jnp.log(1.0 - prob + BCE_EPS))
+  else:
+    per_pair = jax.nn.relu(-sign * dp)
   return (per_pair * pairs).sum() / jnp.maximum(pairs.sum(), 1.0)
 
 
@@ -107,32 +116,68 @@ def hard_patch_mask(difficulty: jax.Array, len_keep: int, alpha: jax.Array, rng:
   """Easy-to-hard HPM mask: the ``floor(alpha * num_masked)`` patches with the highest ``difficulty`` are
   masked, and the rest of the ``num_masked = N - len_keep`` masked patches are uniformly random among the
   others. ``len_keep`` is static; ``alpha`` may be traced (it follows the step)."""
-  b, n = difficulty.shape
+  noise = jax.random.uniform(rng, difficulty.shape)
+  return hard_patch_mask_from_noise(difficulty, len_keep, alpha, noise)
+
+
+def hard_patch_mask_from_noise(difficulty: jax.Array, len_keep: int, alpha: jax.Array,
+                               noise: jax.Array) -> masking.MaskInfo:
+  """:func:`hard_patch_mask` with its random draw given: ``noise`` ``[B, N]`` in ``[0, 1)``; among the patches that
+  are not hard, the ``len_keep`` with the smallest noise stay visible. (The authors shuffle the non-hard patches
+  with ``np.random.shuffle`` and keep the first ``len_keep``: noise ``i / N`` at the ``i``-th shuffled patch
+  replays their draw.)"""
+  n = difficulty.shape[1]
   num_masked = n - len_keep
+  # float32, like the step's alpha; the authors compute int((L - len_keep) * keep_ratio) in float64.
   n_hard = jnp.floor(num_masked * jnp.clip(alpha, 0.0, 1.0)).astype(jnp.int32)
   # rank 0 = the highest predicted loss.
   rank = jnp.argsort(jnp.argsort(-difficulty.astype(jnp.float32), axis=1, stable=True), axis=1, stable=True)
   hard = rank < n_hard
-  noise = jax.random.uniform(rng, (b, n))
-  # mask_from_scores keeps the smallest scores: the hard patches score above every uniform draw.
+  # mask_from_scores keeps the smallest scores: the hard patches score above every noise value.
   return masking.mask_from_scores(jnp.where(hard, 2.0, noise), len_keep)
+
+
+class HPMDecoder(nn.Module):
+  """The reconstruction decoder and the loss predictor on one shared input (see the module docstring)."""
+
+  width: int
+  depth: int
+  num_heads: int
+  out_dim: int
+  grid_hw: tuple[int, int]
+  predictor_depth: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  attention_impl: str = 'auto'
+  remat: bool | str = False
+
+  @nn.compact
+  def __call__(self, latent: jax.Array, ids_restore: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(pred [B, N, out_dim], loss_pred [B, N])`` for every token in raster order."""
+    x = decoder_input(self, latent, ids_restore)
+    pred = decoder_tower(self, x, 'decoder_blocks', self.depth)
+    pred = layer_norm(self.dtype, 'decoder_norm')(pred)
+    pred = token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'decoder_pred'), pred)
+    loss_pred = decoder_tower(self, x, 'decoder_blocks_losspred', self.predictor_depth)
+    loss_pred = layer_norm(self.dtype, 'decoder_norm_losspred')(loss_pred)
+    loss_pred = token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'decoder_pred_losspred'), loss_pred)
+    return pred[:, 1:], jnp.mean(loss_pred[:, 1:].astype(jnp.float32), axis=-1)
 
 
 class HPMModel(nn.Module):
   encoder: ViTEncoder
-  decoder: MAEDecoder
-  predictor: MAEDecoder
+  decoder: HPMDecoder
 
   def __call__(self, images: jax.Array, info: masking.MaskInfo) -> tuple[jax.Array, jax.Array, jax.Array]:
     latent = self.encoder(images, ids_keep=info.ids_keep)['tokens']
-    return latent, self.decoder(latent, info.ids_restore), self.predictor(latent, info.ids_restore)[..., 0]
+    return latent, *self.decoder(latent, info.ids_restore)
 
   def predict_difficulty(self, images: jax.Array) -> jax.Array:
     """Predicted per-patch loss ``[B, N]`` with every token visible (how the teacher picks the mask)."""
     gh, gw = self.encoder.grid(images.shape[1:3])
     everything = jnp.broadcast_to(jnp.arange(gh * gw, dtype=jnp.int32), (images.shape[0], gh * gw))
     latent = self.encoder(images, ids_keep=everything)['tokens']
-    return self.predictor(latent, everything)[..., 0]
+    return self.decoder(latent, everything)[1]
 
 
 @register('hpm')
@@ -157,11 +202,12 @@ class HPM(MAE):
       raise ValueError(f"HPM draws its own masks (hard patches + uniform random): set config.mask.name='random' "
                        f'(with the ratio), got {config.mask.name!r}.')
     m = config.model
-    depth = h.predictor_depth if h.predictor_depth > 0 else m.decoder.depth
-    self.predictor = MAEDecoder(width=m.decoder.width, depth=depth, num_heads=m.decoder.num_heads,
-                                mlp_ratio=m.decoder.get('mlp_ratio', 4.0), out_dim=1, grid_hw=self.grid_hw,
-                                **self.module_settings())
-    self.model = HPMModel(self.encoder, self.decoder, self.predictor)
+    p, c = self.encoder.patch_size, self.image_shape[-1]
+    self.decoder = HPMDecoder(width=m.decoder.width, depth=m.decoder.depth, num_heads=m.decoder.num_heads,
+                              out_dim=p * p * c, grid_hw=self.grid_hw,
+                              predictor_depth=h.predictor_depth if h.predictor_depth > 0 else m.decoder.depth,
+                              mlp_ratio=m.decoder.get('mlp_ratio', 4.0), **self.module_settings())
+    self.model = HPMModel(self.encoder, self.decoder)
     self._total_steps = h.total_steps if h.total_steps > 0 else facts.total_steps
 
   # -- schedules (functions of the step, which lives in the train state) --
