@@ -12,6 +12,8 @@ from mim_jax.interop.official_mae import from_official, to_official
 
 # Every fixture CI must check: a missing file fails the first test instead of silently shrinking the parametrization.
 EXPECTED = {
+    'official_colormae/colormae_official_full.npz': 'colormae_mask',
+    'official_colormae/colormae_official_residual.npz': 'colormae_mask',
     'official_mae/mae_official_tiny_normpix.npz': 'mae',
     'official_mae/mae_official_tiny_pix.npz': 'mae',
     'official_hpm/hpm_official_tiny_normpix.npz': 'hpm',
@@ -21,6 +23,7 @@ EXPECTED = {
 }
 # What each method's check must cover (a fixture without these outputs would prove less).
 REQUIRED = {
+    'colormae_mask': ('len_keep', 'window', 'mask', 'ids_keep', 'ids_restore'),
     'mae': ('len_keep', 'mask', 'ids_restore', 'loss', 'latent', 'pred', 'grad/patch_embed.proj.weight',
             'grad/blocks.0.attn.qkv.weight', 'grad/decoder_pred.weight', 'grad/cls_token', 'grad/mask_token'),
     'simmim': ('mask', 'z', 'x_rec', 'loss', 'grad/encoder.patch_embed.proj.weight', 'grad/encoder.pos_embed',
@@ -75,6 +78,17 @@ def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, cap
   outputs = [f for f in failed if not f.startswith('grad/')]
   assert outputs and len(outputs) < len(failed), failed  # forward outputs and gradients both named
   assert any(line.startswith(f'  FAIL {outputs[0]} ') for line in out.splitlines())
+
+
+@pytest.mark.parametrize('key', ['draw/crop_top', 'draw/horizontal_flip'])
+def test_a_changed_colormae_draw_fails(key, tmp_path, capsys):
+  # The 'residual' set flips horizontally only: a mim_jax that confused the two flips (or shifted the crop) fails.
+  def change(z):
+    z[key] = np.logical_not(z[key]) if z[key].dtype == bool else z[key] + 1
+
+  bad = _rewrite(FIXTURE_ROOT / 'official_colormae/colormae_official_residual.npz', tmp_path / 'bad.npz', change)
+  assert parity.main([bad]) == 1
+  assert 'FAILED: window, mask, ids_keep, ids_restore' in capsys.readouterr().out
 
 
 def test_exit_codes_and_errors(tmp_path, capsys):

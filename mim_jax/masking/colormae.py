@@ -127,24 +127,46 @@ class ColorNoiseMask(RatioCounts):
 
   def noise(self, rng: jax.Array, batch_size: int) -> jax.Array:
     """Per-example noise windows ``[B, N]``: random pattern, random wrap-around offset, random flips."""
-    h, w, p = self.grid.height, self.grid.width, self.pattern_side
+    p = self.pattern_side
     # One uniform draw per example covers all five choices (a single PRNG call compiles much faster).
     u = jax.random.uniform(rng, (batch_size, 5))
 
     def pick(col: int, n: int) -> jax.Array:  # uniform integer in [0, n)
       return jnp.minimum(jnp.floor(u[:, col] * n), n - 1).astype(jnp.int32)
 
-    idx, dy, dx = pick(0, self.bank_size), pick(1, p), pick(2, p)
+    flip_rows = u[:, 3] < 0.5 if self.flips else jnp.zeros((batch_size,), bool)
+    flip_cols = u[:, 4] < 0.5 if self.flips else jnp.zeros((batch_size,), bool)
+    return self.windows(pick(0, self.bank_size), pick(1, p), pick(2, p), flip_rows, flip_cols)
+
+  def windows(self, idx: jax.Array, dy: jax.Array, dx: jax.Array, flip_rows: jax.Array,
+              flip_cols: jax.Array) -> jax.Array:
+    """Noise windows ``[B, N]`` (raster order) for given draws, each ``[B]``: pattern ``idx``, top-left offset
+    ``(dy, dx)`` (wrapping around the periodic pattern), and whether the window's rows (vertical flip) and columns
+    (horizontal flip) are reversed after the crop."""
+    h, w, p = self.grid.height, self.grid.width, self.pattern_side
+    batch_size = idx.shape[0]
     rows = (dy[:, None] + jnp.arange(h)[None, :]) % p  # [B, h]
     cols = (dx[:, None] + jnp.arange(w)[None, :]) % p  # [B, w]
-    if self.flips:
-      rows = jnp.where(u[:, 3:4] < 0.5, rows[:, ::-1], rows)
-      cols = jnp.where(u[:, 4:5] < 0.5, cols[:, ::-1], cols)
+    rows = jnp.where(flip_rows[:, None], rows[:, ::-1], rows)
+    cols = jnp.where(flip_cols[:, None], cols[:, ::-1], cols)
     flat = (idx[:, None, None] * p + rows[:, :, None]) * p + cols[:, None, :]  # [B, h, w] into the flat bank
     return jnp.take(jnp.asarray(self._bank).reshape(-1), flat.reshape(batch_size, h * w), axis=0)
 
-  def __call__(self, rng: jax.Array, batch_size: int) -> MaskInfo:
-    window = self.noise(rng, batch_size)
+  def with_bank(self, bank: np.ndarray) -> ColorNoiseMask:
+    """This generator over another ``[bank_size, P, P]`` bank (e.g. the authors' pattern file, or a parity
+    fixture's), in place of the one built from the filters."""
+    bank = np.asarray(bank, np.float32)
+    if bank.shape != self._bank.shape:
+      raise ValueError(f'the bank must be {self._bank.shape} (bank_size, pattern_size, pattern_size) for this '
+                       f'generator, got {bank.shape}.')
+    other = dataclasses.replace(self)
+    object.__setattr__(other, '_bank', bank)
+    return other
+
+  def from_windows(self, window: jax.Array) -> MaskInfo:
+    """The mask of given noise windows ``[B, N]``: the ``len_keep`` strongest (``keep='high'``) are visible."""
     # mask_from_scores keeps the smallest scores: negate to keep the strongest noise.
-    scores = -window if self.keep == 'high' else window
-    return mask_from_scores(scores, self.len_keep)
+    return mask_from_scores(-window if self.keep == 'high' else window, self.len_keep)
+
+  def __call__(self, rng: jax.Array, batch_size: int) -> MaskInfo:
+    return self.from_windows(self.noise(rng, batch_size))
