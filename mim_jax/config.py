@@ -101,7 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_eval_examples = 10000
   c.eval.raw_pixels_max_features = 4096  # the raw-pixel logistic regression only for images this small
   c.eval.linear_probe = ml_collections.ConfigDict(dict(epochs=90, batch_size=256, base_lr=0.1, warmup_epochs=10))
-  c.eval.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
+  # labels_per_class > 0 adds the few-label k-NN (knn_{n}shot/top1: that many labelled images per class, mean and
+  # std over label_draws draws); 0 turns it off.
+  c.eval.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07, labels_per_class=10, label_draws=5,
+                                              label_seed=0))
   c.eval.random_init_baseline = True
   c.eval.figure = True
   c.task = 'pretrain'

@@ -59,3 +59,31 @@ def test_matches_brute_force_for_any_batch_size(batch_size):
 def test_k_larger_than_train_set_and_top5():
   res = knn_classify(TRAIN, LABELS, QUERY, [2], num_classes=3, k=20)
   assert res['top1'] == 0.0 and res['top5'] == 1.0
+
+
+def test_few_label_knn_draws_fixed_label_sets_and_reports_mean_and_std():
+  from mim_jax.eval.knn import few_label_indices, few_label_knn
+
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4), 50)  # 4 classes, 50 each
+  centers = rng.normal(size=(4, 16)) * 3
+  train = centers[labels] + rng.normal(size=(200, 16))
+  test_labels = np.repeat(np.arange(4), 20)
+  test = centers[test_labels] + rng.normal(size=(80, 16))
+  sets = few_label_indices(labels, 5, 3, seed=1)
+  assert len(sets) == 3 and all(len(s) == 20 for s in sets)
+  assert all(np.array_equal(np.bincount(labels[s], minlength=4), [5, 5, 5, 5]) for s in sets)
+  assert not np.array_equal(sets[0], sets[1])  # different draws
+  again = few_label_indices(labels, 5, 3, seed=1)
+  assert all(np.array_equal(a, b) for a, b in zip(sets, again))  # the same images for every encoder
+  # a class with fewer examples than asked contributes all of them
+  short = few_label_indices(np.array([0, 0, 1, 1, 1, 1]), 3, 1, seed=0)[0]
+  assert sorted(np.bincount(np.array([0, 0, 1, 1, 1, 1])[short])) == [2, 3]
+
+  good = few_label_knn(train, labels, test, test_labels, labels_per_class=5, draws=3, num_classes=4, k=20)
+  assert good['top1'] > 0.9 and good['top1_std'] >= 0.0
+  noise = few_label_knn(rng.normal(size=(200, 16)), labels, test, test_labels, labels_per_class=5, draws=3,
+                        num_classes=4)
+  assert noise['top1'] < 0.5  # features without class structure stay near chance with few labels
+  with pytest.raises(ValueError, match='labels_per_class'):
+    few_label_indices(labels, 0, 3, seed=0)

@@ -4,7 +4,9 @@ sense; a reconstruction figure. Writes everything into the workdir's flat ``summ
 
 Keys (fractions in [0, 1]): ``linear_probe/top1`` (the MAE probe head: BatchNorm without affine + linear,
 LARS), ``knn/top1`` (k=20, T=0.07), ``logreg/top1`` (scikit-learn logistic regression), each also under
-``random_init/``; ``raw_pixels/logreg/top1`` and ``raw_pixels/knn/top1`` when an image has at most
+``random_init/``; ``knn_{n}shot/top1`` and ``knn_{n}shot/top1_std``, the few-label k-NN (``eval.knn.labels_per_class``
+= n labelled images per class, mean and std over ``eval.knn.label_draws`` draws; also under ``random_init/`` and
+``raw_pixels/``); ``raw_pixels/logreg/top1`` and ``raw_pixels/knn/top1`` when an image has at most
 ``eval.raw_pixels_max_features`` values.
 
 The features stream through the method (``method.feature``) sharded over the run's mesh, from at most
@@ -55,7 +57,19 @@ def probe_all(train_x, train_y, test_x, test_y, num_classes: int, cfg, seed: int
                              temperature=cfg.knn.temperature)
   logreg = lp.logistic_regression_probe(train_x, train_y, test_x, test_y)
   return {'linear_probe/top1': lin['top1'], 'linear_probe/top5': lin['top5'], 'knn/top1': knn['top1'],
-          'logreg/top1': logreg['top1']}
+          'logreg/top1': logreg['top1'], **few_label(train_x, train_y, test_x, test_y, num_classes, cfg)}
+
+
+def few_label(train_x, train_y, test_x, test_y, num_classes: int, cfg) -> dict[str, float]:
+  """``knn_{n}shot/top1`` (and ``_std``): the k-NN with ``eval.knn.labels_per_class`` labelled images per class,
+  over ``eval.knn.label_draws`` draws (seeded by ``eval.knn.label_seed``: the same images for every encoder)."""
+  n = int(cfg.knn.get('labels_per_class', 0))  # workdirs written before the field existed: off
+  if n <= 0:
+    return {}
+  out = knn_lib.few_label_knn(train_x, train_y, test_x, test_y, labels_per_class=n,
+                              draws=int(cfg.knn.get('label_draws', 5)), seed=int(cfg.knn.get('label_seed', 0)),
+                              num_classes=num_classes, k=cfg.knn.k, temperature=cfg.knn.temperature)
+  return {f'knn_{n}shot/top1': out['top1'], f'knn_{n}shot/top1_std': out['top1_std']}
 
 
 def _split_features(features: streaming.FrozenFeatures, config):
@@ -88,7 +102,8 @@ def _raw_pixels(config, method, mesh, rules, num_classes: int) -> dict[str, floa
   # the same k-NN as on the encoder's features (cosine, k, temperature)
   knn = knn_lib.knn_classify(*data['train'], *data['test'], num_classes=num_classes, k=cfg.knn.k,
                              temperature=cfg.knn.temperature)
-  return {'raw_pixels/logreg/top1': raw['top1'], 'raw_pixels/knn/top1': knn['top1']}
+  few = {f'raw_pixels/{k}': v for k, v in few_label(*data['train'], *data['test'], num_classes, cfg).items()}
+  return {'raw_pixels/logreg/top1': raw['top1'], 'raw_pixels/knn/top1': knn['top1'], **few}
 
 
 def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=None, rules=None) -> dict:
