@@ -263,6 +263,41 @@ def hpm_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def dmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """MAE + DMAE's feature distillation from a frozen teacher (``fields`` go into ``config.dmae``; see
+  :func:`mim_jax.methods.dmae.dmae_defaults`)."""
+  c.method = 'dmae'
+  c.dmae = ml_collections.ConfigDict(fields)
+  return c
+
+
+def dmae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """DMAE, ViT-B/16 student from an MAE ViT-L/16 teacher, 100 epochs: see configs/dmae/vit_base_in1k.py."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/dmae/vit_base_in1k.py')
+  c = mae_in1k('base/16', 100.0, arg)
+  # The teacher is the run's to give (--config.dmae.teacher=WORKDIR); the method refuses to start without one.
+  dmae(c, teacher='', teacher_layers=(17,), student_layers=(8,), distance='l1', normalize=True, weight=1.0)
+  if 'cpu' in parts:  # plumbing only: a random-init teacher, 1.5x the tiny student's width
+    c.dmae.teacher_model = dict(width=96, depth=3, num_heads=4)
+    c.dmae.teacher_layers, c.dmae.student_layers = (1,), (0,)
+  return c
+
+
+def dmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """DMAE on Fashion-MNIST: the MAE recipe's student at DMAE's high-ratio regime, distilled from a pre-trained
+  MAE workdir: see configs/dmae/fashion_mnist.py."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny'}, 'configs/dmae/fashion_mnist.py')
+  c = mae_fashion_mnist('tiny' if 'tiny' in parts else None)
+  c.mask.ratio = 0.875  # 2 of the 16 tokens visible (0.9 would leave int(16 * 0.1) = 1)
+  dmae(c, teacher='', teacher_layers=(2,), student_layers=(2,), distance='l1', normalize=True, weight=1.0)
+  if 'tiny' in parts:  # plumbing only: a random-init teacher
+    c.dmae.teacher_model = dict(width=48, depth=2, num_heads=2)
+    c.dmae.teacher_layers, c.dmae.student_layers = (1,), (0,)
+  return c
+
+
 ABLATION_MASKS = ('block', 'colormae_red', 'colormae_blue', 'colormae_green', 'colormae_purple', 'gmml')
 ABLATION_VARIANTS = ('mae', 'simmim', 'hpm', *ABLATION_MASKS)
 

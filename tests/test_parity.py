@@ -16,6 +16,8 @@ EXPECTED = {
     'official_colormae/colormae_official_residual.npz': 'colormae_mask',
     'official_mae/mae_official_tiny_normpix.npz': 'mae',
     'official_mae/mae_official_tiny_pix.npz': 'mae',
+    'official_dmae/dmae_official_tiny.npz': 'dmae',
+    'official_dmae/dmae_official_tiny_two_pairs.npz': 'dmae',
     'official_hpm/hpm_official_tiny_normpix.npz': 'hpm',
     'official_hpm/hpm_official_tiny_pix.npz': 'hpm',
     'official_simmim/simmim_official_tiny_p4.npz': 'simmim',
@@ -24,6 +26,9 @@ EXPECTED = {
 # What each method's check must cover (a fixture without these outputs would prove less).
 REQUIRED = {
     'colormae_mask': ('len_keep', 'window', 'mask', 'ids_keep', 'ids_restore'),
+    'dmae': ('mask', 'ids_restore', 'ids_keep', 'teacher_hidden/0', 'pred', 'pix_loss', 'distill/0', 'loss',
+             'grad/aligned_feature_projection_heads.0.weight', 'grad/blocks.0.attn.qkv.weight',
+             'grad/decoder_pred.weight'),
     'mae': ('len_keep', 'mask', 'ids_restore', 'loss', 'latent', 'pred', 'grad/patch_embed.proj.weight',
             'grad/blocks.0.attn.qkv.weight', 'grad/decoder_pred.weight', 'grad/cls_token', 'grad/mask_token'),
     'simmim': ('mask', 'z', 'x_rec', 'loss', 'grad/encoder.patch_embed.proj.weight', 'grad/encoder.pos_embed',
@@ -64,6 +69,7 @@ def _rewrite(src, dst, change):
     ('official_mae/mae_official_tiny_pix.npz', 'param/blocks.1.mlp.fc2.weight'),
     ('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias'),
     ('official_hpm/hpm_official_tiny_pix.npz', 'param/decoder_blocks_losspred.0.mlp.fc1.weight'),
+    ('official_dmae/dmae_official_tiny.npz', 'param/aligned_feature_projection_heads.0.weight'),
 ])
 def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):
   def change(z):
@@ -89,6 +95,17 @@ def test_a_changed_colormae_draw_fails(key, tmp_path, capsys):
   bad = _rewrite(FIXTURE_ROOT / 'official_colormae/colormae_official_residual.npz', tmp_path / 'bad.npz', change)
   assert parity.main([bad]) == 1
   assert 'FAILED: window, mask, ids_keep, ids_restore' in capsys.readouterr().out
+
+
+def test_a_perturbed_teacher_weight_fails_dmae(tmp_path, capsys):
+  def change(z):
+    key = 'input/teacher/blocks.1.attn.proj.weight'
+    z[key] = z[key].copy()
+    z[key].flat[0] += 0.05
+
+  bad = _rewrite(FIXTURE_ROOT / 'official_dmae/dmae_official_tiny.npz', tmp_path / 'bad.npz', change)
+  assert parity.main([bad]) == 1
+  assert 'FAILED: teacher_hidden/0, distill/0, loss' in capsys.readouterr().out
 
 
 def test_exit_codes_and_errors(tmp_path, capsys):

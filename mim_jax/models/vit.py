@@ -402,7 +402,10 @@ class ViTEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None,
-               mask: jax.Array | None = None, deterministic: bool = True) -> dict[str, jax.Array]:
+               mask: jax.Array | None = None, deterministic: bool = True,
+               hidden: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+    """``hidden``: 0-based block indices whose outputs (the residual stream after that block, before the final
+    norm, ``[B, 1 + K, D]``) are also returned, in that order, under ``'hidden'`` (feature distillation)."""
     if images.ndim != 4:
       raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
     gh, gw = self.grid(images.shape[1:3])
@@ -429,12 +432,20 @@ class ViTEncoder(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
     block = block_class(self.remat)
     rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
+    bad = [i for i in hidden if not 0 <= i < self.depth]
+    if bad:
+      raise ValueError(f'hidden block indices {bad} are outside this {self.depth}-block encoder (0-based).')
+    outputs = {}
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
                 name=f'blocks_{i}')(x, deterministic)
+      if i in hidden:
+        outputs[i] = x
     tokens = layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
-    return {'tokens': tokens, 'cls': tokens[:, 0], 'patch_tokens': tokens[:, 1:],
-            'pooled': tokens[:, 1:].mean(axis=1)}
+    out = {'tokens': tokens, 'cls': tokens[:, 0], 'patch_tokens': tokens[:, 1:], 'pooled': tokens[:, 1:].mean(axis=1)}
+    if hidden:
+      out['hidden'] = tuple(outputs[i] for i in hidden)
+    return out
 
   def _learned_pos_table(self, gh: int, gw: int) -> jax.Array:
     rows = 1 + gh * gw

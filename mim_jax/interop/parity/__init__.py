@@ -42,6 +42,7 @@ ADAPTERS = {
     'simmim': 'mim_jax.interop.parity.simmim',
     'hpm': 'mim_jax.interop.parity.hpm',
     'colormae_mask': 'mim_jax.interop.parity.colormae',
+    'dmae': 'mim_jax.interop.parity.dmae',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 
