@@ -2,13 +2,19 @@
 
   python benchmarks/fashion_mnist.py methods   --root workdirs/fashion [--seeds 0] [--steps N] [--eval-train N]
   python benchmarks/fashion_mnist.py ablations --root workdirs/fashion_ablation --seeds 0,1,2 [--steps N]
+  python benchmarks/fashion_mnist.py teachers  --root workdirs/fashion_ablation --seeds 0,1 \
+      --teacher workdirs/fashion_mae
   python benchmarks/fashion_mnist.py tables    --root workdirs/fashion_ablation [--figure docs/img/x.png]
 
 `methods` runs configs/ablation/fashion_mnist.py:VARIANT for every variant (MAE, SimMIM, HPM, MAE with block,
 GMML and the four ColorMAE masks). `ablations` runs configs/mae/fashion_mnist.py with one change per cell, after
 the MAE paper's Table 1 and Figure 5/6: mask ratio 0.25 / 0.5 / 0.75 / 0.9, raw-pixel vs normalized-pixel
 target, the loss on all patches vs masked ones only, decoder depth 1 / 2 / 4 and width x0.5 / x2, random vs
-block vs grid masking at 0.75. Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished
+block vs grid masking at 0.75. `teachers` runs the teacher-target checks at DMAE's high-ratio regime (mask 0.875,
+2 of 16 tokens visible): MAE, DMAE from the pre-trained MAE workdir given by --teacher (the recipe's, trained once
+with `python -m mim_jax.main --config=configs/mae/fashion_mnist.py --workdir=workdirs/fashion_mae`), and DMAE
+from a random-init teacher of the same architecture; in the ablations' root, so MAE at 0.75 (`baseline`) is in
+the same table. Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished
 run (its summary.json exists) is skipped and an interrupted one resumes from its checkpoint, so the command can be
 re-run until the grid is complete. `--steps` shortens every run (HPM's EMA decays re-derived for the length)
 and `--eval-train` caps the probes' training features (the same for all cells; recorded in ROOT/grid.json, and a
@@ -62,6 +68,18 @@ TABLES = {  # title -> (cells, what the paper found)
     'mask sampling': (('baseline', 'mask_block', 'mask_grid'),
                       'MAE Table 1f / Fig. 6: random > block > grid at 75% (grid is much worse)'),
 }
+# The teacher-target cells (`teachers`): name -> (config, overrides); DMAE cells also get dmae.teacher=--teacher.
+DMAE = 'configs/dmae/fashion_mnist.py'
+TEACHER_CELLS = {
+    'mae_ratio0.875': (MAE, {'mask.ratio': 0.875}),
+    'dmae_ratio0.875': (DMAE, {}),
+    'dmae_random_teacher': (DMAE, {'dmae.teacher_random': True}),
+}
+TABLES['distillation at a high mask ratio'] = (
+    ('baseline', 'mae_ratio0.875', 'dmae_ratio0.875', 'dmae_random_teacher'),
+    'DMAE (Bai et al. 2022): distilling a pre-trained teacher keeps accuracy at extreme ratios (ViT-B fine-tuned '
+    '84.0 at 75%, 83.6 at 95%); the gain must come from what the teacher learned, not from the extra loss')
+FEW_LABEL_TABLES = ('distillation at a high mask ratio',)
 NO_BASELINES = {'eval.random_init_baseline': False, 'eval.raw_pixels_max_features': 0}
 
 
@@ -69,11 +87,15 @@ def _flag(key: str, value) -> str:
   return f'--config.{key}={value}'
 
 
-def runs_for(kind: str, seeds: list[int]) -> list[tuple[str, str, dict]]:
+def runs_for(kind: str, seeds: list[int], teacher: str | None = None) -> list[tuple[str, str, dict]]:
   """(workdir name, config, overrides) of every run of the grid."""
   out = []
   for seed in seeds:
-    if kind == 'methods':
+    if kind == 'teachers':
+      for cell, (config, overrides) in TEACHER_CELLS.items():
+        extra = {'dmae.teacher': teacher} if config == DMAE else {}
+        out.append((f'{cell}_seed{seed}', config, {**overrides, **extra, **NO_BASELINES, 'seed': seed}))
+    elif kind == 'methods':
       out += [(f'{v}_seed{seed}', f'configs/ablation/fashion_mnist.py:{v}',
                {**({} if v == 'mae' else NO_BASELINES), 'seed': seed}) for v in METHOD_VARIANTS]
     else:
@@ -144,7 +166,9 @@ def tables(root: str, figure: str | None) -> None:
     if not dirs:
       continue
     print(f'\n### {title}\n\nPaper: {paper}.\n')
-    report.main([*dirs, '--seeds', '--keys', keys])
+    # the few-label k-NN exists in runs made since 2026-12-06: shown where every cell's runs are that recent
+    few = ',knn_10shot/top1' if title in FEW_LABEL_TABLES else ''
+    report.main([*dirs, '--seeds', '--keys', keys + few])
   if figure:
     draw_ratio_figure(root, names, figure)
 
@@ -181,13 +205,14 @@ def draw_ratio_figure(root: str, names: list[str], out: str) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('what', choices=('methods', 'ablations', 'tables'))
+  parser.add_argument('what', choices=('methods', 'ablations', 'teachers', 'tables'))
   parser.add_argument('--root', required=True, help='folder of the runs (one workdir per run)')
   parser.add_argument('--seeds', default='0', help='comma-separated seeds (default 0)')
   parser.add_argument('--steps', type=int, default=None, help='shorter runs: total_steps of every run')
   parser.add_argument('--eval-train', type=int, default=None, help="cap on the probes' training features")
   parser.add_argument('--jobs', type=int, default=1, help='runs at once')
   parser.add_argument('--only', default='', help='comma-separated run names (e.g. ratio0.25_seed0) to run')
+  parser.add_argument('--teacher', default=None, help='teachers: the pre-trained MAE workdir DMAE distills from')
   parser.add_argument('--figure', default=None, help='tables: where to draw accuracy against mask ratio')
   args = parser.parse_args(argv)
   root = os.path.abspath(args.root)
@@ -196,8 +221,15 @@ def main(argv=None) -> int:
       raise SystemExit(f'error: no runs under {root}: run the methods or ablations grid there first.')
     tables(root, args.figure)
     return 0
+  teacher = None
+  if args.what == 'teachers':
+    teacher = os.path.abspath(args.teacher or '')
+    if not args.teacher or not os.path.isdir(os.path.join(teacher, 'checkpoints')):
+      raise SystemExit(f'error: --teacher must be a pre-training workdir with checkpoints (got {args.teacher!r}); '
+                       'train it with python -m mim_jax.main --config=configs/mae/fashion_mnist.py '
+                       '--workdir=workdirs/fashion_mae')
   check_budget(root, args.steps, args.eval_train)
-  runs = runs_for(args.what, [int(s) for s in args.seeds.split(',') if s])
+  runs = runs_for(args.what, [int(s) for s in args.seeds.split(',') if s], teacher)
   if args.only:
     wanted = set(args.only.split(','))
     runs = [r for r in runs if r[0] in wanted]

@@ -29,8 +29,21 @@ def test_ablation_cells_change_one_thing_each():
   assert runs['ratio0.9_seed2'][1]['mask.ratio'] == 0.9
   assert runs['target_raw_pixels_seed2'][1]['norm_pix_loss'] is False
   assert runs['mask_grid_seed2'][0].endswith(':grid') and runs['baseline_seed2'][0] == bench.MAE
-  for cells, _ in bench.TABLES.values():  # every table cell is a run of the grid
-    assert set(cells) <= set(bench.ABLATIONS)
+  for cells, _ in bench.TABLES.values():  # every table cell is a run of a grid
+    assert set(cells) <= set(bench.ABLATIONS) | set(bench.TEACHER_CELLS)
+
+
+def test_teacher_cells_share_the_student_and_differ_in_the_teacher():
+  runs = {name: (config, overrides) for name, config, overrides in bench.runs_for('teachers', [1], '/t')}
+  assert set(runs) == {'mae_ratio0.875_seed1', 'dmae_ratio0.875_seed1', 'dmae_random_teacher_seed1'}
+  assert runs['mae_ratio0.875_seed1'] == (bench.MAE, {'mask.ratio': 0.875, **bench.NO_BASELINES, 'seed': 1})
+  assert runs['dmae_ratio0.875_seed1'][1]['dmae.teacher'] == '/t'
+  assert runs['dmae_random_teacher_seed1'][1] == {'dmae.teacher_random': True, 'dmae.teacher': '/t',
+                                                  **bench.NO_BASELINES, 'seed': 1}
+  from conftest import load_config
+  assert load_config('configs/dmae/fashion_mnist.py').mask.ratio == 0.875  # the same ratio as the MAE cell
+  with pytest.raises(SystemExit, match='--teacher must be a pre-training workdir'):
+    bench.main(['teachers', '--root', '/tmp/unused_root', '--teacher', '/nonexistent'])
 
 
 def test_one_budget_per_root(tmp_path):
