@@ -37,6 +37,7 @@ from mim_jax.models.decoders import MAEDecoder
 from mim_jax.models.encoders import build_encoder
 from mim_jax.models.vit import EMBED, ViTEncoder, dense, token_dense
 from mim_jax.targets import pixel_target
+from mim_jax.utils.logging import log
 
 DISTANCES = ('l1', 'l2')
 NORMALIZE_EPS = 1e-12  # F.normalize's
@@ -132,6 +133,10 @@ class DMAE(MAE):
     bad = [i for i in self.teacher_layers if not 0 <= i < full.depth]
     if bad:
       raise ValueError(f'config.dmae.teacher_layers {bad} are outside the teacher\'s {full.depth} blocks (0-based).')
+    if self._source is not None:
+      log(f'dmae: teacher {d.teacher} (step {self._source.step}, {full.depth} blocks, width {full.width})'
+          + (' with random weights (teacher_random)' if d.teacher_random else '')
+          + f'; runs blocks 0..{max(self.teacher_layers)}')
     # Truncated after the deepest distilled block; no final norm (the distilled states are before it).
     self.teacher_encoder = full.clone(depth=max(self.teacher_layers) + 1, final_norm=False, use_mask_token=False,
                                       drop_path=0.0, remat=False)
