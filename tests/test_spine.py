@@ -290,7 +290,7 @@ class DistillToy(_ViTToy):
     self.teacher = teachers.from_workdir(config.teacher.init)
     grid = masking.Grid(self.image_shape[0] // self.patch, self.image_shape[1] // self.patch)
     self.masker = masking.build('random', grid, ratio=0.5)
-    self.head = nn.Dense(self.teacher.method.encoder_module().width)
+    self.head = nn.Dense(self.teacher.encoder.width)
 
   def init(self, rng, batch):
     params = self._init(rng, batch['image'])

@@ -46,7 +46,7 @@ NORMALIZE_EPS = 1e-12  # F.normalize's
 def dmae_defaults() -> ml_collections.ConfigDict:
   """``config.dmae``: fields missing from a config take these values (the paper's: ViT-L block 17 -> ViT-B 8)."""
   return ml_collections.ConfigDict(dict(
-      teacher='',  # a mim_jax pre-training workdir; '' = a random-init teacher of teacher_model (plumbing only)
+      teacher='',  # a pre-training workdir or a mim_jax checkpoint file; '' = random-init teacher_model (plumbing)
       teacher_step=-1,  # the workdir's checkpoint to read; -1 = the latest
       teacher_random=False,  # keep the workdir teacher's architecture but not its weights (the control)
       teacher_model=ml_collections.ConfigDict(),  # with teacher='': encoder fields over the student's
@@ -113,12 +113,11 @@ class DMAE(MAE):
     self._source = None
     if d.teacher:
       step = None if d.teacher_step < 0 else int(d.teacher_step)
-      self._source = teachers.from_workdir(d.teacher, step)
-      full = self._source.method.encoder_module()
-      if not isinstance(full, ViTEncoder) or tuple(self._source.method.image_shape) != tuple(self.image_shape):
+      self._source = teachers.load(d.teacher, step)
+      full = self._source.encoder
+      if not isinstance(full, ViTEncoder) or tuple(self._source.image_shape) != tuple(self.image_shape):
         raise ValueError(f'the DMAE teacher {d.teacher} must be a ViT on {self.image_shape} images (it shares the '
-                         f'student\'s visible patches); it is a {type(full).__name__} on '
-                         f'{self._source.method.image_shape}.')
+                         f'student\'s visible patches); it is a {type(full).__name__} on {self._source.image_shape}.')
     elif not d.teacher_model:
       raise ValueError('config.dmae.teacher is empty: set it to the workdir of a pre-trained MAE (the teacher; '
                        'e.g. --config.dmae.teacher=workdirs/fashion_mae), or set config.dmae.teacher_model for a '
@@ -134,7 +133,8 @@ class DMAE(MAE):
     if bad:
       raise ValueError(f'config.dmae.teacher_layers {bad} are outside the teacher\'s {full.depth} blocks (0-based).')
     if self._source is not None:
-      log(f'dmae: teacher {d.teacher} (step {self._source.step}, {full.depth} blocks, width {full.width})'
+      at = f'step {self._source.step}, ' if self._source.step is not None else ''
+      log(f'dmae: teacher {d.teacher} ({at}{full.depth} blocks, width {full.width})'
           + (' with random weights (teacher_random)' if d.teacher_random else '')
           + f'; runs blocks 0..{max(self.teacher_layers)}')
     # Truncated after the deepest distilled block; no final norm (the distilled states are before it).
@@ -156,8 +156,8 @@ class DMAE(MAE):
     encoder = self._source.params['encoder']
     keep = {k: v for k, v in encoder.items() if not (k.startswith('blocks_') and
                                                       int(k.split('_')[1]) >= self.teacher_encoder.depth)}
-    keep.pop('norm', None)
-    keep.pop('mask_token', None)
+    for name in ('norm', 'mask_token', 'pos_embed' if self.teacher_encoder.pos_embed == 'sincos' else ''):
+      keep.pop(name, None)
     return {'teacher': keep}
 
   def teacher_hidden(self, teacher_params, images: jax.Array, info: masking.MaskInfo) -> tuple[jax.Array, ...]:
