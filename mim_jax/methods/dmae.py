@@ -34,10 +34,8 @@ from mim_jax.methods import teachers
 from mim_jax.methods.base import check_images, register
 from mim_jax.methods.mae import MAE
 from mim_jax.models.decoders import MAEDecoder
-from mim_jax.models.encoders import build_encoder
 from mim_jax.models.vit import EMBED, ViTEncoder, dense, token_dense
 from mim_jax.targets import pixel_target
-from mim_jax.utils.logging import log
 
 DISTANCES = ('l1', 'l2')
 NORMALIZE_EPS = 1e-12  # F.normalize's
@@ -46,11 +44,7 @@ NORMALIZE_EPS = 1e-12  # F.normalize's
 def dmae_defaults() -> ml_collections.ConfigDict:
   """``config.dmae``: fields missing from a config take these values (the paper's: ViT-L block 17 -> ViT-B 8)."""
   return ml_collections.ConfigDict(dict(
-      teacher='',  # a pre-training workdir or a mim_jax checkpoint file; '' = random-init teacher_model (plumbing)
-      teacher_step=-1,  # the workdir's checkpoint to read; -1 = the latest
-      teacher_random=False,  # keep the workdir teacher's architecture but not its weights (the control)
-      teacher_model=ml_collections.ConfigDict(),  # with teacher='': encoder fields over the student's
-      teacher_seed=0,  # the random-init teacher's weights
+      **teachers.TEACHER_FIELDS,
       teacher_layers=(17,),
       student_layers=(8,),
       distance='l1',
@@ -110,55 +104,21 @@ class DMAE(MAE):
     if bad:
       raise ValueError(f'config.dmae.student_layers {bad} are outside the student\'s {self.encoder.depth} blocks '
                        '(0-based).')
-    self._source = None
-    if d.teacher:
-      step = None if d.teacher_step < 0 else int(d.teacher_step)
-      self._source = teachers.load(d.teacher, step)
-      full = self._source.encoder
-      if not isinstance(full, ViTEncoder) or tuple(self._source.image_shape) != tuple(self.image_shape):
-        raise ValueError(f'the DMAE teacher {d.teacher} must be a ViT on {self.image_shape} images (it shares the '
-                         f'student\'s visible patches); it is a {type(full).__name__} on {self._source.image_shape}.')
-    elif not d.teacher_model:
-      raise ValueError('config.dmae.teacher is empty: set it to the workdir of a pre-trained MAE (the teacher; '
-                       'e.g. --config.dmae.teacher=workdirs/fashion_mae), or set config.dmae.teacher_model for a '
-                       'random-init teacher (plumbing tests only).')
-    else:
-      full = build_encoder({**dict(config.model.encoder), **dict(d.teacher_model)}, dtype=jnp.float32)
-      if not isinstance(full, ViTEncoder):
-        raise ValueError(f'the DMAE teacher must be a ViT, config.dmae.teacher_model builds a {type(full).__name__}.')
-    if full.patch_size != self.encoder.patch_size:
-      raise ValueError(f'the DMAE teacher has {full.patch_size}-pixel patches, the student {self.encoder.patch_size}:'
-                       ' they must see the same tokens.')
-    bad = [i for i in self.teacher_layers if not 0 <= i < full.depth]
+    self.teacher = teachers.ViTTeacher(d, config.model.encoder, self.image_shape, self.encoder.patch_size, 'dmae')
+    bad = [i for i in self.teacher_layers if not 0 <= i < self.teacher.encoder.depth]
     if bad:
-      raise ValueError(f'config.dmae.teacher_layers {bad} are outside the teacher\'s {full.depth} blocks (0-based).')
-    if self._source is not None:
-      at = f'step {self._source.step}, ' if self._source.step is not None else ''
-      log(f'dmae: teacher {d.teacher} ({at}{full.depth} blocks, width {full.width})'
-          + (' with random weights (teacher_random)' if d.teacher_random else '')
-          + f'; runs blocks 0..{max(self.teacher_layers)}')
+      raise ValueError(f"config.dmae.teacher_layers {bad} are outside the teacher's {self.teacher.encoder.depth} "
+                       'blocks (0-based).')
     # Truncated after the deepest distilled block; no final norm (the distilled states are before it).
-    self.teacher_encoder = full.clone(depth=max(self.teacher_layers) + 1, final_norm=False, use_mask_token=False,
-                                      drop_path=0.0, remat=False)
-    self.heads = ProjectionHeads(out_dims=(full.width,) * len(self.teacher_layers),
+    self.teacher_encoder = self.teacher.module(depth=max(self.teacher_layers) + 1, final_norm=False)
+    self.heads = ProjectionHeads(out_dims=(self.teacher.encoder.width,) * len(self.teacher_layers),
                                  dtype=self.module_settings()['dtype'])
     self.model = DMAEModel(self.encoder, self.decoder, self.heads, self.student_layers)
 
   # -- the teacher --
 
-  def _random_teacher(self):
-    images = jnp.zeros((1, *self.image_shape), jnp.float32)
-    return self.teacher_encoder.init(jax.random.key(int(self.dmae.teacher_seed)), images)['params']
-
   def load_external(self):
-    if self._source is None or self.dmae.teacher_random:
-      return {'teacher': jax.device_get(nn.meta.unbox(self._random_teacher()))}
-    encoder = self._source.params['encoder']
-    keep = {k: v for k, v in encoder.items() if not (k.startswith('blocks_') and
-                                                      int(k.split('_')[1]) >= self.teacher_encoder.depth)}
-    for name in ('norm', 'mask_token', 'pos_embed' if self.teacher_encoder.pos_embed == 'sincos' else ''):
-      keep.pop(name, None)
-    return {'teacher': keep}
+    return {'teacher': self.teacher.params(self.teacher_encoder)}
 
   def teacher_hidden(self, teacher_params, images: jax.Array, info: masking.MaskInfo) -> tuple[jax.Array, ...]:
     out = self.teacher_encoder.apply({'params': teacher_params}, images, ids_keep=info.ids_keep,
@@ -171,7 +131,7 @@ class DMAE(MAE):
     images = self.images(batch)
     info = self.masker(jax.random.key(0), images.shape[0])
     params = self.model.init(rng, images, info)['params']
-    return params, {'teacher': self._random_teacher()}  # shapes; load_external fills the weights
+    return params, {'teacher': self.teacher.random_params(self.teacher_encoder)}  # shapes; load_external fills them
 
   def forward(self, params, images: jax.Array, info: masking.MaskInfo, teacher_params=None) -> dict[str, jax.Array]:
     """MAE's outputs plus ``distill`` (the per-pair distances), ``pix_loss`` and the total ``loss``."""

@@ -87,3 +87,74 @@ def from_checkpoint(path: str) -> Teacher:
   ckpt = interop.load(path, 'mim_jax')
   spec = ckpt.spec
   return Teacher(spec.encoder(), {'encoder': ckpt.params['encoder']}, (*spec.image_size, spec.channels), None, path)
+
+
+# -- a frozen ViT teacher as student methods configure it (DMAE, MR-MAE, ...) --
+
+TEACHER_FIELDS = dict(
+    teacher='',  # a pre-training workdir or a mim_jax checkpoint file; '' = random-init teacher_model (plumbing)
+    teacher_step=-1,  # the workdir's checkpoint to read; -1 = the latest
+    teacher_random=False,  # keep the teacher's architecture but not its weights (the control)
+    teacher_model={},  # with teacher='': encoder fields over the student's (a random-init teacher)
+    teacher_seed=0,  # the random-init teacher's weights
+)
+
+
+class ViTTeacher:
+  """A frozen ViT teacher from a method's config fields (``TEACHER_FIELDS``): a workdir or checkpoint file, the same
+  architecture with random weights (``teacher_random``, the control), or a random-init ``teacher_model`` (plumbing
+  tests only). It must read the student's tokens: a ViT on the student's image shape and patch size."""
+
+  def __init__(self, fields, student_encoder: dict, image_shape: tuple[int, int, int], patch_size: int, what: str):
+    from mim_jax.models.encoders import build_encoder
+    from mim_jax.models.vit import ViTEncoder
+    from mim_jax.utils.logging import log
+
+    self.image_shape = tuple(image_shape)
+    self.random = bool(fields.teacher_random) or not fields.teacher
+    self.seed = int(fields.teacher_seed)
+    self.source = None
+    if fields.teacher:
+      step = None if fields.teacher_step < 0 else int(fields.teacher_step)
+      self.source = load(fields.teacher, step)
+      encoder = self.source.encoder
+      if not isinstance(encoder, ViTEncoder) or tuple(self.source.image_shape) != self.image_shape:
+        raise ValueError(f'the {what} teacher {fields.teacher} must be a ViT on {self.image_shape} images (it reads '
+                         f"the student's tokens); it is a {type(encoder).__name__} on {self.source.image_shape}.")
+      at = f'step {self.source.step}, ' if self.source.step is not None else ''
+      log(f'{what}: teacher {fields.teacher} ({at}{encoder.depth} blocks, width {encoder.width})'
+          + (' with random weights (teacher_random)' if fields.teacher_random else ''))
+    elif not fields.teacher_model:
+      raise ValueError(f'config.{what}.teacher is empty: set it to a pre-trained workdir or checkpoint file (e.g. '
+                       f'--config.{what}.teacher=workdirs/fashion_mae), or set config.{what}.teacher_model for a '
+                       'random-init teacher (plumbing tests only).')
+    else:
+      encoder = build_encoder({**dict(student_encoder), **dict(fields.teacher_model)}, dtype=jax.numpy.float32)
+      if not isinstance(encoder, ViTEncoder):
+        raise ValueError(f'the {what} teacher must be a ViT; config.{what}.teacher_model builds a '
+                         f'{type(encoder).__name__}.')
+    if encoder.patch_size != patch_size:
+      raise ValueError(f'the {what} teacher has {encoder.patch_size}-pixel patches, the student {patch_size}: they '
+                       'must see the same tokens.')
+    self.encoder = encoder.clone(use_mask_token=False, drop_path=0.0, remat=False, dtype=jax.numpy.float32)
+
+  def module(self, depth: int | None = None, final_norm: bool = True):
+    """The teacher as it runs: truncated to its first ``depth`` blocks, with or without the final norm."""
+    return self.encoder.clone(depth=self.encoder.depth if depth is None else depth, final_norm=final_norm)
+
+  def random_params(self, module):
+    images = jax.numpy.zeros((1, *self.image_shape), jax.numpy.float32)
+    return module.init(jax.random.key(self.seed), images)['params']
+
+  def params(self, module) -> Any:
+    """Host params for ``module`` (from :meth:`module`): the loaded weights, pruned to what it runs, or the seeded
+    random ones (the same every time: the teacher is rebuilt after every restore, never checkpointed)."""
+    import flax.linen as nn
+
+    if self.random:
+      return jax.device_get(nn.meta.unbox(self.random_params(module)))
+    encoder = self.source.params['encoder']
+    drop = {'mask_token', *(() if module.final_norm else ('norm',)),
+            *(('pos_embed',) if module.pos_embed == 'sincos' else ())}
+    return {k: v for k, v in encoder.items()
+            if k not in drop and not (k.startswith('blocks_') and int(k.split('_')[1]) >= module.depth)}
