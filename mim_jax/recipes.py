@@ -298,6 +298,36 @@ def dmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def mrmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """MAE + MR-MAE's mimic loss on the visible tokens (``fields`` go into ``config.mrmae``; see
+  :func:`mim_jax.methods.mrmae.mrmae_defaults`)."""
+  c.method = 'mrmae'
+  c.mrmae = ml_collections.ConfigDict(fields)
+  return c
+
+
+def mrmae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MR-MAE, ViT-B/16 student mimicking a frozen ViT-B/16 teacher, 400 epochs: see configs/mrmae/vit_base_in1k.py."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/mrmae/vit_base_in1k.py')
+  c = mae_in1k('base/16', 400.0, arg)
+  mrmae(c, teacher='', target_norm='layernorm', weight=1.0)  # the teacher is the run's to give
+  if 'cpu' in parts:  # plumbing only: a random-init teacher
+    c.mrmae.teacher_model = dict(width=96, depth=2, num_heads=4)
+  return c
+
+
+def mrmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MR-MAE on Fashion-MNIST: the MAE recipe's student mimicking a pre-trained MAE workdir on its visible tokens."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny'}, 'configs/mrmae/fashion_mnist.py')
+  c = mae_fashion_mnist('tiny' if 'tiny' in parts else None)
+  mrmae(c, teacher='', target_norm='layernorm', weight=1.0)
+  if 'tiny' in parts:  # plumbing only: a random-init teacher
+    c.mrmae.teacher_model = dict(width=48, depth=2, num_heads=2)
+  return c
+
+
 ABLATION_MASKS = ('block', 'colormae_red', 'colormae_blue', 'colormae_green', 'colormae_purple', 'gmml')
 ABLATION_VARIANTS = ('mae', 'simmim', 'hpm', *ABLATION_MASKS)
 
