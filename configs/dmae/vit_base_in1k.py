@@ -11,7 +11,7 @@ Settings (the authors' pretrain.sh): MAE ViT-B (mask 0.75, decoder 512 x 8 x 16,
 wd 0.05, base lr 1.5e-4 x batch / 256, batch 4096 (their 128 x 8 GPUs x 4 accumulation), 100 epochs with MAE's
 40 warmup epochs + cosine; teacher block 17 -> student block 8 (0-based), fc-1layer projection 768 -> 1024, L1 on
 l2-normalized features, weight 1. The teacher is a mim_jax pre-training workdir (config.dmae.teacher), e.g. an MAE
-ViT-L run, or the official mae_visualize_vit_large.pth converted with mim_jax.convert into one. ':cpu' uses a
+ViT-L run (converted official weights are not read as teachers yet; docs/methods.md). ':cpu' uses a
 random-init teacher and only checks the plumbing. Published: 84.0 top-1 fine-tuned at mask 0.75 (83.6 at 0.95).
 """
 

@@ -16,7 +16,7 @@ raw features), ``weight`` 1, one teacher (the paper distils CLIP and DINO togeth
 implemented yet), uniform random keep (the paper's "focused mimicking" keeps the tokens the teacher's CLS attends
 to: not implemented yet).
 
-The teacher is configured as in DMAE (:class:`mim_jax.methods.teachers.ViTTeacher`: a workdir or checkpoint file,
+The teacher is configured as in DMAE (:class:`mim_jax.methods.teachers.ViTTeacher`: a pre-training workdir,
 ``teacher_random`` as the control, ``teacher_model`` for plumbing tests) and held in ``extras['teacher']`` (an
 external extra: loaded after every init and restore, never checkpointed, never trained).
 """

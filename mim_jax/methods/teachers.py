@@ -36,12 +36,12 @@ from mim_jax.methods.base import Facts, Method, build
 
 @dataclasses.dataclass
 class Teacher:
-  """A frozen pre-trained encoder and its params (host arrays), from a workdir or a converted checkpoint file."""
+  """A frozen pre-trained encoder and its params (host arrays)."""
 
   encoder: Any  # the encoder module (the feature contract of mim_jax.models.encoders)
   params: Any  # {'encoder': ...}: only the encoder is kept (decoders and heads are not needed for targets)
   image_shape: tuple[int, int, int]  # what the teacher was built for (H, W, C)
-  step: int | None  # the workdir checkpoint's step; None for a checkpoint file
+  step: int | None  # the workdir checkpoint's step
   source: str
   method: Method | None = None  # the method that trained it (workdir teachers)
 
@@ -56,16 +56,13 @@ class Teacher:
 
 
 def load(path: str, step: int | None = None) -> Teacher:
-  """A teacher from a pre-training workdir (a directory) or a mim_jax checkpoint file (``mim_jax.convert`` writes one
-  from timm, Hugging Face or official-MAE weights)."""
-  if os.path.isdir(path):
-    return from_workdir(path, step)
-  if os.path.isfile(path):
-    if step is not None:
-      raise ValueError(f'{path} is a checkpoint file: it has no steps to choose from (drop the step).')
-    return from_checkpoint(path)
-  raise ValueError(f'teacher {path!r} is neither a pre-training workdir nor a checkpoint file; convert outside '
-                   'weights with python -m mim_jax.convert --to mim_jax.')
+  """A teacher from a pre-training workdir. (Checkpoint files written by ``mim_jax.convert`` from timm, Hugging Face
+  or official-MAE weights are not read here yet: their reader lives in ``mim_jax.interop``, a layer above the
+  methods; README, Architecture.)"""
+  if not os.path.isdir(path):
+    raise ValueError(f'teacher {path!r} is not a pre-training workdir (a directory with config.json and '
+                     'checkpoints); checkpoint files are not supported as teachers yet.')
+  return from_workdir(path, step)
 
 
 def from_workdir(path: str, step: int | None = None) -> Teacher:
@@ -80,19 +77,10 @@ def from_workdir(path: str, step: int | None = None) -> Teacher:
                  int(step), path, method)
 
 
-def from_checkpoint(path: str) -> Teacher:
-  """The encoder of a mim_jax checkpoint file (e.g. an official MAE ViT-L converted with ``mim_jax.convert``)."""
-  from mim_jax import interop
-
-  ckpt = interop.load(path, 'mim_jax')
-  spec = ckpt.spec
-  return Teacher(spec.encoder(), {'encoder': ckpt.params['encoder']}, (*spec.image_size, spec.channels), None, path)
-
-
 # -- a frozen ViT teacher as student methods configure it (DMAE, MR-MAE, ...) --
 
 TEACHER_FIELDS = dict(
-    teacher='',  # a pre-training workdir or a mim_jax checkpoint file; '' = random-init teacher_model (plumbing)
+    teacher='',  # a pre-training workdir; '' = a random-init teacher_model (plumbing tests)
     teacher_step=-1,  # the workdir's checkpoint to read; -1 = the latest
     teacher_random=False,  # keep the teacher's architecture but not its weights (the control)
     teacher_model={},  # with teacher='': encoder fields over the student's (a random-init teacher)
@@ -101,7 +89,7 @@ TEACHER_FIELDS = dict(
 
 
 class ViTTeacher:
-  """A frozen ViT teacher from a method's config fields (``TEACHER_FIELDS``): a workdir or checkpoint file, the same
+  """A frozen ViT teacher from a method's config fields (``TEACHER_FIELDS``): a pre-training workdir, the same
   architecture with random weights (``teacher_random``, the control), or a random-init ``teacher_model`` (plumbing
   tests only). It must read the student's tokens: a ViT on the student's image shape and patch size."""
 
@@ -125,7 +113,7 @@ class ViTTeacher:
       log(f'{what}: teacher {fields.teacher} ({at}{encoder.depth} blocks, width {encoder.width})'
           + (' with random weights (teacher_random)' if fields.teacher_random else ''))
     elif not fields.teacher_model:
-      raise ValueError(f'config.{what}.teacher is empty: set it to a pre-trained workdir or checkpoint file (e.g. '
+      raise ValueError(f'config.{what}.teacher is empty: set it to a pre-trained workdir (e.g. '
                        f'--config.{what}.teacher=workdirs/fashion_mae), or set config.{what}.teacher_model for a '
                        'random-init teacher (plumbing tests only).')
     else:
