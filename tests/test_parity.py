@@ -65,11 +65,15 @@ def _rewrite(src, dst, change):
   return str(dst)
 
 
+# One method in the default suite; the others repeat the same mechanism (pytest -m slow runs them).
 @pytest.mark.parametrize('name, key', [
     ('official_mae/mae_official_tiny_pix.npz', 'param/blocks.1.mlp.fc2.weight'),
-    ('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias'),
-    ('official_hpm/hpm_official_tiny_pix.npz', 'param/decoder_blocks_losspred.0.mlp.fc1.weight'),
-    ('official_dmae/dmae_official_tiny.npz', 'param/aligned_feature_projection_heads.0.weight'),
+    pytest.param('official_simmim/simmim_official_tiny_p4.npz', 'param/encoder.blocks.0.attn.v_bias',
+                 marks=pytest.mark.slow),
+    pytest.param('official_hpm/hpm_official_tiny_pix.npz', 'param/decoder_blocks_losspred.0.mlp.fc1.weight',
+                 marks=pytest.mark.slow),
+    pytest.param('official_dmae/dmae_official_tiny.npz', 'param/aligned_feature_projection_heads.0.weight',
+                 marks=pytest.mark.slow),
 ])
 def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):
   def change(z):
@@ -97,6 +101,7 @@ def test_a_changed_colormae_draw_fails(key, tmp_path, capsys):
   assert 'FAILED: window, mask, ids_keep, ids_restore' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_perturbed_teacher_weight_fails_dmae(tmp_path, capsys):
   def change(z):
     key = 'input/teacher/blocks.1.attn.proj.weight'
