@@ -19,7 +19,9 @@ import ml_collections
 
 from mim_jax.config import base_config
 from mim_jax.data.pipeline import default_data_config
+from mim_jax.methods.dmae import dmae_defaults
 from mim_jax.methods.hpm import hpm_defaults
+from mim_jax.methods.mrmae import mrmae_defaults
 
 
 def split_arg(arg: str | None) -> list[str]:
@@ -267,7 +269,9 @@ def dmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """MAE + DMAE's feature distillation from a frozen teacher (``fields`` go into ``config.dmae``; see
   :func:`mim_jax.methods.dmae.dmae_defaults`)."""
   c.method = 'dmae'
-  c.dmae = ml_collections.ConfigDict(fields)
+  block = dmae_defaults()  # every field, so that any of them can be set with --config.dmae.NAME
+  block.update(fields)
+  c.dmae = block
   return c
 
 
@@ -302,7 +306,9 @@ def mrmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """MAE + MR-MAE's mimic loss on the visible tokens (``fields`` go into ``config.mrmae``; see
   :func:`mim_jax.methods.mrmae.mrmae_defaults`)."""
   c.method = 'mrmae'
-  c.mrmae = ml_collections.ConfigDict(fields)
+  block = mrmae_defaults()  # every field, so that any of them can be set with --config.mrmae.NAME
+  block.update(fields)
+  c.mrmae = block
   return c
 
 
