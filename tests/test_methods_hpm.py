@@ -156,3 +156,13 @@ def test_schedule_length_is_the_runs_resolved_length(tmp_path):
     methods.build(config, methods.Facts.for_images((16, 16, 1))).alpha(0)
   config.hpm.total_steps = 40
   assert methods.build(config, methods.Facts.for_images((16, 16, 1))).total_steps == 40
+
+
+def test_a_patch_is_never_paired_with_itself():
+  # Under jit, target_i - target_i can come out a rounding error away from 0 (differently fused operands): the
+  # pair mask must exclude the diagonal whatever the signs say (found by the parity check against the authors').
+  from mim_jax.methods.hpm import _pairs
+
+  sign = jnp.ones((1, 3, 3))  # a nonzero "difference" everywhere, the diagonal included
+  pairs = np.asarray(_pairs(jnp.ones((1, 3)), sign))
+  np.testing.assert_array_equal(pairs[0], 1.0 - np.eye(3))

@@ -93,7 +93,7 @@ def relative_ranking_loss(pred: jax.Array, target: jax.Array, valid: jax.Array, 
   # [B, i, j]: differences "j minus i", like the authors' pred.unsqueeze(1) - pred.unsqueeze(2).
   dp = pred[:, None, :] - pred[:, :, None]
   sign = jnp.sign(target[:, None, :] - target[:, :, None])
-  pairs = valid[:, :, None] * valid[:, None, :] * jnp.abs(sign)
+  pairs = _pairs(valid, sign)
   if kind == 'bce':
     # The authors' expression, eps included: -[l_j > l_i] log(s + 1e-6) - [l_j < l_i] log(1 - s + 1e-6) with
     # s = sigmoid(p_j - p_i). The eps caps a pair's loss (at -log 1e-6 = 13.8) and its gradient.
@@ -108,8 +108,18 @@ def pair_order_accuracy(pred: jax.Array, target: jax.Array, valid: jax.Array) ->
   """Fraction of counted pairs (as in :func:`relative_ranking_loss`) that ``pred`` orders like ``target``."""
   dp = pred[:, None, :] - pred[:, :, None]
   sign = jnp.sign(target[:, None, :] - target[:, :, None])
-  pairs = valid[:, :, None] * valid[:, None, :] * jnp.abs(sign)
+  pairs = _pairs(valid, sign)
   return ((sign * dp > 0) * pairs).sum() / jnp.maximum(pairs.sum(), 1.0)
+
+
+def _pairs(valid: jax.Array, sign: jax.Array) -> jax.Array:
+  """``[B, i, j]``: 1 for the counted pairs: both valid, different true losses, and ``i != j``. The diagonal is
+  excluded explicitly: under jit, XLA may compute the two broadcast operands of ``target_j - target_i`` by
+  differently fused reductions, so ``target_i - target_i`` can come out a rounding error away from zero and
+  count a patch against itself (measured in the parity check: the loss off by 167x its tolerance)."""
+  n = valid.shape[1]
+  off_diagonal = 1.0 - jnp.eye(n, dtype=jnp.float32)
+  return valid[:, :, None] * valid[:, None, :] * jnp.abs(sign) * off_diagonal
 
 
 def hard_patch_mask(difficulty: jax.Array, len_keep: int, alpha: jax.Array, rng: jax.Array) -> masking.MaskInfo:

@@ -174,6 +174,21 @@ def gradients(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[C
           for k, r in sorted(ref.items())]
 
 
+def forward_and_grads(forward, params):
+  """``forward(params)`` (a dict with ``loss``) and d loss / d params, in one jitted call with float32 matmuls at
+  'highest' precision (what the official float32 CPU code computes; jitted because eager gradients of a whole
+  model dispatch op by op, several times slower)."""
+  import jax
+
+  def loss_and_outputs(p):
+    out = forward(p)
+    return out['loss'], out
+
+  with jax.default_matmul_precision('highest'):
+    (_, out), grads = jax.jit(jax.value_and_grad(loss_and_outputs, has_aux=True))(params)
+  return out, grads
+
+
 def check_file(path: str) -> list[Check]:
   fx = load(path)
   adapter = importlib.import_module(ADAPTERS[fx.method])  # imported here: keeps `--help` free of jax

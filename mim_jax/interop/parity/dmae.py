@@ -60,9 +60,8 @@ def check(fx: parity.Fixture) -> list[parity.Check]:
              if k != 'norm' and not (k.startswith('blocks_') and int(k.split('_')[1]) >= depth)}
   info = method.masker.from_noise(jnp.asarray(noise))
   with jax.default_matmul_precision('highest'):
-    hidden = method.teacher_hidden(teacher, images, info)
-    out = method.forward(params, images, info, teacher)
-    grads = jax.grad(lambda p: method.forward(p, images, info, teacher)['loss'])(params)
+    hidden = jax.jit(method.teacher_hidden)(teacher, images, info)
+  out, grads = parity.forward_and_grads(lambda p: method.forward(p, images, info, teacher), params)
   checks = [
       parity.exact('mask', info.mask, mask),
       parity.exact('ids_restore', info.ids_restore, ids_restore),

@@ -48,13 +48,12 @@ def check(fx: parity.Fixture) -> list[parity.Check]:
   noise = jnp.asarray(noise_from_shuffle(shuffled_rest, n))
   alpha = method.alpha(step)
   with jax.default_matmul_precision('highest'):
-    difficulty = method.predicted_difficulty(params, images)
-    from_official_prediction = hard_patch_mask_from_noise(jnp.asarray(teacher_lp), len_keep, alpha, noise)
-    from_ours = hard_patch_mask_from_noise(difficulty, len_keep, alpha, noise)
-    # The authors' token order: visible patches then masked ones, each in raster order (a stable sort of the mask).
-    info = masking.mask_from_boolean(jnp.asarray(mask) > 0.5, len_keep)
-    out = method.forward(params, images, info)
-    grads = jax.grad(lambda p: method.forward(p, images, info)['loss'])(params)
+    difficulty = jax.jit(method.predicted_difficulty)(params, images)
+  from_official_prediction = hard_patch_mask_from_noise(jnp.asarray(teacher_lp), len_keep, alpha, noise)
+  from_ours = hard_patch_mask_from_noise(difficulty, len_keep, alpha, noise)
+  # The authors' token order: visible patches then masked ones, each in raster order (a stable sort of the mask).
+  info = masking.mask_from_boolean(jnp.asarray(mask) > 0.5, len_keep)
+  out, grads = parity.forward_and_grads(lambda p: method.forward(p, images, info), params)
   order = np.argsort(np.asarray(info.ids_restore), axis=1)  # official position -> raster index
 
   def official_order(x):

@@ -26,9 +26,7 @@ def check(fx: parity.Fixture) -> list[parity.Check]:
   method = build(cfg, Facts.for_images(images.shape[1:]))
   params = jax.tree.map(jnp.asarray, from_official(fx.params))
   info = method.masker.from_noise(jnp.asarray(noise))
-  with jax.default_matmul_precision('highest'):
-    out = method.forward(params, images, info)
-    grads = jax.grad(lambda p: method.forward(p, images, info)['loss'])(params)
+  out, grads = parity.forward_and_grads(lambda p: method.forward(p, images, info), params)
   checks = [
       parity.exact('len_keep', info.len_keep, int(len_keep)),
       parity.exact('mask', info.mask, mask),

@@ -31,9 +31,7 @@ def check(fx: parity.Fixture) -> list[parity.Check]:
   info = method.masker.from_permutation(permutation)
   p = method.encoder.patch_size
   gh, gw = method.grid_hw
-  with jax.default_matmul_precision('highest'):
-    out = method.forward(params, images, info.mask)
-    grads = jax.grad(lambda q: method.forward(q, images, info.mask)['loss'])(params)
+  out, grads = parity.forward_and_grads(lambda q: method.forward(q, images, info.mask), params)
   z_ours = np.asarray(out['tokens'][:, 1:]).reshape(b, gh, gw, -1).transpose(0, 3, 1, 2)
   x_rec_ours = np.asarray(unpatchify(out['pred'], p, (gh, gw), c)).transpose(0, 3, 1, 2)
   checks = [
