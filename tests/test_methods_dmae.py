@@ -35,18 +35,18 @@ def test_teacher_is_truncated_frozen_and_the_loss_is_pixels_plus_distances():
   assert 'norm' not in extras['teacher']
   batch = {'image': images}
   loss_fn = lambda p, e: method.loss_fn(p, e, batch, jax.random.key(2), 0)[0]  # noqa: E731
-  (loss, (metrics, _)) = method.loss_fn(params, extras, batch, jax.random.key(2), 0)
+  (loss, (metrics, _)) = jax.jit(method.loss_fn)(params, extras, batch, jax.random.key(2), 0)
   np.testing.assert_allclose(float(loss), float(metrics['pix_loss']) + float(metrics['distill_loss']), rtol=1e-6)
   assert 0.0 < float(metrics['distill_loss']) <= 2.0  # an L1 between unit vectors, averaged per channel
-  teacher_grads = jax.grad(loss_fn, argnums=1)(params, extras)
+  student_grads, teacher_grads = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(params, extras)
   assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(teacher_grads))  # frozen: exactly zero
-  student_grads = jax.grad(loss_fn)(params, extras)
   assert float(jnp.abs(student_grads['heads']['head_0']['kernel']).sum()) > 0  # the projection head learns
   # The distance by hand: teacher block 2 and projected student block 1 on the same visible tokens.
   info = method.masker(jax.random.key(2), 4)
-  t = method.teacher_hidden(extras['teacher'], images, info)[0]
-  _, _, s = method.model.apply({'params': params}, images, info)
-  np.testing.assert_allclose(float(method.forward(params, images, info, extras['teacher'])['distill'][0]),
+  t = jax.jit(method.teacher_hidden)(extras['teacher'], images, info)[0]
+  _, _, s = jax.jit(method.model.apply)({'params': params}, images, info)
+  distill = jax.jit(method.forward)(params, images, info, extras['teacher'])['distill'][0]
+  np.testing.assert_allclose(float(distill),
                              float(jnp.mean(jnp.abs(l2_normalize(t) - l2_normalize(s[0])))), rtol=1e-6)
   # the same random teacher every time (it is rebuilt after every restore, never checkpointed)
   again = method.load_external()
@@ -70,6 +70,10 @@ def test_bad_settings_are_named(fields, message):
     build(config)
 
 
+# Two short trainings (~30 s): under -m slow. The default suite keeps the mechanism's checks: external extras are
+# never checkpointed and are reloaded on resume (tests/test_spine.py, a workdir teacher), DMAE's truncation and
+# frozen teacher (above).
+@pytest.mark.slow
 def test_a_workdir_teacher_is_loaded_truncated_and_never_saved(tmp_path):
   from mim_jax import main
   from mim_jax import workdir as workdir_lib
