@@ -199,11 +199,17 @@ def simmim(c: ml_collections.ConfigDict, *, mask_patch_size: int | None = 32, sc
 def hpm(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """MAE + HPM (loss predictor, relative objective, easy-to-hard masks from an EMA teacher) with random masks
   at the config's ratio. ``overrides`` go into ``config.hpm`` (see :func:`mim_jax.methods.hpm.hpm_defaults`)."""
-  c.method = 'hpm'
   c.mask = dict(name='random', ratio=c.mask.ratio)
-  block = hpm_defaults()
-  block.update(overrides)
-  c.hpm = block
+  return _method(c, 'hpm', hpm_defaults(), overrides)
+
+
+def _method(c: ml_collections.ConfigDict, name: str, defaults: ml_collections.ConfigDict,
+            fields: dict) -> ml_collections.ConfigDict:
+  """``config.method = name`` with its block ``config.<name>``: every default field (so that any of them can be
+  set with ``--config.<name>.FIELD``), ``fields`` over them."""
+  c.method = name
+  defaults.update(fields)
+  c[name] = defaults
   return c
 
 
@@ -268,11 +274,7 @@ def hpm_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
 def dmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """MAE + DMAE's feature distillation from a frozen teacher (``fields`` go into ``config.dmae``; see
   :func:`mim_jax.methods.dmae.dmae_defaults`)."""
-  c.method = 'dmae'
-  block = dmae_defaults()  # every field, so that any of them can be set with --config.dmae.NAME
-  block.update(fields)
-  c.dmae = block
-  return c
+  return _method(c, 'dmae', dmae_defaults(), fields)
 
 
 def dmae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -305,11 +307,7 @@ def dmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
 def mrmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """MAE + MR-MAE's mimic loss on the visible tokens (``fields`` go into ``config.mrmae``; see
   :func:`mim_jax.methods.mrmae.mrmae_defaults`)."""
-  c.method = 'mrmae'
-  block = mrmae_defaults()  # every field, so that any of them can be set with --config.mrmae.NAME
-  block.update(fields)
-  c.mrmae = block
-  return c
+  return _method(c, 'mrmae', mrmae_defaults(), fields)
 
 
 def mrmae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -210,6 +210,18 @@ def reconstructs(method) -> bool:
   return type(method).reconstruct is not Method.reconstruct
 
 
+def config_block(config: ml_collections.ConfigDict, name: str,
+                 defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A method's own config block (``config.<name>``) over its defaults; a field the defaults lack is an error that
+  names the known ones (a typo must not silently fall back to a default)."""
+  given = dict(config.get(name, None) or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f'unknown config.{name} field(s) {unknown}; known: {sorted(defaults)}.')
+  defaults.update(given)
+  return defaults
+
+
 def check_images(images: jax.Array, image_shape: tuple[int, int, int]) -> None:
   """Clear error for a batch whose image shape is not what the model was built for."""
   if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):

@@ -31,7 +31,7 @@ import ml_collections
 from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods import teachers
-from mim_jax.methods.base import check_images, register
+from mim_jax.methods.base import check_images, config_block, register
 from mim_jax.methods.mae import MAE
 from mim_jax.models.decoders import MAEDecoder
 from mim_jax.models.vit import EMBED, ViTEncoder, dense, token_dense
@@ -86,13 +86,7 @@ class DMAE(MAE):
 
   def __init__(self, config, facts):
     super().__init__(config, facts)
-    d = dmae_defaults()
-    given = dict(config.get('dmae', None) or {})
-    unknown = sorted(set(given) - set(d))
-    if unknown:
-      raise ValueError(f'unknown config.dmae field(s) {unknown}; known: {sorted(d)}.')
-    d.update(given)
-    self.dmae = d
+    self.dmae = d = config_block(config, 'dmae', dmae_defaults())
     self.teacher_layers = tuple(int(i) for i in d.teacher_layers)
     self.student_layers = tuple(int(i) for i in d.student_layers)
     if not self.teacher_layers or len(self.teacher_layers) != len(self.student_layers):

@@ -42,7 +42,7 @@ import ml_collections
 
 from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
-from mim_jax.methods.base import check_images, register
+from mim_jax.methods.base import check_images, config_block, register
 from mim_jax.methods.mae import MAE
 from mim_jax.models.decoders import decoder_input, decoder_tower
 from mim_jax.models.vit import EMBED, ViTEncoder, dense, layer_norm, token_dense
@@ -195,13 +195,7 @@ class HPM(MAE):
 
   def __init__(self, config, facts):
     super().__init__(config, facts)
-    self.hpm = hpm_defaults()
-    given = dict(config.get('hpm', None) or {})
-    unknown = sorted(set(given) - set(self.hpm))
-    if unknown:
-      raise ValueError(f'unknown config.hpm field(s) {unknown}; known: {sorted(self.hpm)}.')
-    self.hpm.update(given)
-    h = self.hpm
+    self.hpm = h = config_block(config, 'hpm', hpm_defaults())
     if h.ranking not in RANKING_KINDS:
       raise ValueError(f'config.hpm.ranking={h.ranking!r} is not one of {RANKING_KINDS}.')
     if h.teacher not in TEACHERS:

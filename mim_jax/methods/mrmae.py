@@ -31,7 +31,7 @@ import ml_collections
 from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods import teachers
-from mim_jax.methods.base import check_images, register
+from mim_jax.methods.base import check_images, config_block, register
 from mim_jax.methods.mae import MAE
 from mim_jax.models.decoders import MAEDecoder
 from mim_jax.models.vit import EMBED, ViTEncoder, dense, token_dense
@@ -70,12 +70,7 @@ class MRMAE(MAE):
 
   def __init__(self, config, facts):
     super().__init__(config, facts)
-    m = mrmae_defaults()
-    given = dict(config.get('mrmae', None) or {})
-    unknown = sorted(set(given) - set(m))
-    if unknown:
-      raise ValueError(f'unknown config.mrmae field(s) {unknown}; known: {sorted(m)}.')
-    m.update(given)
+    m = config_block(config, 'mrmae', mrmae_defaults())
     if m.target_norm not in TARGET_NORMS:
       raise ValueError(f'config.mrmae.target_norm={m.target_norm!r} is not one of {TARGET_NORMS}.')
     self.mrmae = m
