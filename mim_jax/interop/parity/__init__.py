@@ -190,7 +190,10 @@ def forward_and_grads(forward, params):
 
 
 def check_file(path: str) -> list[Check]:
-  fx = load(path)
+  return check(load(path))
+
+
+def check(fx: Fixture) -> list[Check]:
   adapter = importlib.import_module(ADAPTERS[fx.method])  # imported here: keeps `--help` free of jax
   return adapter.check(fx)
 
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
   failed = 0
   for path in args.files:
     try:
-      checks = check_file(path)
+      fx = load(path)
+      checks = check(fx)
     except (OSError, KeyError, ValueError) as e:  # FixtureError is a ValueError
       print(f'{path}: cannot check: {e}')
       failed += 1
@@ -217,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
       shown.append(dataclasses.replace(worst, name=f'{worst.name} (worst of {len(grads)} grads)'))
     else:
       shown += grads
-    method = load(path).method
-    print(f'{path} [{method}]: {"OK" if not bad else "FAILED: " + ", ".join(c.name for c in bad)}')
+    print(f'{path} [{fx.method}]: {"OK" if not bad else "FAILED: " + ", ".join(c.name for c in bad)}')
     for c in shown + [c for c in bad if c not in shown]:
       print(f'  {"ok  " if c.ok else "FAIL"} {c.name:<52} max|err| {c.max_abs:.3e}  tol {c.tolerance:.3e}')
     failed += bool(bad)
