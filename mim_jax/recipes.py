@@ -21,6 +21,7 @@ from mim_jax.config import base_config
 from mim_jax.data.pipeline import default_data_config
 from mim_jax.methods.dmae import dmae_defaults
 from mim_jax.methods.hpm import hpm_defaults
+from mim_jax.methods.maskalign import maskalign_defaults
 from mim_jax.methods.mrmae import mrmae_defaults
 
 
@@ -329,6 +330,49 @@ def mrmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   mrmae(c, teacher='', target_norm='layernorm', weight=1.0)
   if 'tiny' in parts:  # plumbing only: a random-init teacher
     c.mrmae.teacher_model = dict(width=48, depth=2, num_heads=2)
+  return c
+
+
+def maskalign(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """MaskAlign: no decoder, the visible-token student's every level aligned to a frozen teacher's features
+  (``fields`` go into ``config.maskalign``; see :func:`mim_jax.methods.maskalign.maskalign_defaults`)."""
+  c.mask = dict(name='random', ratio=c.mask.ratio)
+  return _method(c, 'maskalign', maskalign_defaults(), fields)
+
+
+def maskalign_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MaskAlign, ViT-B/16 student aligned to a frozen ViT-B/16 teacher, 200 epochs: see
+  configs/maskalign/vit_base_in1k.py."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/maskalign/vit_base_in1k.py')
+  c = mae_in1k('base/16', 200.0, arg)
+  c.mask.ratio = 0.7
+  c.warmup_epochs = 20.0
+  c.optimizer.min_lr = 1e-5
+  c.model.encoder.drop_path = 0.1
+  maskalign(c, teacher='', fusion='linear', target_norm='whiten', loss='smoothl1', loss_weights='top5',
+            keep='attention')  # the teacher is the run's to give
+  if 'cpu' in parts:  # plumbing only: a random-init teacher as deep as the student (linear fusion)
+    c.maskalign.teacher_model = dict(width=96, depth=2, num_heads=4)
+    c.maskalign.loss_weights = 'top1'
+  else:
+    c.batch_size = 1024
+  return c
+
+
+def maskalign_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MaskAlign on Fashion-MNIST: the MAE recipe's student (same size, data, optimizer and budget) aligned to a
+  pre-trained MAE workdir of the same depth: see configs/maskalign/fashion_mnist.py."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny'}, 'configs/maskalign/fashion_mnist.py')
+  c = mae_fashion_mnist('tiny' if 'tiny' in parts else None)
+  c.mask.ratio = 0.7  # the paper's; int(16 * 0.3) = 4 visible tokens, as MAE's 0.75 on this grid
+  # top5 of 12 levels (the paper) is about the last 40%: the last 2 of this 4-block teacher.
+  maskalign(c, teacher='', fusion='linear', target_norm='whiten', loss='smoothl1', loss_weights='top2',
+            keep='attention')
+  if 'tiny' in parts:  # plumbing only: a random-init teacher as deep as the 1-block student
+    c.maskalign.teacher_model = dict(width=48, depth=1, num_heads=2)
+    c.maskalign.loss_weights = 'top1'
   return c
 
 

@@ -18,6 +18,9 @@ EXPECTED = {
     'official_mae/mae_official_tiny_pix.npz': 'mae',
     'official_dmae/dmae_official_tiny.npz': 'dmae',
     'official_dmae/dmae_official_tiny_two_pairs.npz': 'dmae',
+    'official_maskalign/maskalign_official_tiny_linear.npz': 'maskalign',
+    'official_maskalign/maskalign_official_tiny_simple.npz': 'maskalign',
+    'official_maskalign/maskalign_official_tiny_sum.npz': 'maskalign',
     'official_hpm/hpm_official_tiny_normpix.npz': 'hpm',
     'official_hpm/hpm_official_tiny_pix.npz': 'hpm',
     'official_simmim/simmim_official_tiny_p4.npz': 'simmim',
@@ -29,6 +32,8 @@ REQUIRED = {
     'dmae': ('mask', 'ids_restore', 'ids_keep', 'teacher_hidden/0', 'pred', 'pix_loss', 'distill/0', 'loss',
              'grad/aligned_feature_projection_heads.0.weight', 'grad/blocks.0.attn.qkv.weight',
              'grad/decoder_pred.weight'),
+    'maskalign': ('ids_keep', 'teacher_cls_attention', 'loss', 'grad/cls_token', 'grad/blocks.0.attn.qkv.weight',
+                  'grad/patch_embed.proj.weight'),
     'mae': ('len_keep', 'mask', 'ids_restore', 'loss', 'latent', 'pred', 'grad/patch_embed.proj.weight',
             'grad/blocks.0.attn.qkv.weight', 'grad/decoder_pred.weight', 'grad/cls_token', 'grad/mask_token'),
     'simmim': ('mask', 'z', 'x_rec', 'loss', 'grad/encoder.patch_embed.proj.weight', 'grad/encoder.pos_embed',
@@ -73,6 +78,8 @@ def _rewrite(src, dst, change):
     pytest.param('official_hpm/hpm_official_tiny_pix.npz', 'param/decoder_blocks_losspred.0.mlp.fc1.weight',
                  marks=pytest.mark.slow),
     pytest.param('official_dmae/dmae_official_tiny.npz', 'param/aligned_feature_projection_heads.0.weight',
+                 marks=pytest.mark.slow),
+    pytest.param('official_maskalign/maskalign_official_tiny_linear.npz', 'param/distill_heads.2.weight',
                  marks=pytest.mark.slow),
 ])
 def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):

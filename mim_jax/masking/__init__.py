@@ -14,7 +14,7 @@ docs/masking.md describes them.
 from mim_jax.masking.block import BlockMask
 from mim_jax.masking.coarse import CoarseMask
 from mim_jax.masking.colormae import ColorNoiseMask
-from mim_jax.masking.core import Grid, MaskInfo, mask_from_boolean, mask_from_scores, num_visible
+from mim_jax.masking.core import Grid, MaskInfo, mask_from_boolean, mask_from_importance, mask_from_scores, num_visible
 from mim_jax.masking.gmml import GroupMask
 from mim_jax.masking.ops import exact_count, neighbour_agreement
 from mim_jax.masking.random import RandomMask
@@ -32,6 +32,7 @@ __all__ = [
     'exact_count',
     'get',
     'mask_from_boolean',
+    'mask_from_importance',
     'mask_from_scores',
     'names',
     'neighbour_agreement',

@@ -70,6 +70,23 @@ def mask_from_scores(scores: jax.Array, len_keep: int) -> MaskInfo:
   return MaskInfo(mask=mask, ids_keep=ids_keep, ids_restore=ids_restore)
 
 
+def mask_from_importance(rng: jax.Array, importance: jax.Array, len_keep: int) -> MaskInfo:
+  """Keeps ``len_keep`` tokens drawn without replacement with probability proportional to ``importance``
+  ``[B, N]`` (non-negative; e.g. a teacher's CLS attention), in draw order: the first kept token is drawn from
+  ``importance / sum``, the next from the rest renormalized, and so on (``torch.multinomial(importance, N,
+  replacement=False)[:, :len_keep]``, MaskAlign's attention keep).
+
+  The Gumbel-top-k trick gives that distribution in one sort: the ``len_keep`` largest ``log(importance) + G``,
+  ``G`` i.i.d. standard Gumbel, are such a sequential draw. It is equal in distribution to torch's sampler, not draw
+  for draw (tests compare the inclusion frequencies with the exact probabilities). Zero importance is never kept
+  unless fewer than ``len_keep`` tokens have any."""
+  if importance.ndim != 2:
+    raise ValueError(f'importance must be [batch, tokens], got shape {importance.shape}.')
+  logits = jnp.log(jnp.maximum(importance.astype(jnp.float32), jnp.finfo(jnp.float32).tiny))
+  perturbed = logits + jax.random.gumbel(rng, importance.shape, jnp.float32)
+  return mask_from_scores(-perturbed, len_keep)
+
+
 def mask_from_boolean(masked: jax.Array, len_keep: int) -> MaskInfo:
   """Turns a boolean ``[B, N]`` mask (True = masked) with exactly ``N - len_keep`` masked tokens per row
   into a :class:`MaskInfo`; visible tokens keep raster order."""

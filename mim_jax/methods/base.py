@@ -88,6 +88,7 @@ class Objective(abc.ABC):
 
   name: str = ''
   external_extras: tuple[str, ...] = ()  # extras keys filled by load_external() and never checkpointed
+  no_weight_decay: tuple[str, ...] = ()  # parameter names exempt from weight decay (besides biases and vectors)
 
   @abc.abstractmethod
   def batch_fields(self, train: bool = True) -> dict[str, Field]:

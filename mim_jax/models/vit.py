@@ -176,9 +176,11 @@ class Attention(nn.Module):
   attention_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: jax.Array, query_ids: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, query_ids: jax.Array | None = None, cls_attention: bool = False):
     """``x`` ``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]`` only those tokens attend (to all N)
-    and the result is ``[B, M, D]``."""
+    and the result is ``[B, M, D]``. ``cls_attention``: also return token 0's attention to tokens 1..N-1,
+    averaged over heads, ``[B, N - 1]`` float32 (a teacher's saliency, MaskAlign / MR-MAE): this needs the
+    attention probabilities, so it runs the einsum path whatever ``attention_impl`` says."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
@@ -190,6 +192,10 @@ class Attention(nn.Module):
     if query_ids is not None:
       q = jnp.take_along_axis(q, query_ids[:, :, None, None], axis=1)
     impl = self.attention_impl
+    if cls_attention:
+      if query_ids is not None:
+        raise ValueError('cls_attention needs every query (query_ids must be None).')
+      impl = 'einsum'  # the only path that forms the probabilities
     if impl in ('auto', 'cpu_fused'):
       reason = attention_cpu.unsupported_reason(q.shape, q.dtype)
       if reason and impl == 'cpu_fused':
@@ -213,7 +219,10 @@ class Attention(nn.Module):
       out = jax_attention(q, k, v, impl)
     else:
       raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}.")
-    return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out.reshape(b, q.shape[1], d))
+    out = token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out.reshape(b, q.shape[1], d))
+    if cls_attention:
+      return out, jnp.mean(weights[:, :, 0, 1:].astype(jnp.float32), axis=1)
+    return out
 
 
 class Mlp(nn.Module):
@@ -251,18 +260,23 @@ class Block(nn.Module):
   attention_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None,
+               cls_attention: bool = False):
     """``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]``, only those tokens' outputs ``[B, M, D]``
-    (they still attend to all N): the last block of a decoder whose loss reads only some tokens."""
+    (they still attend to all N): the last block of a decoder whose loss reads only some tokens.
+    ``cls_attention``: returns ``(x, CLS attention [B, N - 1])`` (see :class:`Attention`)."""
     d = x.shape[-1]
     x = constrain(x, (BATCH, LENGTH, EMBED))
     y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x),
-                                                                               query_ids)
+                                                                               query_ids, cls_attention)
+    if cls_attention:
+      y, attention = y
     if query_ids is not None:
       x = jnp.take_along_axis(x, query_ids[:, :, None], axis=1)
     x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path1')(y, deterministic))
     y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm2')(x))
-    return materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(y, deterministic))
+    x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(y, deterministic))
+    return (x, attention) if cls_attention else x
 
 
 # Rematerialization policies for a transformer block (config ``remat``): what the backward pass may keep from
@@ -292,7 +306,7 @@ def block_class(remat: bool | str | None) -> type[Block]:
   name = remat_policy_name(remat)
   if name == 'none':
     return Block
-  return nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[name])
+  return nn.remat(Block, static_argnums=(2, 4), policy=REMAT_POLICIES[name])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,9 +417,11 @@ class ViTEncoder(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None,
                mask: jax.Array | None = None, deterministic: bool = True,
-               hidden: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+               hidden: tuple[int, ...] = (), cls_attention: bool = False) -> dict[str, jax.Array]:
     """``hidden``: 0-based block indices whose outputs (the residual stream after that block, before the final
-    norm, ``[B, 1 + K, D]``) are also returned, in that order, under ``'hidden'`` (feature distillation)."""
+    norm, ``[B, 1 + K, D]``) are also returned, in that order, under ``'hidden'`` (feature distillation).
+    ``cls_attention``: the last block's attention from CLS to each of the K patch tokens, averaged over heads,
+    ``[B, K]`` float32, under ``'cls_attention'`` (a teacher's saliency for attention-guided masking)."""
     if images.ndim != 4:
       raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
     gh, gw = self.grid(images.shape[1:3])
@@ -436,15 +452,21 @@ class ViTEncoder(nn.Module):
     if bad:
       raise ValueError(f'hidden block indices {bad} are outside this {self.depth}-block encoder (0-based).')
     outputs = {}
+    attention = None
     for i in range(self.depth):
+      last = cls_attention and i == self.depth - 1
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
-                name=f'blocks_{i}')(x, deterministic)
+                name=f'blocks_{i}')(x, deterministic, None, last)
+      if last:
+        x, attention = x
       if i in hidden:
         outputs[i] = x
     tokens = layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
     out = {'tokens': tokens, 'cls': tokens[:, 0], 'patch_tokens': tokens[:, 1:], 'pooled': tokens[:, 1:].mean(axis=1)}
     if hidden:
       out['hidden'] = tuple(outputs[i] for i in hidden)
+    if cls_attention:
+      out['cls_attention'] = attention
     return out
 
   def _learned_pos_table(self, gh: int, gw: int) -> jax.Array:

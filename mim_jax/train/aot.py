@@ -272,7 +272,7 @@ def compile_for_devices(config, devices, image_shape) -> StepReport:
                               num_classes=None, mean=(0.0,) * c, std=(1.0,) * c)
   total, warmup = config_lib.resolve_steps(config, info.steps_per_epoch(config.batch_size))
   method = methods.build(config, methods.Facts(info, total))
-  tx, schedule, _ = loop.pretrain_optimizer(config, total, warmup)
+  tx, schedule, _ = loop.pretrain_optimizer(config, total, warmup, method.no_weight_decay)
   init_fn = state_lib.make_init_fn(method, tx, method.example_batch(2))
   abstract, shardings = abstract_train_state(init_fn, jax.random.PRNGKey(0), mesh, rules)
   step_fn = state_lib.jit_train_step(state_lib.make_train_step(method, tx, schedule), shardings, mesh, rules)

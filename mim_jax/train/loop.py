@@ -120,11 +120,12 @@ class TrainResult:
 # Pre-training
 
 
-def pretrain_optimizer(config, total_steps: int, warmup_steps: int):
-  """(tx, schedule, peak lr) of a pre-training config."""
+def pretrain_optimizer(config, total_steps: int, warmup_steps: int, no_decay_names=()):
+  """(tx, schedule, peak lr) of a pre-training config; ``no_decay_names``: the method's parameters exempt from
+  weight decay (``Objective.no_weight_decay``) besides biases and vectors."""
   peak = optim.scaled_lr(config.optimizer.base_lr, config.batch_size)
   schedule = optim.make_schedule(config.optimizer, peak, total_steps, warmup_steps)
-  return optim.make_optimizer(config.optimizer, schedule), schedule, peak
+  return optim.make_optimizer(config.optimizer, schedule, no_decay_names=no_decay_names), schedule, peak
 
 
 def pretrain_job(config: ml_collections.ConfigDict, workdir: str,
@@ -136,7 +137,7 @@ def pretrain_job(config: ml_collections.ConfigDict, workdir: str,
   per_epoch = info.steps_per_epoch(config.batch_size)
   total, warmup = config_lib.resolve_steps(config, per_epoch)
   method = methods.build(config, methods.Facts(info, total))
-  tx, schedule, peak = pretrain_optimizer(config, total, warmup)
+  tx, schedule, peak = pretrain_optimizer(config, total, warmup, method.no_weight_decay)
   ck = config.checkpoint
   lines = (f'lr = base_lr {config.optimizer.base_lr:g} x batch {config.batch_size} / 256 = {peak:.3e}; '
            f'{total} steps ({total / per_epoch:.1f} epochs), {warmup} warmup',)

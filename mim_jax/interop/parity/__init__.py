@@ -43,6 +43,7 @@ ADAPTERS = {
     'hpm': 'mim_jax.interop.parity.hpm',
     'colormae_mask': 'mim_jax.interop.parity.colormae',
     'dmae': 'mim_jax.interop.parity.dmae',
+    'maskalign': 'mim_jax.interop.parity.maskalign',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 
