@@ -4,6 +4,7 @@
     python benchmarks/ab_step.py --model base16_224 --steps 10 base \
         'conc:xla.xla_cpu_enable_concurrency_optimized_scheduler=true'
     python benchmarks/ab_step.py before:rev=HEAD~1 after          # a code change: the last commit's library
+    python benchmarks/ab_step.py --model base16_224 mae 'maskalign:method=maskalign,mask.ratio=0.7'   # a method
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/ab_step.py 'one:devices=1' 'two:devices=2'
 
 On a shared machine the speed of the cores drifts by 10-20% within minutes, which swamps most single changes

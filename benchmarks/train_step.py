@@ -106,6 +106,14 @@ def jax_config(spec: dict, args):
   c.remat = args.remat
   c.optimizer = ml_collections.ConfigDict(dict(name='adamw', base_lr=1.5e-4, b1=0.9, b2=0.95, eps=1e-8,
                                                weight_decay=0.05, min_lr=0.0))
+  try:  # MaskAlign (no decoder) is a variant of the same model: method=maskalign, with a teacher of the encoder's
+    # size (random weights: they do not change the step's cost). Absent from libraries older than the method.
+    from mim_jax.methods.maskalign import maskalign_defaults
+  except ImportError:
+    return c
+  c.maskalign = maskalign_defaults()
+  c.maskalign.teacher_model = dict(width=width, depth=depth, num_heads=heads)
+  c.maskalign.loss_weights = f'top{max(1, round(depth * 5 / 12))}'  # the paper's top5 of 12 levels
   return c
 
 

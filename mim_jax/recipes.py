@@ -19,6 +19,7 @@ import ml_collections
 
 from mim_jax.config import base_config
 from mim_jax.data.pipeline import default_data_config
+from mim_jax.methods.cae import cae_defaults
 from mim_jax.methods.dmae import dmae_defaults
 from mim_jax.methods.hpm import hpm_defaults
 from mim_jax.methods.maskalign import maskalign_defaults
@@ -373,6 +374,52 @@ def maskalign_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict
   if 'tiny' in parts:  # plumbing only: a random-init teacher as deep as the 1-block student
     c.maskalign.teacher_model = dict(width=48, depth=1, num_heads=2)
     c.maskalign.loss_weights = 'top1'
+  return c
+
+
+def cae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """CAE: latent regressor + alignment + decoder on the predicted latents (``fields`` go into ``config.cae``; see
+  :func:`mim_jax.methods.cae.cae_defaults`), with the encoder's LayerScale 0.1 and CAE's sin-cos layout."""
+  c.model.encoder.layer_scale = 0.1
+  c.model.encoder.pos_embed = 'sincos_rows_first'
+  return _method(c, 'cae', cae_defaults(), fields)
+
+
+def cae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CAE ViT-B/16, 800 epochs, pixel target: see configs/cae/vit_base_in1k.py."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/cae/vit_base_in1k.py')
+  cpu = 'cpu' in parts
+  c = mae_in1k('base/16', 800.0, arg)
+  c.mask = dict(name='block', ratio=0.5, **(SMALL_GRID_SETTINGS['block'] if cpu else {}))  # 98 of 196 at 224
+  c.model.encoder.drop_path = 0.1
+  c.warmup_epochs = 20.0
+  # Their --lr 1.5e-3 is the lr of batch 2048 (not rescaled): base_lr 1.5e-3 x 256 / 2048 per 256 images.
+  c.optimizer.base_lr = 1.5e-3 * 256 / 2048
+  c.optimizer.b2 = 0.999  # timm's AdamW default (their --opt_betas is unset)
+  c.optimizer.min_lr = 1e-5
+  c.optimizer.grad_clip_norm = 3.0
+  if cpu:  # the regressor and decoder at the tiny encoder's width
+    c.model.decoder = dict(width=64, depth=1, num_heads=4, mlp_ratio=4.0)
+    cae(c, regressor_depth=1)
+  else:
+    c.batch_size = 2048
+    c.model.decoder = dict(width=768, depth=4, num_heads=12, mlp_ratio=4.0)
+    cae(c, regressor_depth=4, layer_scale=0.1, align_weight=2.0, target='pixels')
+  return c
+
+
+def cae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CAE on Fashion-MNIST: the MAE recipe's encoder, data, optimizer and budget with CAE's masks (blocks, 50%),
+  regressor and decoder at the encoder's width: see configs/cae/fashion_mnist.py."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny'}, 'configs/cae/fashion_mnist.py')
+  tiny = 'tiny' in parts
+  c = mae_fashion_mnist('tiny' if tiny else None)
+  c.mask = dict(name='block', ratio=0.5, **SMALL_GRID_SETTINGS['block'])  # 8 of the 16 tokens, in blocks
+  width = c.model.encoder.width
+  c.model.decoder = dict(width=width, depth=1 if tiny else 2, num_heads=c.model.encoder.num_heads, mlp_ratio=4.0)
+  cae(c, regressor_depth=1 if tiny else 2, layer_scale=0.1, align_weight=2.0, target='pixels')
   return c
 
 

@@ -35,13 +35,17 @@ def test_ablation_cells_change_one_thing_each():
 
 def test_teacher_cells_share_the_student_and_differ_in_the_teacher():
   runs = {name: (config, overrides) for name, config, overrides in bench.runs_for('teachers', [1], '/t')}
-  assert set(runs) == {'mae_ratio0.875_seed1', 'dmae_ratio0.875_seed1', 'dmae_random_teacher_seed1'}
+  assert set(runs) == {f'{cell}_seed1' for cell in bench.TEACHER_CELLS}
   assert runs['mae_ratio0.875_seed1'] == (bench.MAE, {'mask.ratio': 0.875, **bench.NO_BASELINES, 'seed': 1})
   assert runs['dmae_ratio0.875_seed1'][1]['dmae.teacher'] == '/t'
   assert runs['dmae_random_teacher_seed1'][1] == {'dmae.teacher_random': True, 'dmae.teacher': '/t',
                                                   **bench.NO_BASELINES, 'seed': 1}
+  assert runs['maskalign_no_alignment_seed1'][1] == {'maskalign.fusion': 'simple', 'maskalign.teacher': '/t',
+                                                     **bench.NO_BASELINES, 'seed': 1}
   from conftest import load_config
   assert load_config('configs/dmae/fashion_mnist.py').mask.ratio == 0.875  # the same ratio as the MAE cell
+  # MaskAlign's 0.7 and the MAE baseline's 0.75 both leave int(16 * 0.3) = int(16 * 0.25) = 4 visible tokens
+  assert load_config(bench.MASKALIGN).mask.ratio == 0.7 and load_config(bench.MAE).mask.ratio == 0.75
   with pytest.raises(SystemExit, match='--teacher must be a pre-training workdir'):
     bench.main(['teachers', '--root', '/tmp/unused_root', '--teacher', '/nonexistent'])
 

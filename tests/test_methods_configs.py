@@ -129,7 +129,9 @@ def test_bad_config_arguments_are_named():
                                       ('configs/simmim/vit_base_in1k.py', 'cpu'),
                                       ('configs/hpm/vit_base_in1k.py', 'cpu'),
                                       ('configs/maskalign/fashion_mnist.py', 'tiny'),
-                                      ('configs/maskalign/vit_base_in1k.py', 'cpu')] + [
+                                      ('configs/maskalign/vit_base_in1k.py', 'cpu'),
+                                      ('configs/cae/fashion_mnist.py', 'tiny'),
+                                      ('configs/cae/vit_base_in1k.py', 'cpu')] + [
                                           ('configs/ablation/digits.py', f'{v},tiny') for v in ABLATION])
 def test_config_runs_end_to_end(path, arg, tmp_path):
   from mim_jax.main import run

@@ -55,3 +55,18 @@ def test_bad_settings_are_named():
   c = load_config('configs/mrmae/fashion_mnist.py')
   with pytest.raises(ValueError, match='config.mrmae.teacher is empty'):
     methods.build(c, methods.Facts.for_images((28, 28, 1)))
+
+
+def test_focused_mimicking_keeps_what_the_teacher_attends_to():
+  method, params, extras, images = setup(keep='attention')
+  tokens, attention = method.teacher_tokens(extras['teacher'], images, cls_attention=True)
+  assert attention.shape == (4, 16)
+  # A teacher whose CLS attends to one token only: every draw keeps it (first), random keep would miss it often.
+  peaked = jnp.zeros_like(attention).at[:, 5].set(1.0) + 1e-6
+  from mim_jax import masking
+  info = masking.mask_from_importance(jax.random.key(0), peaked, method.masker.len_keep)
+  assert np.all(np.asarray(info.ids_keep[:, 0]) == 5)
+  value = method.loss_fn(params, extras, {'image': images}, jax.random.key(3), 0)[0]
+  assert np.isfinite(float(value))
+  with pytest.raises(ValueError, match='keep'):
+    setup(keep='top')

@@ -12,6 +12,8 @@ from mim_jax.interop.official_mae import from_official, to_official
 
 # Every fixture CI must check: a missing file fails the first test instead of silently shrinking the parametrization.
 EXPECTED = {
+    'official_cae/cae_official_tiny.npz': 'cae',
+    'official_cae/cae_official_tiny_projected.npz': 'cae',
     'official_colormae/colormae_official_full.npz': 'colormae_mask',
     'official_colormae/colormae_official_residual.npz': 'colormae_mask',
     'official_mae/mae_official_tiny_normpix.npz': 'mae',
@@ -28,6 +30,10 @@ EXPECTED = {
 }
 # What each method's check must cover (a fixture without these outputs would prove less).
 REQUIRED = {
+    'cae': ('logits', 'latent_predict', 'latent_target', 'loss_main', 'loss_align', 'loss', 'grad/mask_token',
+            'grad/encoder.blocks.0.attn.q_bias', 'grad/encoder.blocks.0.gamma_1',
+            'grad/regresser.regressor_blocks.0.cross_attn.k.weight', 'grad/decoder.head.weight',
+            'grad/encoder/blocks_0/attn/qkv/bias.k_part (zero)'),
     'colormae_mask': ('len_keep', 'window', 'mask', 'ids_keep', 'ids_restore'),
     'dmae': ('mask', 'ids_restore', 'ids_keep', 'teacher_hidden/0', 'pred', 'pix_loss', 'distill/0', 'loss',
              'grad/aligned_feature_projection_heads.0.weight', 'grad/blocks.0.attn.qkv.weight',
@@ -80,6 +86,8 @@ def _rewrite(src, dst, change):
     pytest.param('official_dmae/dmae_official_tiny.npz', 'param/aligned_feature_projection_heads.0.weight',
                  marks=pytest.mark.slow),
     pytest.param('official_maskalign/maskalign_official_tiny_linear.npz', 'param/distill_heads.2.weight',
+                 marks=pytest.mark.slow),
+    pytest.param('official_cae/cae_official_tiny.npz', 'param/regresser.regressor_blocks.1.gamma_2_cross',
                  marks=pytest.mark.slow),
 ])
 def test_a_perturbed_weight_fails_and_names_the_tensors(name, key, tmp_path, capsys):

@@ -13,8 +13,10 @@ There is no official MR-MAE code (the paper points to Alpha-VL/ConvMAE, which ho
 read from the paper and marked as choices where it is silent (docs/methods.md): the target normalization
 (``target_norm='layernorm'``: each teacher token standardized over its channels, without affine; ``'none'`` keeps
 raw features), ``weight`` 1, one teacher (the paper distils CLIP and DINO together: a second teacher is not
-implemented yet), uniform random keep (the paper's "focused mimicking" keeps the tokens the teacher's CLS attends
-to: not implemented yet).
+implemented yet). ``keep``: 'random' (MAE's uniform masks) or 'attention', the paper's "focused mimicking" as we
+read it: the visible tokens drawn without replacement in proportion to the teacher's last-layer CLS attention
+(MaskAlign's sampler, :func:`mim_jax.masking.mask_from_importance`); the paper's exact selection rule is not
+verified.
 
 The teacher is configured as in DMAE (:class:`mim_jax.methods.teachers.ViTTeacher`: a pre-training workdir,
 ``teacher_random`` as the control, ``teacher_model`` for plumbing tests) and held in ``extras['teacher']`` (an
@@ -38,11 +40,13 @@ from mim_jax.models.vit import EMBED, ViTEncoder, dense, token_dense
 from mim_jax.targets import pixel_target
 
 TARGET_NORMS = ('layernorm', 'none')
+KEEPS = ('random', 'attention')
 
 
 def mrmae_defaults() -> ml_collections.ConfigDict:
   """``config.mrmae``: fields missing from a config take these values."""
-  return ml_collections.ConfigDict(dict(**teachers.TEACHER_FIELDS, target_norm='layernorm', weight=1.0))
+  return ml_collections.ConfigDict(dict(**teachers.TEACHER_FIELDS, target_norm='layernorm', weight=1.0,
+                                        keep='random'))
 
 
 def standardize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -73,6 +77,11 @@ class MRMAE(MAE):
     m = config_block(config, 'mrmae', mrmae_defaults())
     if m.target_norm not in TARGET_NORMS:
       raise ValueError(f'config.mrmae.target_norm={m.target_norm!r} is not one of {TARGET_NORMS}.')
+    if m.keep not in KEEPS:
+      raise ValueError(f'config.mrmae.keep={m.keep!r} is not one of {KEEPS}.')
+    if m.keep == 'attention' and config.mask.name != 'random':
+      raise ValueError(f"config.mrmae.keep='attention' draws the visible tokens from the teacher's attention; "
+                       f"config.mask.name must be 'random' (it sets the count), not {config.mask.name!r}.")
     self.mrmae = m
     self.teacher = teachers.ViTTeacher(m, config.model.encoder, self.image_shape, self.encoder.patch_size, 'mrmae')
     self.teacher_encoder = self.teacher.module()  # the whole teacher: its last layer's tokens are the targets
@@ -87,10 +96,14 @@ class MRMAE(MAE):
     params = self.model.init(rng, images, info)['params']
     return params, {'teacher': self.teacher.random_params(self.teacher_encoder)}  # shapes; load_external fills them
 
-  def teacher_tokens(self, teacher_params, images: jax.Array) -> jax.Array:
-    """The frozen teacher's last-layer patch tokens of the whole image ``[B, N, Dt]``, normalized as configured."""
-    tokens = self.teacher_encoder.apply({'params': teacher_params}, images)['patch_tokens'].astype(jnp.float32)
+  def teacher_tokens(self, teacher_params, images: jax.Array, cls_attention: bool = False):
+    """The frozen teacher's last-layer patch tokens of the whole image ``[B, N, Dt]``, normalized as configured
+    (and with ``cls_attention``, its last layer's CLS attention ``[B, N]`` too)."""
+    out = self.teacher_encoder.apply({'params': teacher_params}, images, cls_attention=cls_attention)
+    tokens = out['patch_tokens'].astype(jnp.float32)
     tokens = standardize(tokens) if self.mrmae.target_norm == 'layernorm' else tokens
+    if cls_attention:
+      return jax.lax.stop_gradient((tokens, out['cls_attention']))
     return jax.lax.stop_gradient(tokens)
 
   def forward(self, params, images: jax.Array, info: masking.MaskInfo,
@@ -111,7 +124,12 @@ class MRMAE(MAE):
 
   def loss_fn(self, params, extras, batch, rng, step):
     images = batch['image']
-    info = self.masker(rng, images.shape[0])
-    out = self.forward(params, images, info, self.teacher_tokens(extras['teacher'], images))
+    if self.mrmae.keep == 'attention':  # focused mimicking: keep what the teacher attends to
+      tokens, attention = self.teacher_tokens(extras['teacher'], images, cls_attention=True)
+      info = masking.mask_from_importance(rng, attention, self.masker.len_keep)
+    else:
+      tokens = self.teacher_tokens(extras['teacher'], images)
+      info = self.masker(rng, images.shape[0])
+    out = self.forward(params, images, info, tokens)
     return out['loss'], ({'loss': out['loss'], 'rec_loss': out['rec_loss'], 'mimic_loss': out['mimic_loss']},
                          extras)

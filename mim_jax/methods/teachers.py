@@ -143,6 +143,6 @@ class ViTTeacher:
       return jax.device_get(nn.meta.unbox(self.random_params(module)))
     encoder = self.source.params['encoder']
     drop = {'mask_token', *(() if module.final_norm else ('norm',)),
-            *(('pos_embed',) if module.pos_embed == 'sincos' else ())}
+            *(('pos_embed',) if module.pos_embed != 'learned' else ())}
     return {k: v for k, v in encoder.items()
             if k not in drop and not (k.startswith('blocks_') and int(k.split('_')[1]) >= module.depth)}

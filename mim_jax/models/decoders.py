@@ -8,13 +8,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 from mim_jax.models.vit import (
   EMBED,
+  HEADS,
   MLP,
+  Block,
+  DropPath,
+  Mlp,
   _param_init,
   block_class,
   dense,
   layer_norm,
+  layer_scale_param,
   sincos_2d_table,
   token_dense,
   token_init,
@@ -89,3 +96,106 @@ class LinearPixelHead(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
     return token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'pred'), tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CAE (Chen et al., IJCV 2023): the latent regressor and the decoder on the predicted latents.
+
+
+class CrossAttention(nn.Module):
+  """Queries ``[B, M, D]`` attend to keys ``[B, S, D]`` / values ``[B, S, D]`` (separate inputs): separate q/k/v
+  projections, no k bias (CAE's; a k bias would shift every logit of a query alike), then ``proj``."""
+
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    b, m, d = q.shape
+    hd = d // self.num_heads
+    if d % self.num_heads:
+      raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
+    q = token_dense(dense(d, (EMBED, HEADS), self.dtype, 'q'), q).reshape(b, m, self.num_heads, hd)
+    k = token_dense(nn.Dense(d, use_bias=False, dtype=self.dtype, name='k',
+                             kernel_init=_param_init(nn.initializers.xavier_uniform(), (EMBED, HEADS))), k)
+    v = token_dense(dense(d, (EMBED, HEADS), self.dtype, 'v'), v)
+    s = k.shape[1]
+    k, v = k.reshape(b, s, self.num_heads, hd), v.reshape(b, s, self.num_heads, hd)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, m, d)
+    return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out)
+
+
+class RegressorBlock(nn.Module):
+  """One block of CAE's latent regressor. The masked queries ``x_q`` attend to ``x_kv`` (the visible latents and
+  the current queries): ``x = x_q + g1 * CA(LN_q(x_q + p_q), LN_k(x_kv + p_kv), LN_v(x_kv))``, then the stream is
+  *replaced* by its norm, ``x = LN2(x)``, and ``x = x + g2 * MLP(x)`` (their order)."""
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  layer_scale: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, pos_q, pos_kv, deterministic: bool = True) -> jax.Array:
+    d = x_q.shape[-1]
+    y = CrossAttention(self.num_heads, self.dtype, name='cross_attn')(
+        layer_norm(self.dtype, 'norm1_q')(x_q + pos_q), layer_norm(self.dtype, 'norm1_k')(x_kv + pos_kv),
+        layer_norm(self.dtype, 'norm1_v')(x_kv))
+    if self.layer_scale:
+      y = y * layer_scale_param(self, 'gamma_1_cross', d, self.layer_scale, y.dtype)
+    x = x_q + DropPath(self.drop_path, name='drop_path1')(y, deterministic)
+    x = layer_norm(self.dtype, 'norm2_cross')(x)
+    y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp_cross')(x)
+    if self.layer_scale:
+      y = y * layer_scale_param(self, 'gamma_2_cross', d, self.layer_scale, y.dtype)
+    return x + DropPath(self.drop_path, name='drop_path2')(y, deterministic)
+
+
+class LatentRegressor(nn.Module):
+  """CAE's latent contextual regressor: ``depth`` :class:`RegressorBlock` s from the masked queries and the visible
+  latents (no CLS) with their positions, then a final norm. Returns the predicted latents ``[B, M, D]``."""
+
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0  # the last block's rate (linear from 0, as in the encoder)
+  layer_scale: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, visible, pos_masked, pos_visible, deterministic: bool = True) -> jax.Array:
+    rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
+    pos_kv = jnp.concatenate([pos_visible, pos_masked], axis=1)
+    x = queries
+    for i in range(self.depth):
+      x = RegressorBlock(self.num_heads, self.mlp_ratio, float(rates[i]), self.layer_scale, self.dtype,
+                         name=f'regressor_blocks_{i}')(x, jnp.concatenate([visible, x], axis=1), pos_masked, pos_kv,
+                                                       deterministic)
+    return layer_norm(self.dtype, 'norm')(x)
+
+
+class CAEDecoder(nn.Module):
+  """CAE's decoder on the predicted latents of the masked patches only: ``+ positions`` -> ``depth`` ViT blocks
+  (LayerScale) -> norm -> linear head to ``out_dim``."""
+
+  depth: int
+  num_heads: int
+  out_dim: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  layer_scale: float = 0.0
+  dtype: Any = jnp.float32
+  attention_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, latents: jax.Array, pos: jax.Array, deterministic: bool = True) -> jax.Array:
+    rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
+    x = latents + pos
+    for i in range(self.depth):
+      x = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl, self.layer_scale,
+                name=f'decoder_blocks_{i}')(x, deterministic)
+    x = layer_norm(self.dtype, 'norm')(x)
+    return token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'head'), x)

@@ -32,13 +32,14 @@ Dtype = Any
 BATCH, LENGTH, EMBED, MLP, HEADS, PATCH = 'batch', 'length', 'embed', 'mlp', 'heads', 'patch'
 
 
-def sincos_2d_table(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+def sincos_2d_table(embed_dim: int, grid_h: int, grid_w: int, rows_first: bool = False) -> np.ndarray:
   """The MAE reference's fixed 2D sin-cos position table, ``[grid_h * grid_w, embed_dim]`` float32.
 
   The first half of the channels encodes the column index and the second half the row index (the
   reference builds its grid with ``meshgrid(grid_w, grid_h)``). Each half is ``[sin(pos * w), cos(pos * w)]``
   with ``w_k = 1 / 10000 ** (k / K)``, ``K = D / 4``; computed in float64 then cast, which reproduces the
-  reference's values bit for bit.
+  reference's values bit for bit. ``rows_first``: the row index in the first half (CAE's table, whose
+  ``meshgrid(grid_w, grid_h)`` runs in 'ij' order, so its "w" coordinate is the row).
   """
   if embed_dim % 4:
     raise ValueError(f'sin-cos positions need a width divisible by 4, got {embed_dim}.')
@@ -51,7 +52,8 @@ def sincos_2d_table(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     out = np.einsum('m,d->md', pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-  return np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
+  halves = (rows, cols) if rows_first else (cols, rows)
+  return np.concatenate([encode(h) for h in halves], axis=1).astype(np.float32)
 
 
 def _param_init(init: Callable, names: tuple[str | None, ...]) -> Callable:
@@ -258,6 +260,9 @@ class Block(nn.Module):
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
   attention_impl: str = 'auto'
+  # LayerScale (CaiT; BEiT / CAE): each residual branch times a learned per-channel gamma starting at this value
+  # (params gamma_1, gamma_2); 0 = off (no params).
+  layer_scale: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None,
@@ -273,10 +278,21 @@ class Block(nn.Module):
       y, attention = y
     if query_ids is not None:
       x = jnp.take_along_axis(x, query_ids[:, :, None], axis=1)
-    x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path1')(y, deterministic))
+    x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path1')(self._scale(y, 'gamma_1'),
+                                                                             deterministic))
     y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm2')(x))
-    x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(y, deterministic))
+    x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(self._scale(y, 'gamma_2'),
+                                                                             deterministic))
     return (x, attention) if cls_attention else x
+
+  def _scale(self, y: jax.Array, name: str) -> jax.Array:
+    return y if not self.layer_scale else y * layer_scale_param(self, name, y.shape[-1], self.layer_scale, y.dtype)
+
+
+def layer_scale_param(module: nn.Module, name: str, width: int, value: float, dtype: Dtype) -> jax.Array:
+  """A LayerScale gamma ``[width]`` starting at ``value``, inside ``module``'s compact method."""
+  init = _param_init(lambda _, shape: jnp.full(shape, value, jnp.float32), (EMBED,))
+  return module.param(name, init, (width,)).astype(dtype)
 
 
 # Rematerialization policies for a transformer block (config ``remat``): what the backward pass may keep from
@@ -362,10 +378,12 @@ class ViTEncoder(nn.Module):
   # False: return the last block's output unnormalized. MAE fine-tuning with global pooling drops the final norm
   # and normalizes the pooled feature instead (fc_norm).
   final_norm: bool = True
-  # 'sincos': the fixed table, computed for whatever grid the images give (MAE). 'learned': a trained table
+  # 'sincos': the fixed table, computed for whatever grid the images give (MAE). 'sincos_rows_first': the same
+  # with the row index in the first half of the channels (CAE's layout). 'learned': a trained table
   # `pos_embed` [1, 1 + N, D] whose row 0 is the CLS token's (timm / fine-tuned checkpoints); it fits one grid
   # only (resize it with mim_jax.interop.pos_embed.resize_pos_embed).
   pos_embed: str = 'sincos'
+  layer_scale: float = 0.0  # LayerScale gammas in every block starting at this value (CAE/BEiT: 0.1); 0 = off
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> ViTEncoder:
@@ -432,14 +450,14 @@ class ViTEncoder(nn.Module):
         raise ValueError('this encoder was built without a mask token (use_mask_token=False).')
       token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
       x = jnp.where(mask[..., None] > 0.5, token.astype(x.dtype), x)
-    if self.pos_embed == 'sincos':
-      x = x + sincos_2d_table(self.width, gh, gw)[None].astype(x.dtype)
+    if self.pos_embed in ('sincos', 'sincos_rows_first'):
+      x = x + sincos_2d_table(self.width, gh, gw, self.pos_embed == 'sincos_rows_first')[None].astype(x.dtype)
       cls_pos = None
     elif self.pos_embed == 'learned':
       table = self._learned_pos_table(gh, gw).astype(x.dtype)
       x, cls_pos = x + table[:, 1:], table[:, :1]
     else:
-      raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}.")
+      raise ValueError(f"pos_embed must be 'sincos', 'sincos_rows_first' or 'learned', got {self.pos_embed!r}.")
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
     cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
@@ -456,7 +474,7 @@ class ViTEncoder(nn.Module):
     for i in range(self.depth):
       last = cls_attention and i == self.depth - 1
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
-                name=f'blocks_{i}')(x, deterministic, None, last)
+                self.layer_scale, name=f'blocks_{i}')(x, deterministic, None, last)
       if last:
         x, attention = x
       if i in hidden:

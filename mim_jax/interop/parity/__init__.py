@@ -44,6 +44,7 @@ ADAPTERS = {
     'colormae_mask': 'mim_jax.interop.parity.colormae',
     'dmae': 'mim_jax.interop.parity.dmae',
     'maskalign': 'mim_jax.interop.parity.maskalign',
+    'cae': 'mim_jax.interop.parity.cae',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 
