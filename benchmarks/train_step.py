@@ -41,6 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # ViT-Tiny/4@32 uses a 4 x 192 decoder (the common CIFAR MAE recipe); the 224 models use MAE's 8 x 512 decoder.
 MODELS = {
     'tiny4_32': dict(image=32, patch=4, enc=(192, 12, 3), dec=(192, 4, 3), batch=128, label='MAE ViT-Tiny/4@32'),
+    'fashion7_28': dict(image=28, patch=7, enc=(128, 4, 4), dec=(64, 2, 4), batch=256,
+                        label='MAE Fashion-MNIST recipe ViT/7@28'),
     'small16_224': dict(image=224, patch=16, enc=(384, 12, 6), dec=(512, 8, 16), batch=16,
                         label='MAE ViT-S/16@224'),
     'base16_224': dict(image=224, patch=16, enc=(768, 12, 12), dec=(512, 8, 16), batch=8,

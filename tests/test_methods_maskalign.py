@@ -147,3 +147,28 @@ def test_recipes_carry_the_papers_settings_and_every_field():
     else:  # the real recipe: the teacher is the run's to give
       with pytest.raises(ValueError, match='config.maskalign.teacher is empty'):
         build(c, Facts.for_images(shape))
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_workdir_is_a_supervised_teacher(tmp_path):
+  from conftest import load_config
+  from mim_jax import main
+  from mim_jax import workdir as workdir_lib
+  from mim_jax.methods import teachers
+
+  pre = load_config('configs/mae/fashion_mnist.py', 'tiny')
+  pre.eval.enabled = False
+  main.run(pre, str(tmp_path / 'mae'))
+  ft = load_config('configs/eval/finetune_fashion_mnist.py', 'tiny')
+  ft.init = str(tmp_path / 'mae')
+  main.run(ft, str(tmp_path / 'finetuned'))
+  teacher = teachers.load(str(tmp_path / 'finetuned'))
+  saved, step = workdir_lib.read_params(str(tmp_path / 'finetuned'), None,
+                                        directory=str(tmp_path / 'finetuned' / 'finetune_checkpoints'))
+  assert teacher.supervised and teacher.step == step and not teacher.encoder.final_norm  # fc_norm replaced it
+  np.testing.assert_array_equal(teacher.params['encoder']['blocks_0']['mlp']['fc1']['kernel'],
+                                saved['encoder']['blocks_0']['mlp']['fc1']['kernel'])
+  student = load_config('configs/maskalign/fashion_mnist.py', 'tiny')
+  student.maskalign.teacher, student.maskalign.teacher_model = str(tmp_path / 'finetuned'), {}
+  method = build(student, Facts.for_images((28, 28, 1)))
+  assert 'norm' not in method.load_external()['teacher']

@@ -44,6 +44,7 @@ class Teacher:
   step: int | None  # the workdir checkpoint's step
   source: str
   method: Method | None = None  # the method that trained it (workdir teachers)
+  supervised: bool = False  # fine-tuned with the dataset's labels (a "semantic" teacher: its students see labels)
 
   def init_params(self, rng: jax.Array) -> Any:
     """Params of the teacher's shapes (what a student's ``init`` puts under its external key)."""
@@ -55,14 +56,40 @@ class Teacher:
     return jax.lax.stop_gradient(self.encoder.apply({'params': params['encoder']}, batch['image']))
 
 
+FINETUNE_CONFIG = 'finetune_config.json'  # what a fine-tuning run (configs/eval/finetune_*.py) writes
+
+
 def load(path: str, step: int | None = None) -> Teacher:
-  """A teacher from a pre-training workdir. (Checkpoint files written by ``mim_jax.convert`` from timm, Hugging Face
-  or official-MAE weights are not read here yet: their reader lives in ``mim_jax.interop``, a layer above the
-  methods; README, Architecture.)"""
+  """A teacher from a pre-training workdir, or from a fine-tuning workdir (a classifier trained with labels: the
+  "semantic" teacher). (Checkpoint files written by ``mim_jax.convert`` from timm, Hugging Face or official-MAE
+  weights are not read here yet: their reader lives in ``mim_jax.interop``, a layer above the methods; README,
+  Architecture.)"""
   if not os.path.isdir(path):
-    raise ValueError(f'teacher {path!r} is not a pre-training workdir (a directory with config.json and '
-                     'checkpoints); checkpoint files are not supported as teachers yet.')
+    raise ValueError(f'teacher {path!r} is not a pre-training or fine-tuning workdir (a directory with its config '
+                     'and checkpoints); checkpoint files are not supported as teachers yet.')
+  if os.path.isfile(os.path.join(path, FINETUNE_CONFIG)):
+    return from_finetune_workdir(path, step)
   return from_workdir(path, step)
+
+
+def from_finetune_workdir(path: str, step: int | None = None) -> Teacher:
+  """The fine-tuned encoder of a fine-tuning workdir (``finetune_checkpoints``; its architecture is the fine-tune
+  encoder of the pre-training workdir it started from, ``init``). Its features were trained with the dataset's
+  labels: a student distilled from it has seen them too (say so next to every number it produces)."""
+  import json
+
+  with open(os.path.join(path, FINETUNE_CONFIG)) as f:
+    finetune = workdir_lib.json_tuples(json.load(f))
+  init = finetune.get('init')
+  if not init or not os.path.isdir(init):
+    raise ValueError(f'the fine-tuning workdir {path} started from init={init!r}, which is not a directory here; '
+                     'the teacher needs it for the architecture (run from the directory the fine-tune ran in).')
+  pre = from_workdir(init)
+  encoder = pre.method.finetune_encoder(drop_path=0.0, pooled=bool(finetune.get('global_pool', True)),
+                                        dtype=jax.numpy.float32, remat=False)
+  params, step = workdir_lib.read_params(path, step, directory=os.path.join(path, 'finetune_checkpoints'))
+  return Teacher(encoder, {'encoder': params['encoder']}, pre.image_shape, int(step), path, pre.method,
+                 supervised=True)
 
 
 def from_workdir(path: str, step: int | None = None) -> Teacher:
@@ -111,7 +138,9 @@ class ViTTeacher:
                          f"the student's tokens); it is a {type(encoder).__name__} on {self.source.image_shape}.")
       at = f'step {self.source.step}, ' if self.source.step is not None else ''
       log(f'{what}: teacher {fields.teacher} ({at}{encoder.depth} blocks, width {encoder.width})'
-          + (' with random weights (teacher_random)' if fields.teacher_random else ''))
+          + (' with random weights (teacher_random)' if fields.teacher_random else '')
+          + (': fine-tuned with labels, so this run\'s features carry label information'
+             if self.source.supervised and not fields.teacher_random else ''))
     elif not fields.teacher_model:
       raise ValueError(f'config.{what}.teacher is empty: set it to a pre-trained workdir (e.g. '
                        f'--config.{what}.teacher=workdirs/fashion_mae), or set config.{what}.teacher_model for a '
@@ -128,7 +157,9 @@ class ViTTeacher:
 
   def module(self, depth: int | None = None, final_norm: bool = True):
     """The teacher as it runs: truncated to its first ``depth`` blocks, with or without the final norm."""
-    return self.encoder.clone(depth=self.encoder.depth if depth is None else depth, final_norm=final_norm)
+    # A fine-tuned encoder with global pooling has no final norm (its classifier's fc_norm replaced it).
+    return self.encoder.clone(depth=self.encoder.depth if depth is None else depth,
+                              final_norm=final_norm and self.encoder.final_norm)
 
   def random_params(self, module):
     images = jax.numpy.zeros((1, *self.image_shape), jax.numpy.float32)
