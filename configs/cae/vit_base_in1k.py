@@ -13,7 +13,8 @@ Settings (the authors' scripts/cae_base_800e.sh and tools/run_pretraining.py): b
 clip 3.0, drop path 0.1, LayerScale 0.1 in encoder, regressor and decoder, regressor and decoder width 768 with 12
 heads, CAE's sin-cos layout. Deviation: the official target is the DALL-E tokenizer's codes (8192-way cross-entropy),
 which cannot be had offline; this config regresses normalized pixels of the masked patches (cae.target='pixels';
-'teacher' regresses a frozen teacher's features instead). Published: 83.9 top-1 fine-tuned (tokenizer target).
+'teacher' regresses a frozen teacher's features instead). Published (their README, tokenizer target, 800 epochs):
+83.8 top-1 fine-tuned, 68.9 linear probe.
 """
 
 from mim_jax import recipes

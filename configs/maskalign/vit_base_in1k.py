@@ -13,7 +13,6 @@ matrix), base lr 1.5e-4 x batch / 256, min lr 1e-5, 200 epochs with 20 warmup + 
 target_norm whiten, smoothl1, top5, linear fusion, attention keep. The paper's teacher is CLIP ViT-B/16, which cannot
 be had offline: the teacher here is a mim_jax pre-training workdir of a 12-block ViT on the same patches (linear
 fusion needs equal depths; fusion='sum' otherwise). ':cpu' uses a random-init teacher and only checks the plumbing.
-Published: 85.4 top-1 fine-tuned (CLIP-B/16 teacher, 200 epochs).
 """
 
 from mim_jax import recipes
