@@ -78,8 +78,8 @@ def mask_from_importance(rng: jax.Array, importance: jax.Array, len_keep: int) -
 
   The Gumbel-top-k trick gives that distribution in one sort: the ``len_keep`` largest ``log(importance) + G``,
   ``G`` i.i.d. standard Gumbel, are such a sequential draw. It is equal in distribution to torch's sampler, not draw
-  for draw (tests compare the inclusion frequencies with the exact probabilities). Zero importance is never kept
-  unless fewer than ``len_keep`` tokens have any."""
+  for draw (tests compare the inclusion frequencies with the exact probabilities). A zero importance counts as the
+  smallest positive float: such tokens come after every token with a real weight (to float precision)."""
   if importance.ndim != 2:
     raise ValueError(f'importance must be [batch, tokens], got shape {importance.shape}.')
   logits = jnp.log(jnp.maximum(importance.astype(jnp.float32), jnp.finfo(jnp.float32).tiny))
