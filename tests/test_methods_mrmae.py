@@ -70,3 +70,19 @@ def test_focused_mimicking_keeps_what_the_teacher_attends_to():
   assert np.isfinite(float(value))
   with pytest.raises(ValueError, match='keep'):
     setup(keep='top')
+
+
+def test_two_teachers_each_get_a_head_and_a_frozen_extra():
+  method, params, extras, images = setup(second_teacher_model=dict(width=24, depth=1, num_heads=2))
+  assert method.external_extras == ('teacher', 'teacher2') and set(extras) == {'teacher', 'teacher2'}
+  assert params['mimic_head_2']['kernel'].shape[-1] == 24
+  loss = lambda p, e: method.loss_fn(p, e, {'image': images}, jax.random.key(3), 0)  # noqa: E731
+  (value, (metrics, _)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, extras)
+  assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[1]))  # both teachers frozen
+  assert float(jnp.abs(grads[0]['mimic_head_2']['kernel']).sum()) > 0
+  info = method.masker(jax.random.key(3), 4)
+  tokens = tuple(method.teacher_tokens(extras[k], images, which=i) for i, k in enumerate(method.external_extras))
+  out = method.forward(params, images, info, tokens)
+  np.testing.assert_allclose(float(out['mimic_loss']), float(out['mimic_losses'].sum()), rtol=1e-6)
+  with pytest.raises(ValueError, match='mimic heads'):
+    method.forward(params, images, info, tokens[:1])

@@ -5,7 +5,9 @@ the last-layer features of a frozen pre-trained MAE teacher that sees the whole 
       --config.mrmae.teacher=workdirs/fashion_mae
   python -m mim_jax.main --config=configs/mrmae/fashion_mnist.py:tiny --workdir=/tmp/mrmae_tiny   # seconds
 
-':tiny' uses a random-init teacher (plumbing only).
+The paper's two teachers (CLIP and DINO): add --config.mrmae.second_teacher=workdirs/fashion_eval/mae (the recipe
+MAE fine-tuned with the labels: its students see them; docs/methods.md). ':tiny' uses a random-init teacher
+(plumbing only).
 """
 
 from mim_jax import recipes

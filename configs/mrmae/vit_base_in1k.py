@@ -7,8 +7,8 @@ last-layer features of the whole image), 400 epochs.
   python -m mim_jax.main --config=configs/mrmae/vit_base_in1k.py:cpu --workdir=/tmp/mrmae_cpu   # a few local steps
 
 The paper distils CLIP ViT-B/16 and DINO ViT-B/16 together and keeps the tokens the teacher attends to ("focused
-mimicking"); this config has one teacher and uniform random masks (the parts implemented so far; docs/methods.md).
-Other settings are MAE's. ':cpu' uses a random-init teacher and only checks the plumbing. Published: 85.0 top-1
+mimicking"): give the second teacher with --config.mrmae.second_teacher=WORKDIR and focused mimicking with
+--config.mrmae.keep=attention (our reading of it; docs/methods.md). Other settings are MAE's. ':cpu' uses a random-init teacher and only checks the plumbing. Published: 85.0 top-1
 fine-tuned after 200 epochs (plain MR-MAE, OpenReview version).
 """
 
