@@ -19,7 +19,7 @@ RANKS = {
     'targets': 2, 'losses': 2, 'masking': 2, 'report': 2,
     'models': 3,
     'config': 4,
-    'workdir': 5,
+    'workdir': 5, 'weights': 5,
     'methods': 6,
     'train': 7, 'interop': 7, 'recipes': 7,
     'eval': 8,

@@ -17,8 +17,8 @@ from mim_jax import convert as convert_cli
 from mim_jax import interop
 from mim_jax.interop import official_mae
 from mim_jax.interop.pos_embed import bicubic_matrix, is_sincos
-from mim_jax.interop.spec import DecoderSpec, ModelSpec, flatten, random_checkpoint
-from mim_jax.interop.tensors import read_tensors, write_tensors
+from mim_jax.weights.spec import DecoderSpec, ModelSpec, flatten, random_checkpoint
+from mim_jax.weights.tensors import read_tensors, write_tensors
 
 SPEC = ModelSpec(patch_size=8, width=64, depth=2, num_heads=4, image_size=(32, 32),
                  decoder=DecoderSpec(width=32, depth=1, num_heads=4), norm_pix_loss=True)

@@ -18,8 +18,8 @@ import jax.numpy as jnp  # noqa: E402
 from mim_jax.interop.features import features as mim_features  # noqa: E402
 from mim_jax import interop  # noqa: E402
 from mim_jax.interop.pos_embed import resize_pos_embed, sincos_with_cls  # noqa: E402
-from mim_jax.interop.spec import random_checkpoint  # noqa: E402
-from mim_jax.interop.tensors import write_tensors  # noqa: E402
+from mim_jax.weights.spec import random_checkpoint  # noqa: E402
+from mim_jax.weights.tensors import write_tensors  # noqa: E402
 from mim_jax.interop.timm_vit import timm_model_kwargs  # noqa: E402
 
 TOL = 1e-5  # float32 end to end on the CPU

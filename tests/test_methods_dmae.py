@@ -96,7 +96,7 @@ def test_a_workdir_teacher_is_loaded_truncated_and_never_saved(tmp_path):
                              teacher_random=True)).load_external()['teacher']
   assert not np.allclose(random['blocks_1']['mlp']['fc1']['kernel'], loaded['blocks_1']['mlp']['fc1']['kernel'])
 
-  with pytest.raises(ValueError, match='is not a pre-training or fine-tuning workdir'):
+  with pytest.raises(ValueError, match='is neither a workdir'):
     build(dmae_config(teacher=str(tmp_path / 'missing'), teacher_model={}))
 
   main.run(student, str(tmp_path / 'student'))

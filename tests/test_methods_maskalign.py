@@ -172,3 +172,23 @@ def test_a_fine_tuned_workdir_is_a_supervised_teacher(tmp_path):
   student.maskalign.teacher, student.maskalign.teacher_model = str(tmp_path / 'finetuned'), {}
   method = build(student, Facts.for_images((28, 28, 1)))
   assert 'norm' not in method.load_external()['teacher']
+
+
+def test_a_converted_checkpoint_file_is_a_teacher(tmp_path):
+  from conftest import load_config
+  from mim_jax.methods import teachers
+  from mim_jax.weights import file as weight_file
+  from mim_jax.weights.spec import ModelSpec, random_checkpoint
+
+  spec = ModelSpec(patch_size=4, width=24, depth=1, num_heads=2, image_size=(28, 28), channels=1)
+  path = weight_file.save(random_checkpoint(spec, seed=3), str(tmp_path / 'teacher.safetensors'))
+  teacher = teachers.load(path)
+  assert (teacher.image_shape, teacher.encoder.width, teacher.supervised) == ((28, 28, 1), 24, False)
+  student = load_config('configs/maskalign/fashion_mnist.py', 'tiny')
+  student.maskalign.teacher, student.maskalign.teacher_model = path, {}
+  method = build(student, Facts.for_images((28, 28, 1)))
+  loaded = method.load_external()['teacher']
+  np.testing.assert_array_equal(loaded['blocks_0']['mlp']['fc1']['kernel'],
+                                teacher.params['encoder']['blocks_0']['mlp']['fc1']['kernel'])
+  with pytest.raises(ValueError, match='neither a workdir'):
+    teachers.load(str(tmp_path / 'missing'))

@@ -8,8 +8,9 @@ last-layer features of the whole image), 400 epochs.
 
 The paper distils CLIP ViT-B/16 and DINO ViT-B/16 together and keeps the tokens the teacher attends to ("focused
 mimicking"): give the second teacher with --config.mrmae.second_teacher=WORKDIR and focused mimicking with
---config.mrmae.keep=attention (our reading of it; docs/methods.md). Other settings are MAE's. ':cpu' uses a random-init teacher and only checks the plumbing. Published: 85.0 top-1
-fine-tuned after 200 epochs (plain MR-MAE, OpenReview version).
+--config.mrmae.keep=attention (our reading of it; docs/methods.md). Other settings are MAE's. ':cpu' uses a
+random-init teacher and only checks the plumbing. Published: 85.0 top-1 fine-tuned after 200 epochs (plain MR-MAE,
+OpenReview version).
 """
 
 from mim_jax import recipes

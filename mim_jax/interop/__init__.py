@@ -9,7 +9,7 @@ Library entry points (the CLI is ``python -m mim_jax.convert``)::
 
 from mim_jax.interop.convert import SOURCES, TARGETS, convert, load, materialize_pos_embed, resize, save
 from mim_jax.interop.official_mae import from_official, to_official
-from mim_jax.interop.spec import Checkpoint, DecoderSpec, ModelSpec
+from mim_jax.weights.spec import Checkpoint, DecoderSpec, ModelSpec
 
 __all__ = ['SOURCES', 'TARGETS', 'Checkpoint', 'DecoderSpec', 'ModelSpec', 'convert', 'from_official', 'load',
            'materialize_pos_embed', 'resize', 'save', 'to_official']

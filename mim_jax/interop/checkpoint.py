@@ -1,16 +1,8 @@
-"""The mim_jax checkpoint file, and pre-training workdirs as a checkpoint source.
+"""Pre-training workdirs as a checkpoint source, and the mim_jax checkpoint file (:mod:`mim_jax.weights.file`)
+for the converters.
 
-A mim_jax checkpoint is one ``.safetensors`` file:
-
-* tensors: float32, named by their '/'-joined param path (``encoder/blocks_0/attn/qkv/kernel``, ``decoder/...``,
-  ``fc_norm/scale``, ``head/kernel``), in mim_jax layouts (Dense kernels ``[in, out]``, patch kernel
-  ``[p*p*C, D]``);
-* metadata (safetensors' string map): ``format = "mim_jax"`` and ``mim_jax_model`` = the JSON of
-  :class:`~mim_jax.interop.spec.ModelSpec` (patch size, width, depth, heads, mlp ratio, image size, channels,
-  position table kind, norms, head, decoder dims, and pixel mean/std when known).
-
-It needs neither torch nor orbax to read, and holds weights only (no optimizer state: resume training from the
-workdir instead).
+A workdir's params come with the spec of its encoder (and MAE decoder) from its config.json; anything else the
+method trained is named in the notes and not exported.
 """
 
 from __future__ import annotations
@@ -19,31 +11,15 @@ import os
 
 import numpy as np
 
-from mim_jax.interop.spec import Checkpoint, DecoderSpec, ModelSpec, flatten, unflatten
-from mim_jax.interop.tensors import read_tensors, write_tensors
-
-FORMAT = 'mim_jax'
-SPEC_KEY = 'mim_jax_model'
-
-
-def save(ckpt: Checkpoint, path: str) -> str:
-  if not path.endswith('.safetensors'):
-    raise ValueError(f'a mim_jax checkpoint is a .safetensors file; got {path!r}.')
-  ckpt.check()
-  tensors = {k: np.asarray(v, np.float32) for k, v in flatten(ckpt.params).items()}
-  return write_tensors(path, tensors, metadata={'format': FORMAT, SPEC_KEY: ckpt.spec.to_json()})
+from mim_jax.weights.file import load as load_file
+from mim_jax.weights.spec import Checkpoint, DecoderSpec, ModelSpec
 
 
 def load(path: str) -> Checkpoint:
   """A mim_jax ``.safetensors`` file, or a pre-training workdir (its latest checkpoint)."""
   if os.path.isdir(path):
     return from_workdir(path)
-  tensors, metadata = read_tensors(path)
-  if metadata.get('format') != FORMAT or SPEC_KEY not in metadata:
-    raise ValueError(f'{path!r} is not a mim_jax checkpoint (its metadata has no mim_jax model description). '
-                     'Convert it first: python -m mim_jax.convert --from {timm,hf_vitmae,mae_official} '
-                     '--to mim_jax SRC DST.')
-  return Checkpoint(unflatten(tensors), ModelSpec.from_json(metadata[SPEC_KEY])).check()
+  return load_file(path)
 
 
 def is_workdir(path: str) -> bool:

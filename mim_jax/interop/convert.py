@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 
 from mim_jax.interop import checkpoint as mim_ckpt
+from mim_jax.weights import file as weight_file
 from mim_jax.interop import hf_vitmae, official_mae, timm_vit
 from mim_jax.interop.pos_embed import resize_pos_embed, sincos_with_cls
-from mim_jax.interop.spec import Checkpoint
-from mim_jax.interop.tensors import read_tensors, write_tensors
+from mim_jax.weights.spec import Checkpoint
+from mim_jax.weights.tensors import read_tensors, write_tensors
 
 SOURCES = ('mim_jax', 'timm', 'hf_vitmae', 'mae_official')
 TARGETS = ('mim_jax', 'timm', 'hf_vitmae', 'mae_official')
@@ -48,7 +49,7 @@ def load(src: str, fmt: str, *, num_heads: int | None = None, decoder_num_heads:
     return hf_vitmae.read_hf(src, pos_embed=pos_embed, num_heads=num_heads,
                              decoder_num_heads=decoder_num_heads).check()
   state, metadata = read_tensors(src)
-  if metadata.get('format') == mim_ckpt.FORMAT:
+  if metadata.get('format') == weight_file.FORMAT:
     raise ValueError(f'{src!r} is a mim_jax checkpoint; read it with format mim_jax (--from mim_jax).')
   if fmt == 'timm':
     decoder_keys = [k for k in state if k.startswith('decoder_') or k == 'mask_token']
@@ -68,7 +69,7 @@ def save(ckpt: Checkpoint, dst: str, fmt: str, *, hf_mask_ratio: float | None = 
   _check_format(fmt, TARGETS, 'target')
   ckpt.check()
   if fmt == 'mim_jax':
-    return [mim_ckpt.save(ckpt, dst)]
+    return [weight_file.save(ckpt, dst)]
   if fmt == 'hf_vitmae':
     return hf_vitmae.write_hf(ckpt, dst, mask_ratio=hf_mask_ratio, key_style=hf_key_style)
   if fmt == 'timm':

@@ -31,7 +31,7 @@ def check_timm(torch, timm, tmp: str, global_pool: str) -> list[tuple[str, float
 
   from mim_jax import interop
   from mim_jax.interop.features import features
-  from mim_jax.interop.tensors import write_tensors
+  from mim_jax.weights.tensors import write_tensors
   from mim_jax.interop.timm_vit import timm_model_kwargs
 
   torch.manual_seed(0)

@@ -67,7 +67,7 @@ def prepare_images(images, spec, normalize=None) -> np.ndarray:
 
 
 def load_checkpoint(checkpoint, fmt: str | None = None):
-  """A :class:`~mim_jax.interop.spec.Checkpoint` from an object, a mim_jax file / workdir, or ``fmt``'s file."""
+  """A :class:`~mim_jax.weights.spec.Checkpoint` from an object, a mim_jax file / workdir, or ``fmt``'s file."""
   from mim_jax import interop
 
   if isinstance(checkpoint, interop.Checkpoint):
@@ -111,7 +111,7 @@ def features(checkpoint, images, *, normalize=None, batch_size: int = 64, source
   """Encoder features with no masking: ``dict(cls [B, D], patch_tokens [B, N, D], pooled [B, D])`` (numpy).
 
   ``checkpoint``: a mim_jax ``.safetensors`` file, a pre-training workdir, a loaded
-  :class:`~mim_jax.interop.spec.Checkpoint`, or another format's file with ``source_format=`` ('timm', 'hf_vitmae',
+  :class:`~mim_jax.weights.spec.Checkpoint`, or another format's file with ``source_format=`` ('timm', 'hf_vitmae',
   'mae_official'). ``images``: NHWC float32 already normalized the way the model was trained, or uint8 with
   ``normalize`` = 'imagenet' (mean 0.485/0.456/0.406, std 0.229/0.224/0.225), 'checkpoint' (the mean/std the
   checkpoint records, e.g. a workdir's dataset statistics) or ``(mean, std)`` on the 0-1 scale.

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from mim_jax.interop.pos_embed import is_sincos, sincos_with_cls
-from mim_jax.interop.spec import Checkpoint, DecoderSpec, ModelSpec
-from mim_jax.interop.tensors import read_tensors, write_tensors
+from mim_jax.weights.spec import Checkpoint, DecoderSpec, ModelSpec
+from mim_jax.weights.tensors import read_tensors, write_tensors
 from mim_jax.interop.timm_vit import conv_from_patch_kernel, patch_kernel_from_conv
 
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')

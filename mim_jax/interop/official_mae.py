@@ -171,7 +171,7 @@ _DECODER_KEY = re.compile(r'^(decoder_|mask_token$)')
 def checkpoint_from_official(state: Mapping[str, Any], *, num_heads: int | None = None,
                              decoder_num_heads: int | None = None, image_size: tuple[int, int] | None = None,
                              pos_embed: str = 'auto'):
-  """Any official MAE checkpoint -> :class:`~mim_jax.interop.spec.Checkpoint`.
+  """Any official MAE checkpoint -> :class:`~mim_jax.weights.spec.Checkpoint`.
 
   Pre-training checkpoints (``mae_pretrain_*``: encoder only; ``mae_visualize_*``: with decoder) and fine-tuned
   ones (``mae_finetuned_*``: timm names with ``fc_norm`` and ``head``) are all read; the encoder keys are timm's.
@@ -179,7 +179,7 @@ def checkpoint_from_official(state: Mapping[str, Any], *, num_heads: int | None 
   """
   import dataclasses
 
-  from mim_jax.interop.spec import DecoderSpec
+  from mim_jax.weights.spec import DecoderSpec
   from mim_jax.interop.timm_vit import encoder_from_timm
 
   decoder_keys = tuple(k for k in state if _DECODER_KEY.match(k))
@@ -204,7 +204,7 @@ def checkpoint_from_official(state: Mapping[str, Any], *, num_heads: int | None 
 
 
 def checkpoint_to_official(ckpt) -> dict[str, np.ndarray]:
-  """:class:`~mim_jax.interop.spec.Checkpoint` -> official names (timm's for the encoder, plus the decoder's)."""
+  """:class:`~mim_jax.weights.spec.Checkpoint` -> official names (timm's for the encoder, plus the decoder's)."""
   from mim_jax.interop.timm_vit import encoder_to_timm
 
   out = encoder_to_timm(ckpt)

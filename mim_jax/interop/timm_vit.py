@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mim_jax.interop.pos_embed import is_sincos, sincos_with_cls, square_grid
-from mim_jax.interop.spec import Checkpoint, ModelSpec
+from mim_jax.weights.spec import Checkpoint, ModelSpec
 from mim_jax.models.vit import VIT_SIZES
 
 _BLOCK_KEY = re.compile(r'^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$')

@@ -60,16 +60,28 @@ FINETUNE_CONFIG = 'finetune_config.json'  # what a fine-tuning run (configs/eval
 
 
 def load(path: str, step: int | None = None) -> Teacher:
-  """A teacher from a pre-training workdir, or from a fine-tuning workdir (a classifier trained with labels: the
-  "semantic" teacher). (Checkpoint files written by ``mim_jax.convert`` from timm, Hugging Face or official-MAE
-  weights are not read here yet: their reader lives in ``mim_jax.interop``, a layer above the methods; README,
-  Architecture.)"""
+  """A teacher from a pre-training workdir, a fine-tuning workdir (a classifier trained with labels: the
+  "semantic" teacher) or a mim_jax ``.safetensors`` checkpoint (``python -m mim_jax.convert --to mim_jax`` writes
+  one from timm, Hugging Face or official-MAE weights)."""
+  if os.path.isfile(path):
+    return from_file(path)
   if not os.path.isdir(path):
-    raise ValueError(f'teacher {path!r} is not a pre-training or fine-tuning workdir (a directory with its config '
-                     'and checkpoints); checkpoint files are not supported as teachers yet.')
+    raise ValueError(f'teacher {path!r} is neither a workdir (pre-training or fine-tuning) nor a mim_jax '
+                     '.safetensors checkpoint (convert other weights with python -m mim_jax.convert --to mim_jax).')
   if os.path.isfile(os.path.join(path, FINETUNE_CONFIG)):
     return from_finetune_workdir(path, step)
   return from_workdir(path, step)
+
+
+def from_file(path: str) -> Teacher:
+  """The encoder of a mim_jax ``.safetensors`` checkpoint, built from the model description it carries. A file
+  whose params include a classifier head was fine-tuned with labels (a supervised teacher)."""
+  from mim_jax.weights import file as weight_file
+
+  ckpt = weight_file.load(path)
+  spec = ckpt.spec
+  return Teacher(spec.encoder(), {'encoder': ckpt.params['encoder']}, (*spec.image_size, spec.channels), None,
+                 path, None, supervised='head' in ckpt.params)
 
 
 def from_finetune_workdir(path: str, step: int | None = None) -> Teacher:
