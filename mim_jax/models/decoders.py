@@ -51,7 +51,7 @@ def decoder_tower(module: nn.Module, x: jax.Array, prefix: str, depth: int,
   for i in range(depth):
     last = i == depth - 1
     x = block(module.num_heads, module.mlp_ratio, 0.0, module.dtype, module.attention_impl,
-              name=f'{prefix}_{i}')(x, True, queries if last else None)
+              name=f'{prefix}_{i}')(x, True, queries if last else None, False)
   if queries is not None and depth == 0:
     x = jnp.take_along_axis(x, queries[:, :, None], axis=1)
   return x

@@ -322,6 +322,8 @@ def block_class(remat: bool | str | None) -> type[Block]:
   name = remat_policy_name(remat)
   if name == 'none':
     return Block
+  # deterministic and cls_attention are static (callers pass all four arguments positionally: remat checks that
+  # every static index is within the call's arguments)
   return nn.remat(Block, static_argnums=(2, 4), policy=REMAT_POLICIES[name])
 
 
