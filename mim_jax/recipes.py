@@ -86,7 +86,8 @@ def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   coarser grid probed better in less time (3,000 steps in 10 min: 81.7 linear probe; patch 4, 1,200 steps in
   17 min: 80.1; pooled feature). The frozen feature is the mean of the patch tokens: it probed 0.6-1.8 points
   above the CLS token here (linear probe, k-NN, logistic regression). ``arg``: None, or
-  'tiny' (a few seconds, for tests)."""
+  'tiny' (a few seconds, for tests), or 'large' (a 192-wide, 6-block encoder, otherwise the same recipe: the
+  larger teacher for DMAE / MaskAlign / MR-MAE)."""
   c = base_config()
   c.data = default_data_config('fashion_mnist')
   c.batch_size = 256
@@ -108,8 +109,11 @@ def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps, c.log_every = 2, 2
     c.eval.linear_probe.epochs = 2
     c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
+  elif arg == 'large':  # the larger self-supervised teacher of the teacher-target methods (DINO's stand-in)
+    c.model.encoder = dict(patch_size=7, width=192, depth=6, num_heads=6, mlp_ratio=4.0)
   elif arg:
-    raise ValueError(f"unknown argument {arg!r} for configs/mae/fashion_mnist.py (use no argument or ':tiny').")
+    raise ValueError(f"unknown argument {arg!r} for configs/mae/fashion_mnist.py (use no argument, ':tiny' or "
+                     "':large').")
   return c
 
 

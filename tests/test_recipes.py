@@ -26,3 +26,13 @@ def test_cpu_variant_runs_the_recipe_code_path(tmp_path):
   result = loop.train(c, str(tmp_path))
   assert int(result.state.step) == c.total_steps
   assert (tmp_path / 'checkpoints' / str(c.total_steps)).is_dir()
+
+
+def test_fashion_mnist_large_teacher_changes_only_the_encoder():
+
+  base, large = load_config('configs/mae/fashion_mnist.py'), load_config('configs/mae/fashion_mnist.py', 'large')
+  assert (large.model.encoder.width, large.model.encoder.depth, large.model.encoder.num_heads) == (192, 6, 6)
+  large.model.encoder = base.model.encoder
+  assert large.to_dict() == base.to_dict()
+  with pytest.raises(ValueError, match="':large'"):
+    load_config('configs/mae/fashion_mnist.py', 'huge')

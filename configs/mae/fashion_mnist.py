@@ -2,6 +2,8 @@
 
   python -m mim_jax.main --config=configs/mae/fashion_mnist.py --workdir=workdirs/mae_fashion
   python -m mim_jax.main --config=configs/mae/fashion_mnist.py:tiny --workdir=/tmp/mae_fashion_tiny   # seconds
+  python -m mim_jax.main --config=configs/mae/fashion_mnist.py:large --workdir=workdirs/fashion_mae_large
+      # a 192 x 6 encoder: the larger teacher of the teacher-target methods (about 4x the recipe's compute)
 
 The data come from Debian's package (apt-get install dataset-fashion-mnist) or from the four IDX files in a folder
 given as --config.data.src=DIR; the recipe is mim_jax.recipes.mae_fashion_mnist (results in the README).
