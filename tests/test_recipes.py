@@ -29,7 +29,6 @@ def test_cpu_variant_runs_the_recipe_code_path(tmp_path):
 
 
 def test_fashion_mnist_large_teacher_changes_only_the_encoder():
-
   base, large = load_config('configs/mae/fashion_mnist.py'), load_config('configs/mae/fashion_mnist.py', 'large')
   assert (large.model.encoder.width, large.model.encoder.depth, large.model.encoder.num_heads) == (192, 6, 6)
   large.model.encoder = base.model.encoder
