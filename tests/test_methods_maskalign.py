@@ -192,3 +192,21 @@ def test_a_converted_checkpoint_file_is_a_teacher(tmp_path):
                                 teacher.params['encoder']['blocks_0']['mlp']['fc1']['kernel'])
   with pytest.raises(ValueError, match='neither a workdir'):
     teachers.load(str(tmp_path / 'missing'))
+
+
+def test_drop_path_is_applied_in_training_only():
+  method = build(_config(), Facts.for_images((16, 16, 3)))
+  method.encoder = method.encoder.clone(drop_path=0.5)
+  method.model = method.model.clone(encoder=method.encoder)
+  batch = {'image': jax.random.normal(jax.random.key(0), (2, 16, 16, 3))}
+  params = nn.meta.unbox(method.init(jax.random.key(1), batch)[0])
+  extras = {'teacher': jax.tree.map(jnp.asarray, method.load_external()['teacher'])}
+  loss = jax.jit(lambda r: method.loss_fn(params, extras, batch, r, 0)[0])
+  assert float(loss(jax.random.key(2))) != float(loss(jax.random.key(3)))  # masks and drops differ
+  targets = method.teacher_targets(extras['teacher'], batch['image'])
+  info = method.masker(jax.random.key(4), 2)
+  fixed = [float(method.forward(params, batch['image'], info, targets, r)['loss']) for r in (None, None)]
+  dropped = [float(method.forward(params, batch['image'], info, targets, jax.random.key(k))['loss']) for k in (5, 6)]
+  assert fixed[0] == fixed[1] and dropped[0] != dropped[1]
+  with pytest.raises(ValueError, match='2 levels or more'):
+    level_weights('linear_decay', 1)

@@ -66,7 +66,7 @@ def level_weights(spec: str, levels: int) -> np.ndarray:
       return np.full(levels, 1.0 / levels)
     if spec == 'out':
       return np.eye(levels)[-1]
-    if spec == 'linear_decay':
+    if spec == 'linear_decay' and levels > 1:
       return np.arange(levels) / (levels * (levels - 1) / 2)
     if spec.startswith('top'):
       k = int(spec[3:])
@@ -78,8 +78,8 @@ def level_weights(spec: str, levels: int) -> np.ndarray:
         return np.eye(levels)[k]
   except ValueError:
     pass
-  raise ValueError(f"config.maskalign.loss_weights={spec!r} is not one of 'mean', 'out', 'linear_decay', 'topK' "
-                   f'(1 <= K <= {levels}) or \'midK\' (0 <= K < {levels}) for a {levels}-level teacher.')
+  raise ValueError(f"config.maskalign.loss_weights={spec!r} is not one of 'mean', 'out', 'linear_decay' (2 levels or "
+                   f"more), 'topK' (1 <= K <= {levels}) or 'midK' (0 <= K < {levels}) for a {levels}-level teacher.")
 
 
 def normalize_target(y: jax.Array, how: str) -> jax.Array:
@@ -113,9 +113,10 @@ class MaskAlignModel(nn.Module):
   teacher_width: int
 
   @nn.compact
-  def __call__(self, images: jax.Array, ids_keep: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
+  def __call__(self, images: jax.Array, ids_keep: jax.Array,
+               deterministic: bool = True) -> tuple[dict, tuple[jax.Array, ...]]:
     depth = self.encoder.depth
-    out = self.encoder(images, ids_keep=ids_keep, hidden=tuple(range(depth)))
+    out = self.encoder(images, ids_keep=ids_keep, deterministic=deterministic, hidden=tuple(range(depth)))
     hidden = out['hidden']
     if self.fusion == 'simple':
       students = [hidden[a] for a in self.levels]
@@ -189,11 +190,14 @@ class MaskAlign(Method):
     params = self.model.init(rng, images, info.ids_keep)['params']
     return params, {'teacher': self.teacher.random_params(self.teacher_encoder)}  # shapes; load_external fills them
 
-  def forward(self, params, images: jax.Array, info: masking.MaskInfo, targets: dict) -> dict[str, jax.Array]:
+  def forward(self, params, images: jax.Array, info: masking.MaskInfo, targets: dict,
+              rng: jax.Array | None = None) -> dict[str, jax.Array]:
     """``student/a`` (the head outputs), ``target/a`` (the teacher's, at CLS + ``ids_keep``), ``distance``
-    per used level and the weighted ``loss``; ``targets`` from :meth:`teacher_targets`."""
+    per used level and the weighted ``loss``; ``targets`` from :meth:`teacher_targets`. ``rng``: training mode
+    (the encoder's drop path) with that key; None: deterministic."""
     check_images(images, self.image_shape)
-    _, students = self.model.apply({'params': params}, images, info.ids_keep)
+    rngs = {'dropout': rng} if rng is not None else {}
+    _, students = self.model.apply({'params': params}, images, info.ids_keep, rng is None, rngs=rngs)
     out, distances = {}, []
     for a, s, y in zip(self.levels, students, targets['levels']):
       y = jnp.concatenate([y[:, :1], jnp.take_along_axis(y[:, 1:], info.ids_keep[:, :, None], axis=1)], axis=1)
@@ -206,7 +210,9 @@ class MaskAlign(Method):
 
   def loss_fn(self, params, extras, batch, rng, step):
     images = self.images(batch)
+    # The step's key draws the mask; with drop path a split of it also drives the encoder's stochastic depth.
+    mask_rng, drop_rng = jax.random.split(rng) if self.encoder.drop_path else (rng, None)
     targets = self.teacher_targets(extras['teacher'], images)
-    info = self.mask(rng, images.shape[0], targets['cls_attention'])
-    out = self.forward(params, images, info, targets)
+    info = self.mask(mask_rng, images.shape[0], targets['cls_attention'])
+    out = self.forward(params, images, info, targets, drop_rng)
     return out['loss'], ({'loss': out['loss']}, extras)

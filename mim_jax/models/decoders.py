@@ -167,7 +167,7 @@ class LatentRegressor(nn.Module):
 
   @nn.compact
   def __call__(self, queries, visible, pos_masked, pos_visible, deterministic: bool = True) -> jax.Array:
-    rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
+    rates = np.linspace(0.0, self.drop_path, self.depth)  # one block: rate 0, as their torch.linspace
     pos_kv = jnp.concatenate([pos_visible, pos_masked], axis=1)
     x = queries
     for i in range(self.depth):
@@ -192,7 +192,7 @@ class CAEDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, latents: jax.Array, pos: jax.Array, deterministic: bool = True) -> jax.Array:
-    rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
+    rates = np.linspace(0.0, self.drop_path, self.depth)  # one block: rate 0, as their torch.linspace
     x = latents + pos
     for i in range(self.depth):
       x = Block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl, self.layer_scale,
