@@ -19,7 +19,9 @@ import ml_collections
 
 from mim_jax.config import base_config
 from mim_jax.data.pipeline import default_data_config
+from mim_jax.data.pairs import default_pair_config
 from mim_jax.methods.cae import cae_defaults
+from mim_jax.methods.cropmae import cropmae_defaults
 from mim_jax.methods.dmae import dmae_defaults
 from mim_jax.methods.hpm import hpm_defaults
 from mim_jax.methods.maskalign import maskalign_defaults
@@ -424,6 +426,89 @@ def cae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   width = c.model.encoder.width
   c.model.decoder = dict(width=width, depth=1 if tiny else 2, num_heads=c.model.encoder.num_heads, mlp_ratio=4.0)
   cae(c, regressor_depth=1 if tiny else 2, layer_scale=0.1, align_weight=2.0, target='pixels')
+  return c
+
+
+def pairs(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """``config.pairs``: how a two-view method makes its views (:func:`mim_jax.data.pairs.default_pair_config`)."""
+  p = default_pair_config()
+  p.update(fields)
+  c.pairs = p
+  return c
+
+
+def cropmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """CropMAE: siamese encoder, global reference view, local view masked to a few visible patches (``fields`` go
+  into ``config.cropmae``; :func:`mim_jax.methods.cropmae.cropmae_defaults`)."""
+  return _method(c, 'cropmae', cropmae_defaults(), fields)
+
+
+def cropmae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CropMAE ViT-S/16 on ImageNet-1k, 400 epochs (scripts/train_cropmae_in.sh): see configs/cropmae/vit_small_in1k.py."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/cropmae/vit_small_in1k.py')
+  cpu = 'cpu' in parts
+  c = mae_in1k('small/16', 400.0, arg)
+  c.optimizer.base_lr = 1e-4
+  c.warmup_epochs = 0.05 * c.epochs  # their warmup_epochs_prop
+  c.optimizer.min_lr = 0.0
+  # 0.985 keeps int(196 * 0.015) = 2 patches at 224 px; the :cpu grid (16 tokens) keeps 2 by count.
+  c.mask = dict(name='random', num_visible=2) if cpu else dict(name='random', ratio=0.985)
+  if not cpu:
+    c.batch_size = 2048  # 128 per GPU x 16
+    c.model.decoder = dict(width=256, depth=4, num_heads=8, mlp_ratio=4.0)
+  pairs(c, kind='global_to_local', global_scale=(0.10, 1.0), local_scale=(0.3, 0.6), hflip=not cpu)
+  return cropmae(c, ff_width=2048, dropout=0.1)
+
+
+def cropmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CropMAE on Fashion-MNIST: the MAE recipe's encoder, optimizer and budget; the global view is the recipe's own
+  crop, the local view a 0.3-0.6 crop of it; 2 of the 16 tokens visible: see configs/cropmae/fashion_mnist.py."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny'}, 'configs/cropmae/fashion_mnist.py')
+  c = mae_fashion_mnist('tiny' if 'tiny' in parts else None)
+  c.mask = dict(name='random', num_visible=2)
+  pairs(c, kind='global_to_local', global_scale=tuple(c.data.crop_scale), local_scale=(0.3, 0.6), hflip=True)
+  # The feed-forward at 4x the decoder width, as every other block of this recipe (the authors' 2048 is torch's
+  # default for 256-1024-wide decoders; 32x a 64-wide one here).
+  return cropmae(c, ff_width=4 * c.model.decoder.width, dropout=0.1)
+
+
+def croco(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """CroCo: encoder without CLS (probes read the mean patch token), view 1 masked by CroCo's count, homography
+  pairs (:meth:`mim_jax.methods.croco.CroCo.pair_defaults`)."""
+  c.method = 'croco'
+  c.model.encoder.class_token = 'none'
+  c.mask = dict(name='random', ratio=0.9, count='masked')
+  c.eval.feature = 'pooled'
+  return pairs(c, kind='homography', global_scale=(0.3, 1.0), jitter=0.15)
+
+
+def croco_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CroCo v1 ViT-B/16 (pretrain.py's defaults, README's 4 GPUs), on homography pairs of ImageNet photos (the
+  Habitat renders are a download): see configs/croco/vit_base_in1k.py."""
+  parts = split_arg(arg)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/croco/vit_base_in1k.py')
+  cpu = 'cpu' in parts
+  c = mae_in1k('base/16', 800.0, arg)  # --epochs 800 sets the cosine ...
+  croco(c)
+  c.optimizer.base_lr = 1.5e-4
+  c.warmup_epochs = 40.0
+  if not cpu:
+    c.batch_size = 256  # 64 per GPU x 4
+    c.model.decoder = dict(width=512, depth=8, num_heads=16, mlp_ratio=4.0)
+    c.stop_after_steps = 400 * (1_281_167 // 256)  # ... and --max_epoch 400 stops at its half
+  return c
+
+
+def croco_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CroCo on Fashion-MNIST: the MAE recipe's encoder (no CLS), optimizer and budget; view 1 with 2 of 16 tokens
+  visible (CroCo's 0.9), view 2 another homography of the same image: see configs/croco/fashion_mnist.py."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny'}, 'configs/croco/fashion_mnist.py')
+  c = mae_fashion_mnist('tiny' if 'tiny' in parts else None)
+  croco(c)
+  c.pairs.global_scale = tuple(c.data.crop_scale)
   return c
 
 

@@ -14,6 +14,10 @@ from mim_jax.interop.official_mae import from_official, to_official
 EXPECTED = {
     'official_cae/cae_official_tiny.npz': 'cae',
     'official_cae/cae_official_tiny_projected.npz': 'cae',
+    'official_croco/croco_official_tiny.npz': 'croco',
+    'official_croco/croco_official_tiny_wide.npz': 'croco',
+    'official_cropmae/cropmae_official_tiny.npz': 'cropmae',
+    'official_cropmae/cropmae_official_tiny_wide.npz': 'cropmae',
     'official_colormae/colormae_official_full.npz': 'colormae_mask',
     'official_colormae/colormae_official_residual.npz': 'colormae_mask',
     'official_mae/mae_official_tiny_normpix.npz': 'mae',

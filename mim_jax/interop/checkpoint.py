@@ -49,10 +49,12 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   if not isinstance(enc_module, ViTEncoder):
     raise ValueError(f'{workdir}: only ViT encoders export to checkpoint files; this run uses '
                      f'{type(enc_module).__name__}.')
-  if enc_module.layer_scale or enc_module.pos_embed not in ('sincos', 'learned'):
+  if (enc_module.layer_scale or enc_module.pos_embed not in ('sincos', 'learned')
+      or enc_module.class_token != 'first'):
     raise ValueError(f'{workdir}: its ViT has block options the checkpoint files do not describe yet '
-                     f'(layer_scale={enc_module.layer_scale}, pos_embed={enc_module.pos_embed!r}); read the '
-                     'workdir directly (python -m mim_jax.main --mode=eval, or as a teacher).')
+                     f'(layer_scale={enc_module.layer_scale}, pos_embed={enc_module.pos_embed!r}, class_token='
+                     f'{enc_module.class_token!r}); read the workdir directly (python -m mim_jax.main --mode=eval, '
+                     'or as a teacher).')
   h, w, c = info.image_shape
   decoder = getattr(method, 'decoder', None)
   tree = {'encoder': method.encoder_params(params)}

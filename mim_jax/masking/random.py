@@ -13,8 +13,34 @@ from mim_jax.masking.registry import register
 @register('random')
 @dataclasses.dataclass(frozen=True)
 class RandomMask(RatioCounts):
+  """``ratio`` sets the counts by MAE's rule, ``int(N * (1 - ratio))`` visible; ``count='masked'`` by CroCo's,
+  ``int(N * ratio)`` masked (one more visible token when ``N * ratio`` is not whole); ``num_visible`` sets the
+  visible count directly (CropMAE keeps 2 of 196 patches, a ratio that rounds to zero visible on small grids)."""
+
   grid: Grid
   ratio: float = 0.75
+  num_visible: int | None = None
+  count: str = 'visible'  # which count truncates: 'visible' (MAE) or 'masked' (CroCo)
+
+  def __post_init__(self):
+    n = self.grid.num_tokens
+    if self.count not in ('visible', 'masked'):
+      raise ValueError(f"mask count must be 'visible' (MAE's rounding) or 'masked' (CroCo's), got {self.count!r}.")
+    if self.num_visible is not None and not (isinstance(self.num_visible, int) and 1 <= self.num_visible <= n):
+      raise ValueError(f'mask num_visible must be an int in [1, {n}] (the grid has {n} tokens), '
+                       f'got {self.num_visible!r}.')
+    self.len_keep  # noqa: B018 - a clear error now for a ratio that leaves no visible token
+
+  @property
+  def len_keep(self) -> int:
+    n = self.grid.num_tokens
+    if self.num_visible is not None:
+      return int(self.num_visible)
+    if self.count == 'masked':
+      if not 0.0 <= self.ratio < 1.0:
+        raise ValueError(f'mask_ratio must be in [0, 1), got {self.ratio}.')
+      return n - int(self.ratio * n)
+    return super().len_keep
 
   def from_noise(self, noise: jax.Array) -> MaskInfo:
     """The reference semantics with explicit per-token noise ``[B, N]`` (smallest noise is kept)."""

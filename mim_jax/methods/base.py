@@ -45,7 +45,7 @@ from mim_jax.models.encoders import build_encoder
 from mim_jax.models.vit import ViTEncoder, dtype_from_name
 from mim_jax.utils.registry import Registry
 
-METHODS = Registry('method', 'mim_jax.methods', skip=('base', 'teachers'),
+METHODS = Registry('method', 'mim_jax.methods', skip=('base', 'teachers', 'two_view'),
                    hint=' (config.method; a method registers itself with @register)')
 register = METHODS.register
 

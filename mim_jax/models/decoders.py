@@ -14,12 +14,14 @@ from mim_jax.models.vit import (
   EMBED,
   HEADS,
   MLP,
+  Attention,
   Block,
   DropPath,
   Mlp,
   _param_init,
   block_class,
   dense,
+  gelu_exact,
   layer_norm,
   layer_scale_param,
   sincos_2d_table,
@@ -28,12 +30,15 @@ from mim_jax.models.vit import (
 )
 
 
-def decoder_input(module: nn.Module, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
+def decoder_input(module: nn.Module, latent: jax.Array, ids_restore: jax.Array,
+                  embed: nn.Dense | None = None) -> jax.Array:
   """MAE's decoder input, built inside ``module``'s compact method (its params are ``module``'s):
   ``decoder_embed`` -> append mask tokens for the hidden positions -> un-shuffle with ``ids_restore`` -> re-attach
-  CLS -> add the sin-cos positions (CLS row zeros). ``module`` has ``width``, ``grid_hw`` and ``dtype``."""
+  CLS -> add the sin-cos positions (CLS row zeros). ``module`` has ``width``, ``grid_hw`` and ``dtype``;
+  ``embed``: the ``decoder_embed`` layer when the caller shares it with another input (two-view decoders)."""
   b, n = ids_restore.shape
-  x = token_dense(dense(module.width, (EMBED, MLP), module.dtype, 'decoder_embed'), latent)
+  embed = embed or dense(module.width, (EMBED, MLP), module.dtype, 'decoder_embed')
+  x = token_dense(embed, latent)
   token = module.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, module.width))
   visible = x[:, 1:]
   fill = jnp.broadcast_to(token.astype(x.dtype), (b, n - visible.shape[1], module.width))
@@ -104,25 +109,32 @@ class LinearPixelHead(nn.Module):
 
 class CrossAttention(nn.Module):
   """Queries ``[B, M, D]`` attend to keys ``[B, S, D]`` / values ``[B, S, D]`` (separate inputs): separate q/k/v
-  projections, no k bias (CAE's; a k bias would shift every logit of a query alike), then ``proj``."""
+  projections, then ``proj``. By default no k bias (CAE's; a k bias shifts every logit of a query alike, so its
+  gradient is zero); ``key_bias`` for layers that have one (CroCo's, torch's ``nn.MultiheadAttention``).
+  ``dropout``: on the attention probabilities in training (``nn.MultiheadAttention(dropout=...)``)."""
 
   num_heads: int
   dtype: Any = jnp.float32
+  key_bias: bool = False
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, deterministic: bool = True) -> jax.Array:
     b, m, d = q.shape
     hd = d // self.num_heads
     if d % self.num_heads:
       raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
     q = token_dense(dense(d, (EMBED, HEADS), self.dtype, 'q'), q).reshape(b, m, self.num_heads, hd)
-    k = token_dense(nn.Dense(d, use_bias=False, dtype=self.dtype, name='k',
-                             kernel_init=_param_init(nn.initializers.xavier_uniform(), (EMBED, HEADS))), k)
+    k_layer = (dense(d, (EMBED, HEADS), self.dtype, 'k') if self.key_bias else
+               nn.Dense(d, use_bias=False, dtype=self.dtype, name='k',
+                        kernel_init=_param_init(nn.initializers.xavier_uniform(), (EMBED, HEADS))))
+    k = token_dense(k_layer, k)
     v = token_dense(dense(d, (EMBED, HEADS), self.dtype, 'v'), v)
     s = k.shape[1]
     k, v = k.reshape(b, s, self.num_heads, hd), v.reshape(b, s, self.num_heads, hd)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic or self.dropout == 0.0)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, m, d)
     return token_dense(dense(d, (HEADS, EMBED), self.dtype, 'proj'), out)
 
@@ -199,3 +211,50 @@ class CAEDecoder(nn.Module):
                 name=f'decoder_blocks_{i}')(x, deterministic)
     x = layer_norm(self.dtype, 'norm')(x)
     return token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'head'), x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two-view decoders: the reconstructed view's tokens attend to the reference view's (CropMAE, CroCo).
+
+
+class SiamDecoderBlock(nn.Module):
+  """CropMAE's decoder block (SiamMAE's): torch's ``TransformerDecoderLayer`` with post-norm, in their order,
+  cross-attention first: ``x = LN2(x + CA(x, mem))``, ``x = LN3(x + FF(x))``, ``x = LN1(x + SA(x))``. Both
+  attentions are ``nn.MultiheadAttention`` (biases on q, k, v and out); the feed-forward is GELU with a *fixed*
+  width (``dim_feedforward``, 2048 whatever the model width); ``dropout`` on the attention probabilities, the
+  feed-forward's hidden layer and every residual branch, in training."""
+
+  num_heads: int
+  ff_width: int = 2048
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mem: jax.Array, deterministic: bool = True) -> jax.Array:
+    drop = lambda y, name: nn.Dropout(self.dropout, name=name)(y, deterministic=deterministic or not self.dropout)
+    attn = lambda name: CrossAttention(self.num_heads, self.dtype, key_bias=True, dropout=self.dropout, name=name)
+    x = layer_norm(self.dtype, 'norm2')(x + drop(attn('cross_attn')(x, mem, mem, deterministic), 'dropout2'))
+    h = token_dense(dense(self.ff_width, (EMBED, MLP), self.dtype, 'linear1'), x)
+    h = drop(gelu_exact(h), 'dropout')
+    h = token_dense(dense(x.shape[-1], (MLP, EMBED), self.dtype, 'linear2'), h)
+    x = layer_norm(self.dtype, 'norm3')(x + drop(h, 'dropout3'))
+    return layer_norm(self.dtype, 'norm1')(x + drop(attn('self_attn')(x, x, x, deterministic), 'dropout1'))
+
+
+class CroCoDecoderBlock(nn.Module):
+  """CroCo's decoder block, pre-norm: ``x += SA(LN1 x)``; ``x += CA(LN2 x, LN_y y)`` (the reference's tokens,
+  normalized by the block's own ``norm_y``); ``x += MLP(LN3 x)``. The reference ``y`` passes through unchanged."""
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  attention_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    x = x + Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x))
+    y = layer_norm(self.dtype, 'norm_y')(y)
+    x = x + CrossAttention(self.num_heads, self.dtype, key_bias=True, name='cross_attn')(
+        layer_norm(self.dtype, 'norm2')(x), y, y)
+    return x + Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm3')(x))

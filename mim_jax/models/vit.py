@@ -386,6 +386,9 @@ class ViTEncoder(nn.Module):
   # only (resize it with mim_jax.interop.pos_embed.resize_pos_embed).
   pos_embed: str = 'sincos'
   layer_scale: float = 0.0  # LayerScale gammas in every block starting at this value (CAE/BEiT: 0.1); 0 = off
+  # 'first': a CLS token before the patches (MAE); 'none': patches only (CroCo), so the feature dict's 'cls' is
+  # None and 'tokens' are the patch tokens.
+  class_token: str = 'first'
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> ViTEncoder:
@@ -456,16 +459,24 @@ class ViTEncoder(nn.Module):
       x = x + sincos_2d_table(self.width, gh, gw, self.pos_embed == 'sincos_rows_first')[None].astype(x.dtype)
       cls_pos = None
     elif self.pos_embed == 'learned':
+      if self.class_token != 'first':
+        raise ValueError("pos_embed='learned' (timm's table, row 0 for CLS) needs class_token='first'.")
       table = self._learned_pos_table(gh, gw).astype(x.dtype)
       x, cls_pos = x + table[:, 1:], table[:, :1]
     else:
       raise ValueError(f"pos_embed must be 'sincos', 'sincos_rows_first' or 'learned', got {self.pos_embed!r}.")
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
-    cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
-    if cls_pos is not None:
-      cls = cls + cls_pos
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
+    if self.class_token not in ('first', 'none'):
+      raise ValueError(f"class_token must be 'first' or 'none', got {self.class_token!r}.")
+    has_cls = self.class_token == 'first'
+    if cls_attention and not has_cls:
+      raise ValueError("cls_attention needs a CLS token (class_token='first').")
+    if has_cls:
+      cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
+      if cls_pos is not None:
+        cls = cls + cls_pos
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
     block = block_class(self.remat)
     rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
     bad = [i for i in hidden if not 0 <= i < self.depth]
@@ -482,7 +493,9 @@ class ViTEncoder(nn.Module):
       if i in hidden:
         outputs[i] = x
     tokens = layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
-    out = {'tokens': tokens, 'cls': tokens[:, 0], 'patch_tokens': tokens[:, 1:], 'pooled': tokens[:, 1:].mean(axis=1)}
+    patch_tokens = tokens[:, 1:] if has_cls else tokens
+    out = {'tokens': tokens, 'cls': tokens[:, 0] if has_cls else None, 'patch_tokens': patch_tokens,
+           'pooled': patch_tokens.mean(axis=1)}
     if hidden:
       out['hidden'] = tuple(outputs[i] for i in hidden)
     if cls_attention:

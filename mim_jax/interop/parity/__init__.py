@@ -45,6 +45,8 @@ ADAPTERS = {
     'dmae': 'mim_jax.interop.parity.dmae',
     'maskalign': 'mim_jax.interop.parity.maskalign',
     'cae': 'mim_jax.interop.parity.cae',
+    'cropmae': 'mim_jax.interop.parity.cropmae',
+    'croco': 'mim_jax.interop.parity.croco',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 

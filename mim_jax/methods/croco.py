@@ -1,0 +1,118 @@
+"""CroCo (Weinzaepfel et al., NeurIPS 2022, "CroCo: Self-Supervised Pre-training for 3D Vision Tasks by Cross-View
+Completion").
+
+Two views of one scene (:mod:`mim_jax.data.pairs`: homographies of one photo by default; real stereo windows for
+evaluation). View 1 is masked at 0.9 and encoded visible-only; view 2 is encoded whole by the same encoder; the
+decoder completes view 1 from its visible tokens and view 2. As in the authors' code (naver/croco
+``models/croco.py``, ``models/blocks.py``, ``models/masking.py``, ``models/criterion.py``; read for semantics,
+nothing copied):
+
+* encoder without a CLS token (``model.encoder.class_token='none'``), fixed sin-cos positions, q/k/v bias, final
+  norm; the mask counts by CroCo's rule, ``int(N * 0.9)`` masked (``config.mask.count='masked'``);
+* ``decoder_embed`` (one layer) on both views; mask tokens scattered into view 1's masked places; the decoder's
+  sin-cos positions added to *both* views;
+* pre-norm blocks (:class:`mim_jax.models.decoders.CroCoDecoderBlock`): self-attention over view 1, then
+  cross-attention to view 2 normalized by the block's own norm, then the MLP; view 2 passes through unchanged;
+* decoder norm -> linear to the patch pixels; norm-pix MSE on view 1's masked patches.
+
+CroCo v2's RoPE-2D positions are not built yet (they come with the backbone block options).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mim_jax import masking
+from mim_jax.data import pairs
+from mim_jax.losses import masked_mean, mse_per_token
+from mim_jax.methods.base import check_images, register
+from mim_jax.methods.two_view import TwoViewMethod
+from mim_jax.models.decoders import CroCoDecoderBlock
+from mim_jax.models.vit import EMBED, MLP, ViTEncoder, _param_init, dense, layer_norm, sincos_2d_table, token_dense
+from mim_jax.models.vit import token_init
+from mim_jax.targets import pixel_target
+
+
+class CroCoDecoder(nn.Module):
+  width: int
+  depth: int
+  num_heads: int
+  out_dim: int
+  grid_hw: tuple[int, int]
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  attention_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, visible: jax.Array, ids_restore: jax.Array, reference: jax.Array) -> jax.Array:
+    b, n = ids_restore.shape
+    embed = dense(self.width, (EMBED, MLP), self.dtype, 'decoder_embed')
+    x, y = token_dense(embed, visible), token_dense(embed, reference)
+    token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
+    fill = jnp.broadcast_to(token.astype(x.dtype), (b, n - x.shape[1], self.width))
+    x = jnp.take_along_axis(jnp.concatenate([x, fill], axis=1), ids_restore[..., None], axis=1)
+    pos = jnp.asarray(sincos_2d_table(self.width, *self.grid_hw))[None].astype(x.dtype)
+    x, y = x + pos, y + pos
+    for i in range(self.depth):
+      x = CroCoDecoderBlock(self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl,
+                            name=f'decoder_blocks_{i}')(x, y)
+    x = layer_norm(self.dtype, 'decoder_norm')(x)
+    return token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'decoder_pred'), x)
+
+
+class CroCoModel(nn.Module):
+  encoder: ViTEncoder
+  decoder: CroCoDecoder
+
+  def __call__(self, view1: jax.Array, view2: jax.Array, info: masking.MaskInfo):
+    visible = self.encoder(view1, ids_keep=info.ids_keep)['tokens']
+    reference = self.encoder(view2)['tokens']
+    return visible, reference, self.decoder(visible, info.ids_restore, reference)
+
+
+@register('croco')
+class CroCo(TwoViewMethod):
+
+  def __init__(self, config, facts):
+    super().__init__(config, facts)
+    self.encoder = self.vit_encoder('CroCo encodes both views with one ViT')
+    if self.encoder.class_token != 'none':
+      raise ValueError("CroCo's encoder has no CLS token: set config.model.encoder.class_token='none' (and "
+                       "config.eval.feature='pooled').")
+    self.setup_views(config)
+    dec = config.model.decoder
+    settings = self.module_settings()
+    self.decoder = CroCoDecoder(width=int(dec.width), depth=int(dec.depth), num_heads=int(dec.num_heads),
+                                out_dim=self.encoder.patch_size ** 2 * self.image_shape[-1], grid_hw=self.grid_hw,
+                                mlp_ratio=float(dec.get('mlp_ratio', 4.0)), dtype=settings['dtype'],
+                                attention_impl=settings['attention_impl'])
+    self.model = CroCoModel(self.encoder, self.decoder)
+
+  def pair_defaults(self):
+    """CroCo's pairs here: two random homographies of one image (their synthetic multi-view; real pairs are a
+    download)."""
+    c = pairs.default_pair_config()
+    c.kind = 'homography'
+    c.global_scale = (0.3, 1.0)
+    return c
+
+  def forward(self, params, view1: jax.Array, view2: jax.Array, info: masking.MaskInfo) -> dict[str, jax.Array]:
+    """``latent`` (view 1's visible tokens), ``reference`` (view 2 encoded), ``pred`` (every patch of view 1),
+    ``target``, ``loss_per_token`` and ``loss`` (the masked mean)."""
+    check_images(view1, self.image_shape)
+    check_images(view2, self.image_shape)
+    latent, reference, pred = self.model.apply({'params': params}, view1, view2, info)
+    target = pixel_target(view1, self.encoder.patch_size, self.norm_pix)
+    per_token = mse_per_token(pred, target)
+    return {'latent': latent, 'reference': reference, 'pred': pred, 'target': target, 'loss_per_token': per_token,
+            'loss': masked_mean(per_token, info.mask)}
+
+  def loss_fn(self, params, extras, batch, rng, step):
+    view1, view2 = self.views(batch)
+    info = self.masker(rng, view1.shape[0])
+    out = self.forward(params, view1, view2, info)
+    return out['loss'], ({'loss': out['loss']}, extras)
