@@ -444,7 +444,8 @@ def cropmae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict
 
 
 def cropmae_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
-  """CropMAE ViT-S/16 on ImageNet-1k, 400 epochs (scripts/train_cropmae_in.sh): see configs/cropmae/vit_small_in1k.py."""
+  """CropMAE ViT-S/16 on ImageNet-1k, 400 epochs (their scripts/train_cropmae_in.sh): see
+  configs/cropmae/vit_small_in1k.py."""
   parts = split_arg(arg)
   check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/cropmae/vit_small_in1k.py')
   cpu = 'cpu' in parts

@@ -108,7 +108,8 @@ def test_croco_refuses_an_encoder_with_cls():
 
 
 @pytest.mark.parametrize('path,arg,shape', [
-    ('configs/cropmae/vit_small_in1k.py', None, (224, 224, 3)), ('configs/cropmae/vit_small_in1k.py', 'cpu', (32, 32, 1)),
+    ('configs/cropmae/vit_small_in1k.py', None, (224, 224, 3)),
+    ('configs/cropmae/vit_small_in1k.py', 'cpu', (32, 32, 1)),
     ('configs/croco/vit_base_in1k.py', None, (224, 224, 3)), ('configs/croco/vit_base_in1k.py', 'cpu', (32, 32, 1)),
     ('configs/cropmae/fashion_mnist.py', None, (28, 28, 1)), ('configs/croco/fashion_mnist.py', None, (28, 28, 1))])
 def test_recipes_validate_and_build(path, arg, shape):
