@@ -145,3 +145,22 @@ def test_tiny_run_trains_on_pairs_from_the_pipeline(name, tmp_path):
   rows = [json.loads(line) for line in (tmp_path / name / 'metrics.jsonl').read_text().splitlines()]
   losses = [r['train/loss'] for r in rows if 'train/loss' in r]
   assert losses and all(np.isfinite(losses))
+
+
+def test_patch_correspondence_scores_against_the_homography(two_view):
+  """Identical views under the identity map: every patch matches itself (noise images: no tied features); a
+  homography claiming a one-patch shift turns every exact hit into a neighbour."""
+  from mim_jax.eval import two_view as tv
+
+  method, params, batch = two_view
+  x = np.asarray(batch['view1'])
+  identity = np.repeat(np.eye(3, dtype=np.float32)[None], len(x), 0)
+  out = tv.patch_correspondence(method, params, x, x, identity)
+  assert out['exact'] == 1.0 and out['within1'] == 1.0 and out['patches'] == len(x) * 49
+  assert out['chance_exact'] == pytest.approx(1 / 49)
+  shift = identity.copy()
+  shift[:, 0, 2] = method.encoder.patch_size  # view-1 x maps to x + one patch in view 2
+  out = tv.patch_correspondence(method, params, x, x, shift)
+  assert out['exact'] == 0.0 and out['within1'] == 1.0 and out['patches'] == len(x) * 42
+  losses = tv.reference_losses(method, params, x, np.asarray(batch['view2']))
+  assert losses['ratio'] == pytest.approx(losses['true'] / losses['shuffled'])

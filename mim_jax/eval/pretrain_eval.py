@@ -34,7 +34,7 @@ from mim_jax.data import pipeline, subsets
 from mim_jax.eval import knn as knn_lib
 from mim_jax.eval import linear_probe as lp
 from mim_jax.eval import plots
-from mim_jax.eval import streaming
+from mim_jax.eval import streaming, two_view
 from mim_jax.eval.visualize import reconstruction_figure
 from mim_jax.methods.base import reconstructs
 from mim_jax.train import metrics as metrics_lib
@@ -136,7 +136,18 @@ def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=No
     results.update({f'random_init/{k}': v for k, v in rand.items()})
   results.update(_raw_pixels(config, method, mesh, rules, num_classes))
 
-  if cfg.figure and reconstructs(method):
+  if cfg.figure and hasattr(method, 'reconstruct_pair'):  # two views: held-out pairs from the eval split
+    test = two_view.held_out_pairs(config.data, method.pairs, 8, seed=config.seed)
+    with nn.logical_axis_rules(rules), jax.set_mesh(mesh):
+      out = jax.jit(method.reconstruct_pair, out_shardings=shd.replicated(mesh))(
+          params, test['view1'], test['view2'], jax.random.PRNGKey(config.seed))
+    path = os.path.join(workdir, 'reconstruction.png')
+    if jax.process_index() == 0:
+      reconstruction_figure(test['view1'], np.asarray(out['pred_images']), np.asarray(out['mask_images']), path,
+                            mean=info.mean, std=info.std, title=f'{config.method} step {step}',
+                            reference=test['view2'])
+    results['figure'] = os.path.basename(path)
+  elif cfg.figure and reconstructs(method):
     test = pipeline.eval_arrays(config.data, split=config.data.eval_split, max_examples=8,
                                 fields=method.batch_fields(False), record_transform=method.record_transform)
     with nn.logical_axis_rules(rules), jax.set_mesh(mesh):

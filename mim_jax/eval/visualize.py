@@ -19,9 +19,10 @@ def _to_display(images: np.ndarray, mean, std, pixel_range: float) -> np.ndarray
 
 
 def reconstruction_figure(images: np.ndarray, pred_images: np.ndarray, mask_images: np.ndarray, out_png: str, *,
-                          mean, std, title: str = '') -> str:
+                          mean, std, title: str = '', reference: np.ndarray | None = None) -> str:
   """Writes a PNG grid, one row per example. ``images``/``pred_images`` are normalized NHWC, ``mask_images``
-  is 1 where a pixel's patch was masked. Norm-pix predictions must be de-normalized by the caller."""
+  is 1 where a pixel's patch was masked. Norm-pix predictions must be de-normalized by the caller.
+  ``reference``: the second view a two-view method reconstructs from (a first column; ``images`` are view 1)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -34,8 +35,11 @@ def reconstruction_figure(images: np.ndarray, pred_images: np.ndarray, mask_imag
   masked = show(images) * (1 - m) + 0.5 * m  # hidden patches in mid-gray, so black backgrounds stay readable
   columns = [('original', show(images)), ('masked', masked), ('reconstruction', show(pred_images)),
              ('reconstruction + visible', show(pasted))]
+  if reference is not None:
+    columns = [('view 2 (reference)', show(np.asarray(reference, np.float32))), ('view 1', columns[0][1]),
+               *columns[1:]]
   n = images.shape[0]
-  fig, axes = plt.subplots(n, 4, figsize=(4 * 1.6, n * 1.6), squeeze=False)
+  fig, axes = plt.subplots(n, len(columns), figsize=(len(columns) * 1.6, n * 1.6), squeeze=False)
   cmap = 'gray' if images.shape[-1] == 1 else None
   for r in range(n):
     for c, (name, arr) in enumerate(columns):

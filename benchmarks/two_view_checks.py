@@ -1,0 +1,125 @@
+"""The two-view methods' falsifiable checks on held-out Fashion-MNIST pairs (test split), from the runs of
+`python benchmarks/fashion_mnist.py two_views` (and the teachers grid's MAE at the same visibility):
+
+  python benchmarks/two_view_checks.py --root workdirs/fashion_ablation --seeds 0,1 [--pairs 2000]
+
+1. The decoder uses the reference view: each two-view model's loss on view 1 with its true view 2 against another
+   image's view 2, same masks (CropMAE: at least 15% lower; CroCo: at most 0.8x).
+2. CroCo's completion beats no reference: CroCo's loss with the true view 2 against MAE's (2 of 16 visible, one
+   view) on the same view 1 and masks (at most 0.8x).
+3. Geometry: nearest-neighbour patch matching between the two views of homography pairs on frozen patch features,
+   against the exact correspondence (CroCo at least MAE + 10 points, within one patch).
+
+Prints one markdown table (mean ± sample std over the seeds) and writes ROOT/two_view_checks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+TWO_VIEW = ('cropmae', 'cropmae_random_views', 'croco')
+ONE_VIEW = ('mae_ratio0.875', 'baseline')  # MAE at 2 of 16 visible, and the recipe's MAE (4 of 16)
+
+
+def load(workdir: str):
+  import jax
+
+  from mim_jax import methods
+  from mim_jax import workdir as workdir_lib
+  from mim_jax.data import pipeline
+
+  config = workdir_lib.read_config(workdir)
+  method = methods.build(config, methods.Facts(pipeline.dataset_info(config.data)))
+  params, _ = workdir_lib.read_params(workdir, directory=workdir_lib.checkpoint_dir(config, workdir))
+  return config, method, jax.tree.map(np.asarray, params)
+
+
+def measure(root: str, seed: int, num: int) -> dict[str, dict[str, float]]:
+  from mim_jax.eval import two_view
+  from mim_jax.methods.croco import CroCo
+
+  croco_dir = os.path.join(root, f'croco_seed{seed}')
+  croco_cfg, croco, croco_params = load(croco_dir)
+  homography = two_view.held_out_pairs(croco_cfg.data, croco.pairs, num, seed=1234)
+  out: dict[str, dict[str, float]] = {}
+  for cell in TWO_VIEW + ONE_VIEW:
+    workdir = os.path.join(root, f'{cell}_seed{seed}')
+    if not os.path.exists(os.path.join(workdir, 'summary.json')):
+      print(f'skipping {cell}_seed{seed}: not finished', file=sys.stderr)
+      continue
+    config, method, params = (croco_cfg, croco, croco_params) if cell == 'croco' else load(workdir)
+    row = {}
+    if cell in TWO_VIEW:
+      own = homography if isinstance(method, CroCo) else two_view.held_out_pairs(config.data, method.pairs, num,
+                                                                                    seed=1234)
+      ref = two_view.reference_losses(method, params, own['view1'], own['view2'])
+      row.update({'loss/true_reference': ref['true'], 'loss/shuffled_reference': ref['shuffled'],
+                  'loss/true_over_shuffled': ref['ratio']})
+      if cell == 'croco':
+        row['loss/croco_true'] = ref['true']
+    if cell == 'mae_ratio0.875':
+      row['loss/mae_on_croco_view1'] = two_view.single_view_loss(method, params, homography['view1'])
+    corr = two_view.patch_correspondence(method, params, homography['view1'], homography['view2'],
+                                         homography['homography'])
+    row.update({'correspondence/exact': corr['exact'], 'correspondence/within1': corr['within1'],
+                'correspondence/chance_exact': corr['chance_exact'],
+                'correspondence/chance_within1': corr['chance_within1']})
+    out[cell] = row
+  if 'croco' in out and 'mae_ratio0.875' in out:
+    out['croco']['loss/croco_over_mae'] = out['croco']['loss/croco_true'] / out['mae_ratio0.875'][
+        'loss/mae_on_croco_view1']
+  return out
+
+
+def table(per_seed: dict[int, dict]) -> str:
+  cells = [c for c in TWO_VIEW + ONE_VIEW if any(c in r for r in per_seed.values())]
+  keys = ('loss/true_over_shuffled', 'loss/croco_over_mae', 'correspondence/exact', 'correspondence/within1')
+  scale = {'correspondence/exact': 100, 'correspondence/within1': 100}
+  lines = ['| cell | ' + ' | '.join(keys) + ' |', '| :--- |' + ' ---: |' * len(keys)]
+  for cell in cells:
+    vals = []
+    for key in keys:
+      xs = [r[cell][key] * scale.get(key, 1) for r in per_seed.values() if cell in r and key in r[cell]]
+      if not xs:
+        vals.append('')
+      elif len(xs) == 1:
+        vals.append(f'{xs[0]:.3f}' if key.startswith('loss') else f'{xs[0]:.1f}')
+      else:
+        fmt = '{:.3f} ± {:.3f}' if key.startswith('loss') else '{:.1f} ± {:.1f}'
+        vals.append(fmt.format(np.mean(xs), np.std(xs, ddof=1)))
+    lines.append(f'| {cell} | ' + ' | '.join(vals) + ' |')
+  chance = [r[c] for r in per_seed.values() for c in r]
+  lines.append(f'\nchance: exact {100 * np.mean([c["correspondence/chance_exact"] for c in chance]):.1f}, '
+               f'within one patch {100 * np.mean([c["correspondence/chance_within1"] for c in chance]):.1f}')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--root', required=True)
+  parser.add_argument('--seeds', default='0,1')
+  parser.add_argument('--pairs', type=int, default=2000, help='held-out pairs per check')
+  args = parser.parse_args(argv)
+  root = os.path.abspath(args.root)
+  per_seed = {}
+  for seed in (int(s) for s in args.seeds.split(',')):
+    if not os.path.exists(os.path.join(root, f'croco_seed{seed}', 'summary.json')):
+      raise SystemExit(f'error: {root}/croco_seed{seed} is not a finished run: run `python benchmarks/'
+                       f'fashion_mnist.py two_views --root {args.root} --seeds {seed}` first.')
+    per_seed[seed] = measure(root, seed, args.pairs)
+  print(table(per_seed))
+  with open(os.path.join(root, 'two_view_checks.json'), 'w') as f:
+    json.dump({str(k): v for k, v in per_seed.items()}, f, indent=1, sort_keys=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
