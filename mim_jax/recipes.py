@@ -475,11 +475,16 @@ def cropmae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   return cropmae(c, ff_width=4 * c.model.decoder.width, dropout=0.1)
 
 
-def croco(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def croco(c: ml_collections.ConfigDict, v2: bool = False) -> ml_collections.ConfigDict:
   """CroCo: encoder without CLS (probes read the mean patch token), view 1 masked by CroCo's count, homography
-  pairs (:meth:`mim_jax.methods.croco.CroCo.pair_defaults`)."""
+  pairs (:meth:`mim_jax.methods.croco.CroCo.pair_defaults`); ``v2``: rotary 2-D positions (RoPE100) instead of the
+  sin-cos tables."""
   c.method = 'croco'
   c.model.encoder.class_token = 'none'
+  if v2:
+    c.model.encoder.pos_embed = 'none'
+    c.model.encoder.rope = '2d'
+    c.model.encoder.rope_base = 100.0
   c.mask = dict(name='random', ratio=0.9, count='masked')
   c.eval.feature = 'pooled'
   return pairs(c, kind='homography', global_scale=(0.3, 1.0), jitter=0.15)
@@ -489,16 +494,19 @@ def croco_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
   """CroCo v1 ViT-B/16 (pretrain.py's defaults, README's 4 GPUs), on homography pairs of ImageNet photos (the
   Habitat renders are a download): see configs/croco/vit_base_in1k.py."""
   parts = split_arg(arg)
-  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu'}, 'configs/croco/vit_base_in1k.py')
-  cpu = 'cpu' in parts
-  c = mae_in1k('base/16', 800.0, arg)  # --epochs 800 sets the cosine ...
-  croco(c)
+  check_parts([p for p in parts if not p.startswith('epochs=')], {'cpu', 'v2'}, 'configs/croco/vit_base_in1k.py')
+  cpu, v2 = 'cpu' in parts, 'v2' in parts
+  c = mae_in1k('large/16' if v2 else 'base/16', 250.0 if v2 else 800.0,
+               ','.join(p for p in parts if p != 'v2') or None)  # --epochs sets the cosine ...
+  croco(c, v2=v2)
   c.optimizer.base_lr = 1.5e-4
-  c.warmup_epochs = 40.0
+  c.warmup_epochs = 12.0 if v2 else 40.0
   if not cpu:
-    c.batch_size = 256  # 64 per GPU x 4
-    c.model.decoder = dict(width=512, depth=8, num_heads=16, mlp_ratio=4.0)
-    c.stop_after_steps = 400 * (1_281_167 // 256)  # ... and --max_epoch 400 stops at its half
+    c.batch_size = 512 if v2 else 256  # 64 per GPU x 8 (v2's largest model) or x 4
+    c.model.decoder = (dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0) if v2 else
+                       dict(width=512, depth=8, num_heads=16, mlp_ratio=4.0))
+    # ... and --max_epoch (400 of 800; v2: 125 of 250) stops at its half
+    c.stop_after_steps = int(c.epochs // 2) * (1_281_167 // c.batch_size)
   return c
 
 
@@ -506,9 +514,9 @@ def croco_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   """CroCo on Fashion-MNIST: the MAE recipe's encoder (no CLS), optimizer and budget; view 1 with 2 of 16 tokens
   visible (CroCo's 0.9), view 2 another homography of the same image: see configs/croco/fashion_mnist.py."""
   parts = split_arg(arg)
-  check_parts(parts, {'tiny'}, 'configs/croco/fashion_mnist.py')
+  check_parts(parts, {'tiny', 'v2'}, 'configs/croco/fashion_mnist.py')
   c = mae_fashion_mnist('tiny' if 'tiny' in parts else None)
-  croco(c)
+  croco(c, v2='v2' in parts)
   c.pairs.global_scale = tuple(c.data.crop_scale)
   return c
 

@@ -111,7 +111,9 @@ def test_croco_refuses_an_encoder_with_cls():
     ('configs/cropmae/vit_small_in1k.py', None, (224, 224, 3)),
     ('configs/cropmae/vit_small_in1k.py', 'cpu', (32, 32, 1)),
     ('configs/croco/vit_base_in1k.py', None, (224, 224, 3)), ('configs/croco/vit_base_in1k.py', 'cpu', (32, 32, 1)),
-    ('configs/cropmae/fashion_mnist.py', None, (28, 28, 1)), ('configs/croco/fashion_mnist.py', None, (28, 28, 1))])
+    ('configs/croco/vit_base_in1k.py', 'v2', (224, 224, 3)), ('configs/croco/vit_base_in1k.py', 'cpu,v2', (32, 32, 1)),
+    ('configs/cropmae/fashion_mnist.py', None, (28, 28, 1)), ('configs/croco/fashion_mnist.py', None, (28, 28, 1)),
+    ('configs/croco/fashion_mnist.py', 'tiny,v2', (28, 28, 1))])
 def test_recipes_validate_and_build(path, arg, shape):
   c = load_config(path, arg)
   config_lib.validate(c)
@@ -132,6 +134,12 @@ def test_paper_recipes():
   assert (m.decoder.width, m.decoder.depth, m.decoder.num_heads) == (512, 8, 16)
   assert c.batch_size == 256 and c.epochs == 800 and c.stop_after_steps == 400 * 5004
   assert c.pairs.kind == 'homography' and c.eval.feature == 'pooled'
+  c = load_config('configs/croco/vit_base_in1k.py', 'v2')
+  m = build(c, Facts.for_images((224, 224, 3)))
+  assert (m.encoder.width, m.encoder.rope, m.encoder.pos_embed, m.decoder.rope) == (1024, '2d', 'none', '2d')
+  assert (m.decoder.width, m.decoder.depth, m.decoder.num_heads) == (768, 12, 12)
+  assert c.batch_size == 512 and c.epochs == 250 and c.warmup_epochs == 12
+  assert c.stop_after_steps == 125 * (1_281_167 // 512)
 
 
 @pytest.mark.parametrize('name', sorted(TINY))

@@ -15,6 +15,7 @@ EXPECTED = {
     'official_cae/cae_official_tiny.npz': 'cae',
     'official_cae/cae_official_tiny_projected.npz': 'cae',
     'official_croco/croco_official_tiny.npz': 'croco',
+    'official_croco/croco_official_tiny_rope.npz': 'croco',
     'official_croco/croco_official_tiny_wide.npz': 'croco',
     'official_cropmae/cropmae_official_tiny.npz': 'cropmae',
     'official_cropmae/cropmae_official_tiny_wide.npz': 'cropmae',

@@ -4,6 +4,7 @@ and view 1 masked by CroCo's count (int(0.9 x 16) = 14 masked, 2 visible).
 
   python -m mim_jax.main --config=configs/croco/fashion_mnist.py --workdir=workdirs/fashion_croco
   python -m mim_jax.main --config=configs/croco/fashion_mnist.py:tiny --workdir=/tmp/croco_tiny    # seconds
+  python -m mim_jax.main --config=configs/croco/fashion_mnist.py:v2 --workdir=workdirs/fashion_croco_v2  # RoPE
 
 The measured checks (cross-view completion, patch correspondence) are in docs/methods.md.
 """

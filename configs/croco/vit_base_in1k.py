@@ -5,6 +5,10 @@ AdamW (0.9, 0.95), wd 0.05, 40 warmup epochs, cosine over 800 epochs stopped at 
 
   python -m mim_jax.main --config=configs/croco/vit_base_in1k.py --workdir=gs://BUCKET/croco_vitb
   python -m mim_jax.main --config=configs/croco/vit_base_in1k.py:cpu --workdir=/tmp/croco_cpu    # seconds
+  python -m mim_jax.main --config=configs/croco/vit_base_in1k.py:v2 --workdir=gs://BUCKET/croco_v2_vitl  # CroCo v2
+
+':v2' is CroCo v2's largest recipe from their README: ViT-L/16 encoder, decoder 768 x 12 x 12 heads, RoPE100 instead
+of absolute positions, batch 512 (64 x 8), 12 warmup epochs, cosine over 250 epochs stopped at 125.
 """
 
 from mim_jax import recipes

@@ -15,7 +15,9 @@ nothing copied):
   cross-attention to view 2 normalized by the block's own norm, then the MLP; view 2 passes through unchanged;
 * decoder norm -> linear to the patch pixels; norm-pix MSE on view 1's masked patches.
 
-CroCo v2's RoPE-2D positions are not built yet (they come with the backbone block options).
+CroCo v2 (``model.encoder.rope='2d'``, ``pos_embed='none'``): no absolute positions; rotary 2-D positions
+(:mod:`mim_jax.models.rope`, base 100) on the queries and keys of every encoder block and of the decoder's self- and
+cross-attention, each view's tokens with their own grid positions.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods.base import check_images, register
 from mim_jax.methods.two_view import TwoViewMethod
 from mim_jax.models.decoders import CroCoDecoderBlock
+from mim_jax.models.rope import grid_positions, rope_2d_table
 from mim_jax.models.vit import EMBED, MLP, ViTEncoder, _param_init, dense, layer_norm, sincos_2d_table, token_dense
 from mim_jax.models.vit import token_init
 from mim_jax.targets import pixel_target
@@ -46,6 +49,8 @@ class CroCoDecoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   attention_impl: str = 'auto'
+  rope: str = 'none'  # '2d': CroCo v2's rotary positions in every attention instead of the sin-cos table
+  rope_base: float = 100.0
 
   @nn.compact
   def __call__(self, visible: jax.Array, ids_restore: jax.Array, reference: jax.Array) -> jax.Array:
@@ -55,11 +60,15 @@ class CroCoDecoder(nn.Module):
     token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
     fill = jnp.broadcast_to(token.astype(x.dtype), (b, n - x.shape[1], self.width))
     x = jnp.take_along_axis(jnp.concatenate([x, fill], axis=1), ids_restore[..., None], axis=1)
-    pos = jnp.asarray(sincos_2d_table(self.width, *self.grid_hw))[None].astype(x.dtype)
-    x, y = x + pos, y + pos
+    table = None
+    if self.rope == '2d':  # both views are whole grids here: one table serves queries and keys
+      table = rope_2d_table(grid_positions(*self.grid_hw)[None], self.width // self.num_heads, self.rope_base)
+    else:
+      pos = jnp.asarray(sincos_2d_table(self.width, *self.grid_hw))[None].astype(x.dtype)
+      x, y = x + pos, y + pos
     for i in range(self.depth):
       x = CroCoDecoderBlock(self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl,
-                            name=f'decoder_blocks_{i}')(x, y)
+                            name=f'decoder_blocks_{i}')(x, y, table, table)
     x = layer_norm(self.dtype, 'decoder_norm')(x)
     return token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'decoder_pred'), x)
 
@@ -89,7 +98,8 @@ class CroCo(TwoViewMethod):
     self.decoder = CroCoDecoder(width=int(dec.width), depth=int(dec.depth), num_heads=int(dec.num_heads),
                                 out_dim=self.encoder.patch_size ** 2 * self.image_shape[-1], grid_hw=self.grid_hw,
                                 mlp_ratio=float(dec.get('mlp_ratio', 4.0)), dtype=settings['dtype'],
-                                attention_impl=settings['attention_impl'])
+                                attention_impl=settings['attention_impl'], rope=self.encoder.rope,
+                                rope_base=self.encoder.rope_base)
     self.model = CroCoModel(self.encoder, self.decoder)
 
   def pair_defaults(self):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 import numpy as np
 
+from mim_jax.models.rope import apply_rope
 from mim_jax.models.vit import (
   EMBED,
   HEADS,
@@ -119,7 +120,9 @@ class CrossAttention(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, deterministic: bool = True,
+               rope_q: jax.Array | None = None, rope_k: jax.Array | None = None) -> jax.Array:
+    """``rope_q`` / ``rope_k``: rotary tables of the queries' and keys' positions (CroCo v2)."""
     b, m, d = q.shape
     hd = d // self.num_heads
     if d % self.num_heads:
@@ -132,6 +135,8 @@ class CrossAttention(nn.Module):
     v = token_dense(dense(d, (EMBED, HEADS), self.dtype, 'v'), v)
     s = k.shape[1]
     k, v = k.reshape(b, s, self.num_heads, hd), v.reshape(b, s, self.num_heads, hd)
+    if rope_q is not None:
+      q, k = apply_rope(q, rope_q), apply_rope(k, rope_k)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic or self.dropout == 0.0)
@@ -251,10 +256,13 @@ class CroCoDecoderBlock(nn.Module):
   attention_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, y: jax.Array, rope_x: jax.Array | None = None,
+               rope_y: jax.Array | None = None) -> jax.Array:
+    """``rope_x`` / ``rope_y``: the two views' rotary tables (CroCo v2; None with absolute positions)."""
     d = x.shape[-1]
-    x = x + Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x))
+    x = x + Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(
+        layer_norm(self.dtype, 'norm1')(x), None, False, rope_x)
     y = layer_norm(self.dtype, 'norm_y')(y)
     x = x + CrossAttention(self.num_heads, self.dtype, key_bias=True, name='cross_attn')(
-        layer_norm(self.dtype, 'norm2')(x), y, y)
+        layer_norm(self.dtype, 'norm2')(x), y, y, True, rope_x, rope_y)
     return x + Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm3')(x))

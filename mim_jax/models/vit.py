@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.kernels import attention_cpu, layernorm_cpu
+from mim_jax.models import rope as rope_lib
 from mim_jax.models.encoders import register_encoder
 from mim_jax.targets import patchify
 
@@ -178,9 +179,11 @@ class Attention(nn.Module):
   attention_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: jax.Array, query_ids: jax.Array | None = None, cls_attention: bool = False):
+  def __call__(self, x: jax.Array, query_ids: jax.Array | None = None, cls_attention: bool = False,
+               rope: jax.Array | None = None):
     """``x`` ``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]`` only those tokens attend (to all N)
-    and the result is ``[B, M, D]``. ``cls_attention``: also return token 0's attention to tokens 1..N-1,
+    and the result is ``[B, M, D]``. ``rope``: the tokens' rotary table ``[B or 1, N, 2, head_dim]``
+    (:mod:`mim_jax.models.rope`), applied to queries and keys. ``cls_attention``: also return token 0's attention to tokens 1..N-1,
     averaged over heads, ``[B, N - 1]`` float32 (a teacher's saliency, MaskAlign / MR-MAE): this needs the
     attention probabilities, so it runs the einsum path whatever ``attention_impl`` says."""
     b, n, d = x.shape
@@ -191,6 +194,8 @@ class Attention(nn.Module):
     # The fused output is ordered (3, heads, head_dim), as in the reference's [3D, D] weight.
     # split (whose gradient is one concatenate) rather than indexing a [3, ...] view (one pad + add per part).
     q, k, v = (t.reshape(b, n, self.num_heads, hd) for t in jnp.split(qkv, 3, axis=-1))
+    if rope is not None:
+      q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     if query_ids is not None:
       q = jnp.take_along_axis(q, query_ids[:, :, None, None], axis=1)
     impl = self.attention_impl
@@ -204,7 +209,7 @@ class Attention(nn.Module):
         raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason}. "
                          f"Use attention_impl='auto', which falls back to 'einsum' where the kernel does not apply.")
       impl = 'einsum' if reason else 'cpu_fused'  # 'auto': the fused CPU kernel where it applies
-    if impl == 'cpu_fused' and query_ids is None:  # straight from the projection's [B, N, 3, H, D] output
+    if impl == 'cpu_fused' and query_ids is None and rope is None:  # straight from the [B, N, 3, H, D] output
       out = attention_cpu.packed_attention(qkv.reshape(b, n, 3, self.num_heads, hd))
     elif impl == 'cpu_fused':
       out = attention_cpu.attention(q, k, v)
@@ -266,14 +271,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None,
-               cls_attention: bool = False):
+               cls_attention: bool = False, rope: jax.Array | None = None):
     """``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]``, only those tokens' outputs ``[B, M, D]``
     (they still attend to all N): the last block of a decoder whose loss reads only some tokens.
     ``cls_attention``: returns ``(x, CLS attention [B, N - 1])`` (see :class:`Attention`)."""
     d = x.shape[-1]
     x = constrain(x, (BATCH, LENGTH, EMBED))
     y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x),
-                                                                               query_ids, cls_attention)
+                                                                               query_ids, cls_attention, rope)
     if cls_attention:
       y, attention = y
     if query_ids is not None:
@@ -389,6 +394,10 @@ class ViTEncoder(nn.Module):
   # 'first': a CLS token before the patches (MAE); 'none': patches only (CroCo), so the feature dict's 'cls' is
   # None and 'tokens' are the patch tokens.
   class_token: str = 'first'
+  # 'none' or '2d': CroCo v2's rotary positions on queries and keys in every block (rows on half of each head's
+  # channels, columns on the other), with this base; usually with pos_embed='none'.
+  rope: str = 'none'
+  rope_base: float = 100.0
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> ViTEncoder:
@@ -458,13 +467,16 @@ class ViTEncoder(nn.Module):
     if self.pos_embed in ('sincos', 'sincos_rows_first'):
       x = x + sincos_2d_table(self.width, gh, gw, self.pos_embed == 'sincos_rows_first')[None].astype(x.dtype)
       cls_pos = None
+    elif self.pos_embed == 'none':  # no absolute positions (RoPE gives relative ones)
+      cls_pos = None
     elif self.pos_embed == 'learned':
       if self.class_token != 'first':
         raise ValueError("pos_embed='learned' (timm's table, row 0 for CLS) needs class_token='first'.")
       table = self._learned_pos_table(gh, gw).astype(x.dtype)
       x, cls_pos = x + table[:, 1:], table[:, :1]
     else:
-      raise ValueError(f"pos_embed must be 'sincos', 'sincos_rows_first' or 'learned', got {self.pos_embed!r}.")
+      raise ValueError(f"pos_embed must be 'sincos', 'sincos_rows_first', 'learned' or 'none', got "
+                       f"{self.pos_embed!r}.")
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
     if self.class_token not in ('first', 'none'):
@@ -472,6 +484,9 @@ class ViTEncoder(nn.Module):
     has_cls = self.class_token == 'first'
     if cls_attention and not has_cls:
       raise ValueError("cls_attention needs a CLS token (class_token='first').")
+    rope = self.rope_table(gh, gw, ids_keep)
+    if rope is not None and has_cls:
+      raise ValueError("rope='2d' gives positions to patch tokens only: use class_token='none' (CroCo v2).")
     if has_cls:
       cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
       if cls_pos is not None:
@@ -487,7 +502,7 @@ class ViTEncoder(nn.Module):
     for i in range(self.depth):
       last = cls_attention and i == self.depth - 1
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
-                self.layer_scale, name=f'blocks_{i}')(x, deterministic, None, last)
+                self.layer_scale, name=f'blocks_{i}')(x, deterministic, None, last, rope)
       if last:
         x, attention = x
       if i in hidden:
@@ -501,6 +516,17 @@ class ViTEncoder(nn.Module):
     if cls_attention:
       out['cls_attention'] = attention
     return out
+
+  def rope_table(self, gh: int, gw: int, ids_keep: jax.Array | None = None) -> jax.Array | None:
+    """The rotary table of the encoded tokens (all, or those of ``ids_keep``), or None without RoPE."""
+    if self.rope == 'none':
+      return None
+    if self.rope != '2d':
+      raise ValueError(f"rope must be 'none' or '2d', got {self.rope!r}.")
+    pos = rope_lib.grid_positions(gh, gw)[None]
+    if ids_keep is not None:
+      pos = jnp.take_along_axis(pos, ids_keep[..., None], axis=1)
+    return rope_lib.rope_2d_table(pos, self.width // self.num_heads, self.rope_base)
 
   def _learned_pos_table(self, gh: int, gw: int) -> jax.Array:
     rows = 1 + gh * gw
