@@ -2,6 +2,8 @@
 `python benchmarks/fashion_mnist.py two_views` (and the teachers grid's MAE at the same visibility):
 
   python benchmarks/two_view_checks.py --root workdirs/fashion_ablation --seeds 0,1 [--pairs 2000]
+  python benchmarks/two_view_checks.py --stereo workdirs/stereo_croco_s0,workdirs/stereo_croco_s1 \
+      --stereo-mae workdirs/stereo_mae_s0,workdirs/stereo_mae_s1
 
 1. The decoder uses the reference view: each two-view model's loss on view 1 with its true view 2 against another
    image's view 2, same masks (CropMAE: at least 15% lower; CroCo: at most 0.8x).
@@ -102,12 +104,45 @@ def table(per_seed: dict[int, dict]) -> str:
   return '\n'.join(lines)
 
 
+def stereo(workdirs: list[str], mae_workdirs: list[str], num: int) -> str:
+  """CroCo on the real stereo pair (configs/croco/stereo.py): held-out windows (the right third of the left
+  image), loss with the true right window vs another window's, and vs MAE without a reference on the same left
+  windows and masks; mean ± std over the runs given."""
+  from mim_jax.eval import two_view
+
+  rows = {'true / shuffled reference': [], 'CroCo / MAE (no reference)': [], 'CroCo loss': [], 'MAE loss': []}
+  for i, workdir in enumerate(workdirs):
+    config, method, params = load(workdir)
+    pairs = two_view.held_out_pairs(config.data, method.pairs, num, seed=1234)
+    ref = two_view.reference_losses(method, params, pairs['view1'], pairs['view2'])
+    rows['true / shuffled reference'].append(ref['ratio'])
+    rows['CroCo loss'].append(ref['true'])
+    if i < len(mae_workdirs):
+      _, mae, mae_params = load(mae_workdirs[i])
+      loss = two_view.single_view_loss(mae, mae_params, pairs['view1'])
+      rows['MAE loss'].append(loss)
+      rows['CroCo / MAE (no reference)'].append(ref['true'] / loss)
+  lines = ['| held-out stereo windows | ' + ' | '.join(rows) + ' |', '| :--- |' + ' ---: |' * len(rows)]
+  cells = [f'{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}' if len(v) > 1 else (f'{v[0]:.3f}' if v else '')
+           for v in rows.values()]
+  lines.append(f'| {len(workdirs)} CroCo run(s) | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--root', required=True)
+  parser.add_argument('--root', help='the benchmark root (workdirs/fashion_ablation)')
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--pairs', type=int, default=2000, help='held-out pairs per check')
+  parser.add_argument('--stereo', default='', help='comma-separated CroCo workdirs of configs/croco/stereo.py: '
+                      'check those on held-out real stereo windows instead (with --stereo-mae, the MAE baselines)')
+  parser.add_argument('--stereo-mae', default='', help='comma-separated workdirs of configs/croco/stereo.py:mae')
   args = parser.parse_args(argv)
+  if args.stereo:
+    print(stereo(args.stereo.split(','), [w for w in args.stereo_mae.split(',') if w], min(args.pairs, 1024)))
+    return 0
+  if not args.root:
+    raise SystemExit('error: give --root (the two_views benchmark root) or --stereo WORKDIRS.')
   root = os.path.abspath(args.root)
   per_seed = {}
   for seed in (int(s) for s in args.seeds.split(',')):

@@ -521,6 +521,40 @@ def croco_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def croco_stereo(arg: str | None = None) -> ml_collections.ConfigDict:
+  """CroCo on real stereo: windows of the bundled rectified pair (``mim_stereo``, 64 px, patch 8: 8 x 8 tokens),
+  view 1 the left window masked at 0.9 (7 of 64 visible), view 2 the right window shifted by the median
+  disparity: see configs/croco/stereo.py. ``arg``: None, 'tiny' (seconds), 'mae' (the one-view baseline: MAE at
+  the same visibility on the left image's crops), 'v2' (RoPE)."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny', 'mae', 'v2'}, 'configs/croco/stereo.py')
+  c = base_config()
+  c.data = default_data_config('mim_stereo')
+  c.batch_size = 64
+  c.total_steps = 1500
+  c.warmup_steps = 100
+  c.optimizer.base_lr = 1.5e-3
+  c.model.encoder = dict(patch_size=8, width=128, depth=4, num_heads=4, mlp_ratio=4.0)
+  c.model.decoder = dict(width=64, depth=2, num_heads=4, mlp_ratio=4.0)
+  c.checkpoint.every_steps = 500
+  c.log_every = 100
+  if 'tiny' in parts:
+    c.total_steps, c.warmup_steps, c.batch_size = 4, 1, 8
+    c.model.encoder = dict(patch_size=16, width=32, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.model.decoder = dict(width=16, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.checkpoint.every_steps, c.log_every = 2, 1
+  if 'mae' in parts:  # MAE on crops of the whole left image (test columns included): no reference view, the
+    # same visible count; its held-out loss is, if anything, flattered
+    c.mask = dict(name='random', ratio=0.9, count='masked')
+    c.eval.feature = 'pooled'
+    c.data.crop_scale = (0.025, 0.1)  # windows of about 100-190 px of the 500 x 741 image, as the pairs'
+    c.data.hflip = False
+    return c
+  croco(c, v2='v2' in parts)
+  c.pairs.kind = 'stereo'
+  return c
+
+
 ABLATION_MASKS = ('block', 'colormae_red', 'colormae_blue', 'colormae_green', 'colormae_purple', 'gmml')
 ABLATION_VARIANTS = ('mae', 'simmim', 'hpm', *ABLATION_MASKS)
 

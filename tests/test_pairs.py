@@ -31,7 +31,7 @@ def _data_cfg(size=32):
 SOURCE = pipeline.RecordSource('image', 'label', 3)
 
 
-@pytest.mark.parametrize('kind', pairs.KINDS)
+@pytest.mark.parametrize('kind', pairs.CROP_KINDS + ('homography',))
 def test_pairs_are_deterministic_per_generator(kind):
   fn = pairs.pair_record_transform(_cfg(kind), _data_cfg(), SOURCE)
   record = {'image': _coord_image(), 'label': 3}
@@ -101,7 +101,7 @@ def test_homography_record_keeps_the_correspondence_when_asked():
   with pytest.raises(ValueError, match="only pairs.kind='homography'"):
     pairs.pair_record_transform(_cfg('random_views'), _data_cfg(), SOURCE, keep_homography=True)
   with pytest.raises(ValueError, match='pairs.kind must be one of'):
-    pairs.pair_record_transform(_cfg('stereo'), _data_cfg(), SOURCE)
+    pairs.pair_record_transform(_cfg('lidar'), _data_cfg(), SOURCE)
 
 
 def test_stereo_windows_overlap_after_the_disparity_shift():
@@ -119,3 +119,37 @@ def test_stereo_windows_overlap_after_the_disparity_shift():
     unshifted.append(np.abs(win.view1.astype(float) - plain).mean())
     assert win.disparity > 0
   assert np.mean(aligned) < 0.6 * np.mean(unshifted), (np.mean(aligned), np.mean(unshifted))
+
+
+def test_stereo_windows_respect_the_split_columns():
+  pytest.importorskip('skimage')
+  left, right, disparity = pairs.stereo_motorcycle()
+  rng = np.random.default_rng(1)
+  for _ in range(20):
+    win = pairs.stereo_window_pair(left, right, disparity, 32, 96, rng, x_range=(494, 741))
+    x, _, side = win.box
+    assert 494 <= x and x + side <= 741
+  with pytest.raises(ValueError, match='does not fit'):
+    pairs.stereo_window_pair(left, right, disparity, 32, 300, rng, x_range=(494, 741))
+
+
+def test_the_stereo_dataset_builds_offline_and_serves_pairs(tmp_path):
+  """mim_stereo: one stored pair presented REPEAT times per split; each read draws new windows; the pipeline
+  batches them like any pair dataset."""
+  pytest.importorskip('skimage')
+  from mim_jax.data import stereo
+
+  c = pipeline.default_data_config('mim_stereo')
+  c.data_dir = str(tmp_path)
+  info = pipeline.dataset_info(c)
+  assert (info.num_train, info.num_eval, info.num_classes, info.image_shape) == (
+      stereo.REPEAT['train'], stereo.REPEAT['test'], None, (64, 64, 3))
+  cfg = _cfg('stereo')
+  fn = lambda dc, src, train: pairs.pair_record_transform(cfg, dc, src)  # noqa: E731
+  out = pipeline.eval_arrays(c, 'test', 16, fields=pairs.pair_fields((64, 64, 3)), record_transform=fn, train=True)
+  assert out['view1'].shape == (16, 64, 64, 3) and np.all(out['label'] == -1)
+  assert not np.allclose(out['view1'][0], out['view1'][1])  # one record, different windows
+  batch = next(pipeline.train_iterator(c, 4, 0, fields=pairs.pair_fields((64, 64, 3)), record_transform=fn))
+  assert batch['view2'].shape == (4, 64, 64, 3)
+  with pytest.raises(ValueError, match="needs stereo records"):
+    pairs.pair_record_transform(cfg, c, SOURCE)({'image': _coord_image(), 'label': 0}, np.random.default_rng(0))

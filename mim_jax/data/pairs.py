@@ -15,8 +15,9 @@ Pair kinds (``config.pairs.kind``):
   carries ``homography``: the 3x3 map from ``view1`` pixel coordinates to ``view2``'s (pixel centres at
   ``i + 0.5``), so evaluations can score patch correspondences against the truth.
 
-:func:`stereo_window_pair` cuts aligned windows from a real rectified stereo pair (scikit-image's
-``stereo_motorcycle``: left, right, disparity) for held-out cross-view evaluations and figures.
+* ``stereo``: real stereo windows (:func:`stereo_window_pair`) from the records of the bundled ``mim_stereo``
+  dataset (scikit-image's rectified ``stereo_motorcycle``: left, right, disparity; :mod:`mim_jax.data.stereo`):
+  a left window (``view1``) and the right window shifted by its median disparity (``view2``), so they overlap.
 
 Kept free of jax: grain worker processes import this module.
 """
@@ -34,7 +35,7 @@ from mim_jax.data import transforms
 from mim_jax.data.batch import Field
 
 CROP_KINDS = ('global_to_local', 'local_to_global', 'random_views', 'same_views')
-KINDS = CROP_KINDS + ('homography',)
+KINDS = CROP_KINDS + ('homography', 'stereo')
 
 
 def default_pair_config() -> ml_collections.ConfigDict:
@@ -46,6 +47,7 @@ def default_pair_config() -> ml_collections.ConfigDict:
   c.ratio = (3 / 4, 4 / 3)
   c.hflip = True  # each view flipped on its own (p = 0.5); digits set False
   c.jitter = 0.15  # homography: corner displacement, as a fraction of the crop side
+  c.stereo_side = (96, 192)  # stereo: the source window's side in pixels, uniform in this range
   return c
 
 
@@ -184,11 +186,36 @@ class PairRecord:
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     if rng is None:
       raise ValueError('pair transforms are random: they need the per-record generator the pipeline passes.')
-    out = self.make_pair(record[self.image_key], rng)
+    out = self.make_pair(record if getattr(self.make_pair, 'whole_record', False) else record[self.image_key], rng)
     if not self.keep_homography:
       out.pop('homography', None)
     out['label'] = np.int32(record[self.label_key] if self.label_key is not None else -1)
     return out
+
+
+class StereoPair:
+  """A stereo record (``image`` = left, ``image_right``, ``disparity``, ``x_range``; the ``mim_stereo`` dataset) ->
+  ``{'view1': left window, 'view2': the disparity-aligned right window}``, the left window inside ``x_range``."""
+
+  whole_record = True
+
+  def __init__(self, size: int, side_range, channels: int):
+    self.size = int(size)
+    self.side_range = (int(side_range[0]), int(side_range[1]))
+    if not 0 < self.side_range[0] <= self.side_range[1]:
+      raise ValueError(f'pairs.stereo_side must be (min, max) pixels with 0 < min <= max, got {side_range!r}.')
+    self.mode = 'L' if int(channels) == 1 else 'RGB'
+    self.channels = int(channels)
+
+  def __call__(self, record, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    missing = [k for k in ('image', 'image_right', 'disparity', 'x_range') if k not in record]
+    if missing:
+      raise ValueError(f"pairs.kind='stereo' needs stereo records (the mim_stereo dataset); this one lacks {missing}.")
+    side = int(rng.integers(self.side_range[0], self.side_range[1] + 1))
+    win = stereo_window_pair(np.asarray(record['image']), np.asarray(record['image_right']),
+                             np.asarray(record['disparity']), self.size, side, rng,
+                             x_range=tuple(int(v) for v in record['x_range']))
+    return {k: _to_array(Image.fromarray(getattr(win, k)), self.mode, self.channels) for k in ('view1', 'view2')}
 
 
 def pair_record_transform(pairs: ml_collections.ConfigDict, data_cfg, source, keep_homography: bool = False):
@@ -198,7 +225,9 @@ def pair_record_transform(pairs: ml_collections.ConfigDict, data_cfg, source, ke
   if kind not in KINDS:
     raise ValueError(f'pairs.kind must be one of {KINDS}, got {kind!r}.')
   common = dict(channels=source.channels, interpolation=data_cfg.interpolation, decoder=data_cfg.get('decoder', 'auto'))
-  if kind == 'homography':
+  if kind == 'stereo':
+    make = StereoPair(data_cfg.image_size, pairs.stereo_side, source.channels)
+  elif kind == 'homography':
     make = HomographyPair(data_cfg.image_size, pairs.global_scale, pairs.ratio, pairs.jitter, **common)
   else:
     make = CropPair(kind, data_cfg.image_size, pairs.global_scale, pairs.local_scale, pairs.ratio, pairs.hflip,
@@ -221,18 +250,21 @@ def _resized(window: np.ndarray, size: int) -> np.ndarray:
 
 
 def stereo_window_pair(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, size: int, side: int,
-                       rng: np.random.Generator, min_valid: float = 0.5) -> StereoWindow:
-  """Aligned windows of a rectified stereo pair: a random ``side x side`` window of the left image and the right
-  image's window at ``x - d``, ``d`` the median finite disparity inside it (a pixel at left x sits at right
-  x - d), both resized to ``size``. Windows with under ``min_valid`` finite disparities are redrawn."""
+                       rng: np.random.Generator, min_valid: float = 0.5,
+                       x_range: tuple[int, int] | None = None) -> StereoWindow:
+  """Aligned windows of a rectified stereo pair: a random ``side x side`` window of the left image (inside columns
+  ``x_range`` when given) and the right image's window at ``x - d``, ``d`` the median finite disparity inside it (a
+  pixel at left x sits at right x - d), both resized to ``size``. Windows with under ``min_valid`` finite
+  disparities, or whose twin leaves the right image, are redrawn."""
   hgt, wid = left.shape[:2]
+  x_lo, x_hi = x_range if x_range is not None else (0, wid)
   if left.shape != right.shape or disparity.shape != (hgt, wid):
     raise ValueError(f'stereo pair shapes disagree: left {left.shape}, right {right.shape}, disparity '
                      f'{disparity.shape}.')
-  if not 0 < side <= min(hgt, wid):
-    raise ValueError(f'window side {side} does not fit the {wid}x{hgt} images.')
+  if not 0 < side <= min(hgt, x_hi - x_lo):
+    raise ValueError(f'window side {side} does not fit the {wid}x{hgt} images (columns {x_lo}..{x_hi}).')
   for _ in range(100):
-    x, y = int(rng.integers(0, wid - side + 1)), int(rng.integers(0, hgt - side + 1))
+    x, y = int(rng.integers(x_lo, x_hi - side + 1)), int(rng.integers(0, hgt - side + 1))
     d = disparity[y:y + side, x:x + side]
     finite = d[np.isfinite(d)]
     if finite.size < min_valid * d.size:

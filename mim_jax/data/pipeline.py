@@ -35,7 +35,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from mim_jax.data import batch as batch_lib
-from mim_jax.data import device_crop, digits, fashion_mnist, sources, subsets, transforms
+from mim_jax.data import device_crop, digits, fashion_mnist, sources, stereo, subsets, transforms
 from mim_jax.data.batch import Fields
 
 
@@ -61,6 +61,7 @@ class DatasetInfo:
 SMALL_DATASETS = {
     digits.NAME: (16, False, (0.6, 1.0)),  # 8x8 digits upsampled; never flip digits
     fashion_mnist.NAME: (28, True, (0.6, 1.0)),  # clothes are mirror-symmetric enough to flip
+    stereo.NAME: (64, False, (0.2, 1.0)),  # one real stereo pair; its views come from pairs.kind='stereo'
 }
 
 

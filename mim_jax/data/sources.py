@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data import digits, fashion_mnist
+from mim_jax.data import digits, fashion_mnist, stereo
 
 ENV_DATA_DIR = 'MIM_JAX_DATA_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'mim_jax', 'tensorflow_datasets')
@@ -58,6 +58,8 @@ def find_dataset_dir(name: str, data_dir: str | None = None, src: str | None = N
     return digits.ensure_digits(root)
   if base == fashion_mnist.NAME and version in ('', fashion_mnist.VERSION):
     return fashion_mnist.ensure(root, src)
+  if base == stereo.NAME and version in ('', stereo.VERSION):
+    return stereo.ensure(root)
   ds_root = os.path.join(root, *base.split('/'))
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -137,7 +139,10 @@ def open_dataset(name: str, data_dir: str | None = None, image_key: str = 'image
   else:
     label_key = None
   metadata = dict(info.metadata) if info.metadata else {}
-  splits = {k: int(v.num_examples) for k, v in info.splits.items()}
+  # A dataset may present each stored record several times per split (metadata 'repeat': {split: times}): the
+  # bundled stereo pair is one record whose views are drawn anew at every read (mim_jax/data/stereo.py).
+  repeat = {k: int(v) for k, v in (metadata.get('repeat') or {}).items()}
+  splits = {k: int(v.num_examples) * repeat.get(k, 1) for k, v in info.splits.items()}
   split_bytes = {k: int(getattr(v, 'num_bytes', 0) or 0) for k, v in info.splits.items()}
   return OpenedDataset(
     path=path, name=name, splits=splits, image_key=image_key, label_key=label_key, image_encoded=encoded,
@@ -164,6 +169,22 @@ def split_size(ds: OpenedDataset, split: str) -> int:
   if split in ds.splits:
     return ds.splits[split]
   return len(_builder(ds.path).as_data_source(split=split, decoders=_skip_image_decoding(ds)))
+
+
+class RepeatedSource:
+  """Each record of ``source`` ``times`` times in a row: index i reads record ``i // times``."""
+
+  def __init__(self, source, times: int):
+    self.source, self.times = source, int(times)
+
+  def __len__(self) -> int:
+    return len(self.source) * self.times
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.source[int(index) // self.times]
+
+  def __getitems__(self, indices) -> list[dict[str, Any]]:
+    return [self[i] for i in indices]
 
 
 class InMemorySource:
@@ -230,11 +251,22 @@ def data_source(ds: OpenedDataset, split: str, cache: bool | str = 'auto'):
   check_split(ds, split)
   if cache not in (True, False, 'auto'):
     raise ValueError(f"data.cache must be True, False or 'auto', got {cache!r}")
+  times = int((ds.metadata.get('repeat') or {}).get(split, 1))
+  if times > 1:
+    return RepeatedSource(_raw_source(ds, split, cache), times)
+  return _raw_source(ds, split, cache)
+
+
+def _raw_source(ds: OpenedDataset, split: str, cache: bool | str):
   fixed_shape = bool(ds.image_shape) and all(ds.image_shape)
   if cache and fixed_shape:
-    num_bytes = split_size(ds, split) * int(np.prod(ds.image_shape))
+    num_bytes = _builder(ds.path).info.splits[split].num_examples * int(np.prod(ds.image_shape)) \
+        if split in ds.splits else split_size(ds, split) * int(np.prod(ds.image_shape))
     if cache is True or 0 < num_bytes <= AUTO_CACHE_BYTES:
       keys = tuple(k for k in (ds.image_key, ds.label_key) if k is not None)
+      # other fixed-shape array features travel with the record (a stereo pair's right image and disparity)
+      keys += tuple(k for k, f in _builder(ds.path).info.features.items()
+                    if k not in keys and type(f) is tfds.features.Tensor and all(d is not None for d in f.shape))
       encoded = ds.image_key if ds.image_encoded else None
       return InMemorySource(_cached_columns(ds.path, split, keys, encoded, tuple(ds.image_shape)))
   return _builder(ds.path).as_data_source(split=split, decoders=_skip_image_decoding(ds))

@@ -106,20 +106,9 @@ def _raw_pixels(config, method, mesh, rules, num_classes: int) -> dict[str, floa
   return {'raw_pixels/logreg/top1': raw['top1'], 'raw_pixels/knn/top1': knn['top1'], **few}
 
 
-def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=None, rules=None) -> dict:
-  """Runs the configured evaluations on ``params`` (host arrays, or the train state's on ``mesh``); returns
-  (and writes) the summary values."""
+def _probes(config, method, params, mesh, rules, num_classes: int) -> dict[str, float]:
+  """The frozen-feature probes (and their random-init and raw-pixel baselines) on a labelled dataset."""
   cfg = config.eval
-  t0 = time.perf_counter()
-  if mesh is None:
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-    rules = shd.rules_from_config(config.mesh.get('rules', None))
-  info = pipeline.dataset_info(config.data)
-  if not info.num_classes:
-    log('The dataset has no labels: skipping probes.')
-    return {}
-  num_classes = int(info.num_classes)
-  params, _ = streaming.place_params(method, params, mesh, rules)
   results: dict[str, float] = {}
   (train_x, train_y), (test_x, test_y) = _split_features(
       streaming.FrozenFeatures(method, params, mesh, rules, cfg.feature), config)
@@ -135,7 +124,27 @@ def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=No
     rand = probe_all(rtrain_x, train_y, rtest_x, test_y, num_classes, cfg, config.seed)
     results.update({f'random_init/{k}': v for k, v in rand.items()})
   results.update(_raw_pixels(config, method, mesh, rules, num_classes))
+  return results
 
+
+def evaluate_pretrained(config, workdir: str, method, params, step: int, mesh=None, rules=None) -> dict:
+  """Runs the configured evaluations on ``params`` (host arrays, or the train state's on ``mesh``); returns
+  (and writes) the summary values."""
+  cfg = config.eval
+  t0 = time.perf_counter()
+  if mesh is None:
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+    rules = shd.rules_from_config(config.mesh.get('rules', None))
+  info = pipeline.dataset_info(config.data)
+  if not info.num_classes and not hasattr(method, 'reconstruct_pair'):
+    log('The dataset has no labels: skipping probes.')
+    return {}
+  params, _ = streaming.place_params(method, params, mesh, rules)
+  results: dict = {}
+  if info.num_classes:
+    results.update(_probes(config, method, params, mesh, rules, int(info.num_classes)))
+  else:  # unlabelled pairs (the stereo dataset): the figure only
+    log('The dataset has no labels: skipping probes.')
   if cfg.figure and hasattr(method, 'reconstruct_pair'):  # two views: held-out pairs from the eval split
     test = two_view.held_out_pairs(config.data, method.pairs, 8, seed=config.seed)
     with nn.logical_axis_rules(rules), jax.set_mesh(mesh):

@@ -184,8 +184,8 @@ class Attention(nn.Module):
     """``x`` ``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]`` only those tokens attend (to all N)
     and the result is ``[B, M, D]``. ``rope``: the tokens' rotary table ``[B or 1, N, 2, head_dim]``
     (:mod:`mim_jax.models.rope`), applied to queries and keys. ``cls_attention``: also return token 0's attention
-    to tokens 1..N-1, averaged over heads, ``[B, N - 1]`` float32 (a teacher's saliency, MaskAlign / MR-MAE): this needs the
-    attention probabilities, so it runs the einsum path whatever ``attention_impl`` says."""
+    to tokens 1..N-1, averaged over heads, ``[B, N - 1]`` float32 (a teacher's saliency, MaskAlign / MR-MAE):
+    this needs the attention probabilities, so it runs the einsum path whatever ``attention_impl`` says."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
