@@ -113,7 +113,8 @@ def test_croco_refuses_an_encoder_with_cls():
     ('configs/croco/vit_base_in1k.py', None, (224, 224, 3)), ('configs/croco/vit_base_in1k.py', 'cpu', (32, 32, 1)),
     ('configs/croco/vit_base_in1k.py', 'v2', (224, 224, 3)), ('configs/croco/vit_base_in1k.py', 'cpu,v2', (32, 32, 1)),
     ('configs/cropmae/fashion_mnist.py', None, (28, 28, 1)), ('configs/croco/fashion_mnist.py', None, (28, 28, 1)),
-    ('configs/croco/fashion_mnist.py', 'tiny,v2', (28, 28, 1))])
+    ('configs/croco/fashion_mnist.py', 'tiny,v2', (28, 28, 1)), ('configs/croco/stereo.py', None, (64, 64, 3)),
+    ('configs/croco/stereo.py', 'mae', (64, 64, 3))])
 def test_recipes_validate_and_build(path, arg, shape):
   c = load_config(path, arg)
   config_lib.validate(c)
