@@ -81,6 +81,22 @@ def measure(root: str, seed: int, num: int) -> dict[str, dict[str, float]]:
   return out
 
 
+def figure(workdir: str, out: str, num: int = 6) -> str:
+  """Held-out pairs through a two-view run: view 2, view 1, its mask and the reconstruction (PNG)."""
+  import jax
+
+  from mim_jax.eval import two_view
+  from mim_jax.eval.visualize import reconstruction_figure
+
+  config, method, params = load(workdir)
+  pairs = two_view.held_out_pairs(config.data, method.pairs, num, seed=1234)
+  res = jax.jit(method.reconstruct_pair)(params, pairs['view1'], pairs['view2'], jax.random.key(0))
+  info = method.facts.data
+  return reconstruction_figure(pairs['view1'], np.asarray(res['pred_images']), np.asarray(res['mask_images']), out,
+                               mean=info.mean, std=info.std, reference=pairs['view2'],
+                               title=f'{config.method}: held-out pairs, loss {float(res["loss"]):.3f}')
+
+
 def table(per_seed: dict[int, dict]) -> str:
   cells = [c for c in TWO_VIEW + ONE_VIEW if any(c in r for r in per_seed.values())]
   keys = ('loss/true_over_shuffled', 'loss/croco_over_mae', 'correspondence/exact', 'correspondence/within1')
@@ -137,7 +153,13 @@ def main(argv=None) -> int:
   parser.add_argument('--stereo', default='', help='comma-separated CroCo workdirs of configs/croco/stereo.py: '
                       'check those on held-out real stereo windows instead (with --stereo-mae, the MAE baselines)')
   parser.add_argument('--stereo-mae', default='', help='comma-separated workdirs of configs/croco/stereo.py:mae')
+  parser.add_argument('--figure', nargs=2, action='append', default=[], metavar=('WORKDIR', 'PNG'),
+                      help='also draw held-out pairs through a two-view run (repeatable)')
   args = parser.parse_args(argv)
+  for workdir, png in args.figure:
+    print(f'wrote {figure(workdir, png)}')
+  if args.figure and not (args.stereo or args.root):
+    return 0
   if args.stereo:
     print(stereo(args.stereo.split(','), [w for w in args.stereo_mae.split(',') if w], min(args.pairs, 1024)))
     return 0
