@@ -30,7 +30,23 @@ def test_ablation_cells_change_one_thing_each():
   assert runs['target_raw_pixels_seed2'][1]['norm_pix_loss'] is False
   assert runs['mask_grid_seed2'][0].endswith(':grid') and runs['baseline_seed2'][0] == bench.MAE
   for cells, _ in bench.TABLES.values():  # every table cell is a run of a grid
-    assert set(cells) <= set(bench.ABLATIONS) | set(bench.TEACHER_CELLS)
+    assert set(cells) <= set(bench.ABLATIONS) | set(bench.TEACHER_CELLS) | set(bench.TWO_VIEW_CELLS)
+
+
+def test_two_view_cells_match_mae_at_the_same_visibility():
+  """CropMAE and CroCo reconstruct a view with 2 of 16 tokens visible, as the teachers grid's MAE at 0.875."""
+  from conftest import load_config
+
+  from mim_jax.methods import Facts, build
+
+  runs = {name: (config, overrides) for name, config, overrides in bench.runs_for('two_views', [0])}
+  assert set(runs) == {f'{cell}_seed0' for cell in bench.TWO_VIEW_CELLS}
+  assert runs['cropmae_random_views_seed0'][1]['pairs.kind'] == 'random_views'
+  mae = build(load_config(bench.MAE), Facts.for_images((28, 28, 1)))
+  mae_875 = mae.masker.__class__(mae.masker.grid, ratio=0.875)
+  for config in (bench.CROPMAE, bench.CROCO):
+    method = build(load_config(config), Facts.for_images((28, 28, 1)))
+    assert method.masker.len_keep == mae_875.len_keep == 2
 
 
 def test_teacher_cells_share_the_student_and_differ_in_the_teacher():
