@@ -531,7 +531,7 @@ def croco_stereo(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base_config()
   c.data = default_data_config('mim_stereo')
   c.batch_size = 64
-  c.total_steps = 600  # ~8 minutes on 2 CPU cores (64 tokens a view)
+  c.total_steps = 600  # ~11 minutes on 2 CPU cores (64 tokens a view)
   c.warmup_steps = 50
   c.optimizer.base_lr = 1.5e-3
   c.model.encoder = dict(patch_size=8, width=128, depth=4, num_heads=4, mlp_ratio=4.0)
