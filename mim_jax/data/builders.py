@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
+from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
@@ -39,3 +41,20 @@ def file_lock(data_dir: str, name: str):
       yield
     finally:
       fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def build_once(data_dir: str, name: str, version: str, make_builder: Callable[[], tfds.core.DatasetBuilder]) -> str:
+  """``DATA_DIR/name/version`` of a dataset mim_jax builds itself, building it first if needed: under the file
+  lock (racing processes build it once; tfds writes into ``incomplete.*`` and renames it when complete), offline
+  (no GCS, nothing downloaded). ``make_builder()`` is called only when a build is needed."""
+  path = os.path.join(data_dir, name, version)
+  done = lambda: os.path.exists(os.path.join(path, 'dataset_info.json'))  # noqa: E731
+  if done():
+    return path
+  with file_lock(data_dir, name):
+    if not done():  # another process may have built it while we waited for the lock
+      builder = make_builder()
+      with tempfile.TemporaryDirectory(prefix=f'{name}_dl_') as download_dir:
+        builder.download_and_prepare(download_dir=download_dir, download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  return path

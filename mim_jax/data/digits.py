@@ -12,13 +12,11 @@ directory.
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data.builders import LocalBuilder, file_lock
+from mim_jax.data.builders import LocalBuilder, build_once
 
 NAME = 'mim_digits'
 VERSION = '1.0.0'
@@ -70,28 +68,6 @@ class MimDigits(LocalBuilder):
       yield int(i), {'image': images[i], 'label': int(labels[i])}
 
 
-def digits_dir(data_dir: str) -> str:
-  return os.path.join(data_dir, NAME, VERSION)
-
-
-def is_prepared(data_dir: str) -> bool:
-  return os.path.exists(os.path.join(digits_dir(data_dir), 'dataset_info.json'))
-
-
 def ensure_digits(data_dir: str) -> str:
   """Builds `mim_digits` under `data_dir` unless it is already there; returns its dataset directory."""
-  if is_prepared(data_dir):
-    return digits_dir(data_dir)
-  with file_lock(data_dir, NAME):
-    if is_prepared(data_dir):  # Another process built it while we waited for the lock.
-      return digits_dir(data_dir)
-    builder = MimDigits(data_dir=data_dir, file_format='array_record')
-    with tempfile.TemporaryDirectory(prefix='mim_digits_dl_') as download_dir:
-      builder.download_and_prepare(
-        download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False,
-          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-        ),
-      )
-  return digits_dir(data_dir)
+  return build_once(data_dir, NAME, VERSION, lambda: MimDigits(data_dir=data_dir, file_format='array_record'))

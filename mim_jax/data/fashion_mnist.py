@@ -21,13 +21,12 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mim_jax.data.builders import LocalBuilder, file_lock
+from mim_jax.data.builders import LocalBuilder, build_once
 
 NAME = 'fashion_mnist'
 VERSION = '3.0.1'  # the version of tfds's public builder with these splits and features
@@ -142,13 +141,5 @@ def ensure(data_dir: str, src: str | None = None) -> str:
   if is_prepared(data_dir):
     return dataset_dir(data_dir)
   src = check_source(src)  # before anything is written
-  with file_lock(data_dir, NAME):
-    if is_prepared(data_dir):  # another process built it while we waited for the lock
-      return dataset_dir(data_dir)
-    builder = FashionMnist(src=src, data_dir=data_dir, file_format='array_record')
-    with tempfile.TemporaryDirectory(prefix=f'{NAME}_dl_') as download_dir:
-      builder.download_and_prepare(
-          download_dir=download_dir,
-          download_config=tfds.download.DownloadConfig(
-              try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-  return dataset_dir(data_dir)
+  return build_once(data_dir, NAME, VERSION,
+                    lambda: FashionMnist(src=src, data_dir=data_dir, file_format='array_record'))

@@ -14,13 +14,11 @@ drawn with its own generator). There are no labels (label -1).
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data.builders import LocalBuilder, file_lock
+from mim_jax.data.builders import LocalBuilder, build_once
 
 NAME = 'mim_stereo'
 VERSION = '1.0.0'
@@ -63,19 +61,6 @@ class MimStereo(LocalBuilder):
               'x_range': np.asarray(x_range, np.int32)}
 
 
-def dataset_dir(data_dir: str) -> str:
-  return os.path.join(data_dir, NAME, VERSION)
-
-
 def ensure(data_dir: str) -> str:
   """Builds `mim_stereo` under `data_dir` unless it is there; returns its dataset directory."""
-  if os.path.exists(os.path.join(dataset_dir(data_dir), 'dataset_info.json')):
-    return dataset_dir(data_dir)
-  with file_lock(data_dir, NAME):
-    if os.path.exists(os.path.join(dataset_dir(data_dir), 'dataset_info.json')):
-      return dataset_dir(data_dir)
-    builder = MimStereo(data_dir=data_dir, file_format='array_record')
-    with tempfile.TemporaryDirectory(prefix='mim_stereo_dl_') as download_dir:
-      builder.download_and_prepare(download_dir=download_dir, download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-  return dataset_dir(data_dir)
+  return build_once(data_dir, NAME, VERSION, lambda: MimStereo(data_dir=data_dir, file_format='array_record'))
