@@ -30,14 +30,11 @@ import jax.numpy as jnp
 
 from mim_jax import masking
 from mim_jax.data import pairs
-from mim_jax.losses import masked_mean, mse_per_token
-from mim_jax.methods.base import check_images, register
+from mim_jax.methods.base import register
 from mim_jax.methods.two_view import TwoViewMethod
-from mim_jax.models.decoders import CroCoDecoderBlock
+from mim_jax.models.decoders import CroCoDecoderBlock, with_mask_tokens
 from mim_jax.models.rope import grid_positions, rope_2d_table
-from mim_jax.models.vit import EMBED, MLP, ViTEncoder, _param_init, dense, layer_norm, sincos_2d_table, token_dense
-from mim_jax.models.vit import token_init
-from mim_jax.targets import pixel_target
+from mim_jax.models.vit import EMBED, MLP, ViTEncoder, dense, layer_norm, sincos_2d_table, token_dense
 
 
 class CroCoDecoder(nn.Module):
@@ -54,12 +51,9 @@ class CroCoDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, visible: jax.Array, ids_restore: jax.Array, reference: jax.Array) -> jax.Array:
-    b, n = ids_restore.shape
     embed = dense(self.width, (EMBED, MLP), self.dtype, 'decoder_embed')
-    x, y = token_dense(embed, visible), token_dense(embed, reference)
-    token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
-    fill = jnp.broadcast_to(token.astype(x.dtype), (b, n - x.shape[1], self.width))
-    x = jnp.take_along_axis(jnp.concatenate([x, fill], axis=1), ids_restore[..., None], axis=1)
+    x = with_mask_tokens(self, token_dense(embed, visible), ids_restore)
+    y = token_dense(embed, reference)
     table = None
     if self.rope == '2d':  # both views are whole grids here: one table serves queries and keys
       table = rope_2d_table(grid_positions(*self.grid_hw)[None], self.width // self.num_heads, self.rope_base)
@@ -77,7 +71,8 @@ class CroCoModel(nn.Module):
   encoder: ViTEncoder
   decoder: CroCoDecoder
 
-  def __call__(self, view1: jax.Array, view2: jax.Array, info: masking.MaskInfo):
+  def __call__(self, view1: jax.Array, view2: jax.Array, info: masking.MaskInfo, deterministic: bool = True):
+    del deterministic  # nothing random in CroCo's model (no dropout, no drop path)
     visible = self.encoder(view1, ids_keep=info.ids_keep)['tokens']
     reference = self.encoder(view2)['tokens']
     return visible, reference, self.decoder(visible, info.ids_restore, reference)
@@ -109,20 +104,3 @@ class CroCo(TwoViewMethod):
     c.kind = 'homography'
     c.global_scale = (0.3, 1.0)
     return c
-
-  def forward(self, params, view1: jax.Array, view2: jax.Array, info: masking.MaskInfo) -> dict[str, jax.Array]:
-    """``latent`` (view 1's visible tokens), ``reference`` (view 2 encoded), ``pred`` (every patch of view 1),
-    ``target``, ``loss_per_token`` and ``loss`` (the masked mean)."""
-    check_images(view1, self.image_shape)
-    check_images(view2, self.image_shape)
-    latent, reference, pred = self.model.apply({'params': params}, view1, view2, info)
-    target = pixel_target(view1, self.encoder.patch_size, self.norm_pix)
-    per_token = mse_per_token(pred, target)
-    return {'latent': latent, 'reference': reference, 'pred': pred, 'target': target, 'loss_per_token': per_token,
-            'loss': masked_mean(per_token, info.mask)}
-
-  def loss_fn(self, params, extras, batch, rng, step):
-    view1, view2 = self.views(batch)
-    info = self.masker(rng, view1.shape[0])
-    out = self.forward(params, view1, view2, info)
-    return out['loss'], ({'loss': out['loss']}, extras)

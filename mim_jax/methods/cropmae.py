@@ -30,12 +30,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import masking
-from mim_jax.losses import masked_mean, mse_per_token
-from mim_jax.methods.base import check_images, config_block, register
+from mim_jax.methods.base import config_block, register
 from mim_jax.methods.two_view import TwoViewMethod
 from mim_jax.models.decoders import SiamDecoderBlock, decoder_input
 from mim_jax.models.vit import EMBED, MLP, ViTEncoder, dense, layer_norm, token_dense
-from mim_jax.targets import pixel_target
 
 
 def cropmae_defaults() -> ml_collections.ConfigDict:
@@ -84,6 +82,7 @@ class CropMAE(TwoViewMethod):
   def __init__(self, config, facts):
     super().__init__(config, facts)
     self.cropmae = c = config_block(config, 'cropmae', cropmae_defaults())
+    self.dropout = float(c.dropout)
     self.encoder = self.vit_encoder('its decoder reads the visible tokens with CLS first')
     self.setup_views(config)
     dec = config.model.decoder
@@ -92,23 +91,3 @@ class CropMAE(TwoViewMethod):
                                   ff_width=int(c.ff_width), dropout=float(c.dropout),
                                   dtype=self.module_settings()['dtype'])
     self.model = CropMAEModel(self.encoder, self.decoder)
-
-  def forward(self, params, view1: jax.Array, view2: jax.Array, info: masking.MaskInfo,
-              rng: jax.Array | None = None) -> dict[str, jax.Array]:
-    """``latent`` (CLS + visible of view1), ``reference`` (the encoded view2), ``pred`` (every patch of view1),
-    ``target``, ``loss_per_token`` and ``loss`` (masked mean). ``rng``: training mode (dropout) with that key."""
-    check_images(view1, self.image_shape)
-    check_images(view2, self.image_shape)
-    rngs = {'dropout': rng} if rng is not None else {}
-    latent, reference, pred = self.model.apply({'params': params}, view1, view2, info, rng is None, rngs=rngs)
-    target = pixel_target(view1, self.encoder.patch_size, self.norm_pix)
-    per_token = mse_per_token(pred, target)
-    return {'latent': latent, 'reference': reference, 'pred': pred, 'target': target, 'loss_per_token': per_token,
-            'loss': masked_mean(per_token, info.mask)}
-
-  def loss_fn(self, params, extras, batch, rng, step):
-    view1, view2 = self.views(batch)
-    mask_rng, drop_rng = jax.random.split(rng)
-    info = self.masker(mask_rng, view1.shape[0])
-    out = self.forward(params, view1, view2, info, drop_rng if self.cropmae.dropout else None)
-    return out['loss'], ({'loss': out['loss']}, extras)

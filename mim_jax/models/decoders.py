@@ -37,15 +37,20 @@ def decoder_input(module: nn.Module, latent: jax.Array, ids_restore: jax.Array,
   ``decoder_embed`` -> append mask tokens for the hidden positions -> un-shuffle with ``ids_restore`` -> re-attach
   CLS -> add the sin-cos positions (CLS row zeros). ``module`` has ``width``, ``grid_hw`` and ``dtype``;
   ``embed``: the ``decoder_embed`` layer when the caller shares it with another input (two-view decoders)."""
-  b, n = ids_restore.shape
   embed = embed or dense(module.width, (EMBED, MLP), module.dtype, 'decoder_embed')
   x = token_dense(embed, latent)
-  token = module.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, module.width))
-  visible = x[:, 1:]
-  fill = jnp.broadcast_to(token.astype(x.dtype), (b, n - visible.shape[1], module.width))
-  x_ = jnp.take_along_axis(jnp.concatenate([visible, fill], axis=1), ids_restore[..., None], axis=1)
+  x_ = with_mask_tokens(module, x[:, 1:], ids_restore)
   pos = jnp.asarray(sincos_2d_table(module.width, *module.grid_hw))[None].astype(x.dtype)
   return jnp.concatenate([x[:, :1], x_ + pos], axis=1)
+
+
+def with_mask_tokens(module: nn.Module, visible: jax.Array, ids_restore: jax.Array) -> jax.Array:
+  """The visible tokens ``[B, K, W]`` (no CLS) back in raster order with ``module``'s learned ``mask_token`` in
+  the ``N - K`` hidden places (MAE's append + un-shuffle), inside ``module``'s compact method."""
+  b, n = ids_restore.shape
+  token = module.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, visible.shape[-1]))
+  fill = jnp.broadcast_to(token.astype(visible.dtype), (b, n - visible.shape[1], visible.shape[-1]))
+  return jnp.take_along_axis(jnp.concatenate([visible, fill], axis=1), ids_restore[..., None], axis=1)
 
 
 def decoder_tower(module: nn.Module, x: jax.Array, prefix: str, depth: int,
