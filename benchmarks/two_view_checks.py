@@ -32,16 +32,13 @@ ONE_VIEW = ('mae_ratio0.875', 'baseline')  # MAE at 2 of 16 visible, and the rec
 
 
 def load(workdir: str):
-  import jax
+  """(config, method, host params) of a pre-training workdir's latest checkpoint."""
+  import ml_collections
 
-  from mim_jax import methods
-  from mim_jax import workdir as workdir_lib
-  from mim_jax.data import pipeline
+  from mim_jax.eval import pretrained
 
-  config = workdir_lib.read_config(workdir)
-  method = methods.build(config, methods.Facts(pipeline.dataset_info(config.data)))
-  params, _ = workdir_lib.read_params(workdir, directory=workdir_lib.checkpoint_dir(config, workdir))
-  return config, method, jax.tree.map(np.asarray, params)
+  run = pretrained.load(ml_collections.ConfigDict({'init': workdir}))
+  return run.config, run.method, run.params
 
 
 def measure(root: str, seed: int, num: int) -> dict[str, dict[str, float]]:

@@ -252,16 +252,15 @@ def data_source(ds: OpenedDataset, split: str, cache: bool | str = 'auto'):
   if cache not in (True, False, 'auto'):
     raise ValueError(f"data.cache must be True, False or 'auto', got {cache!r}")
   times = int((ds.metadata.get('repeat') or {}).get(split, 1))
-  if times > 1:
-    return RepeatedSource(_raw_source(ds, split, cache), times)
-  return _raw_source(ds, split, cache)
+  source = _stored_source(ds, split, cache, split_size(ds, split) // times)
+  return RepeatedSource(source, times) if times > 1 else source
 
 
-def _raw_source(ds: OpenedDataset, split: str, cache: bool | str):
+def _stored_source(ds: OpenedDataset, split: str, cache: bool | str, num_stored: int):
+  """The split's stored records (``num_stored`` of them), in memory when small enough."""
   fixed_shape = bool(ds.image_shape) and all(ds.image_shape)
   if cache and fixed_shape:
-    num_bytes = _builder(ds.path).info.splits[split].num_examples * int(np.prod(ds.image_shape)) \
-        if split in ds.splits else split_size(ds, split) * int(np.prod(ds.image_shape))
+    num_bytes = num_stored * int(np.prod(ds.image_shape))
     if cache is True or 0 < num_bytes <= AUTO_CACHE_BYTES:
       keys = tuple(k for k in (ds.image_key, ds.label_key) if k is not None)
       # other fixed-shape array features travel with the record (a stereo pair's right image and disparity)
