@@ -61,13 +61,6 @@ def pair_fields(image_shape: tuple[int, int, int], homography: bool = False) -> 
   return fields
 
 
-def _to_array(img: Image.Image, mode: str, channels: int) -> np.ndarray:
-  if img.mode != mode:
-    img = img.convert(mode)
-  w, h = img.size
-  return np.frombuffer(img.tobytes(), np.uint8).reshape(h, w, channels)
-
-
 class CropPair:
   """Raw image -> ``{'view1', 'view2'}`` uint8 ``[size, size, C]`` by one of :data:`CROP_KINDS`.
 
@@ -98,7 +91,7 @@ class CropPair:
     first, second = self.flip(first, rng), self.flip(second, rng)
     if self.kind == 'same_views':
       second = first
-    a, b = _to_array(first, self.mode, self.channels), _to_array(second, self.mode, self.channels)
+    a, b = transforms.to_array(first, self.channels), transforms.to_array(second, self.channels)
     # (reference, reconstructed): the global view is the reference in every kind but local_to_global.
     reference, target = (b, a) if self.kind == 'local_to_global' else (a, b)
     return {'view1': target, 'view2': reference}
@@ -165,7 +158,7 @@ class HomographyPair:
     img = transforms.LazyImage(raw, self.mode, self.decoder).pil()
     w, h = img.size
     h1, h2 = (random_view_homography(w, h, self.size, self.scale, self.ratio, self.jitter, rng) for _ in range(2))
-    views = [_to_array(warp(img, m, self.size, self.interpolation), self.mode, self.channels) for m in (h1, h2)]
+    views = [transforms.to_array(warp(img, m, self.size, self.interpolation), self.channels) for m in (h1, h2)]
     one_to_two = np.linalg.inv(h2) @ h1
     return {'view1': views[0], 'view2': views[1], 'homography': (one_to_two / one_to_two[2, 2]).astype(np.float32)}
 
@@ -204,7 +197,6 @@ class StereoPair:
     self.side_range = (int(side_range[0]), int(side_range[1]))
     if not 0 < self.side_range[0] <= self.side_range[1]:
       raise ValueError(f'pairs.stereo_side must be (min, max) pixels with 0 < min <= max, got {side_range!r}.')
-    self.mode = 'L' if int(channels) == 1 else 'RGB'
     self.channels = int(channels)
 
   def __call__(self, record, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -215,7 +207,7 @@ class StereoPair:
     win = stereo_window_pair(np.asarray(record['image']), np.asarray(record['image_right']),
                              np.asarray(record['disparity']), self.size, side, rng,
                              x_range=tuple(int(v) for v in record['x_range']))
-    return {k: _to_array(Image.fromarray(getattr(win, k)), self.mode, self.channels) for k in ('view1', 'view2')}
+    return {k: transforms.to_array(Image.fromarray(getattr(win, k)), self.channels) for k in ('view1', 'view2')}
 
 
 def pair_record_transform(pairs: ml_collections.ConfigDict, data_cfg, source, keep_homography: bool = False):

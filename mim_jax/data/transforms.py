@@ -370,11 +370,18 @@ class Compose:
     img: ImageLike = LazyImage(raw, self.mode, self.decoder)
     for op in self.ops:
       img = op(img, rng)
-    img = as_pil(img)
-    if img.mode != self.mode:
-      img = _convert(img, self.mode)
-    w, h = img.size
-    return np.frombuffer(img.tobytes(), np.uint8).reshape(h, w, self.channels)
+    return to_array(img, self.channels)
+
+
+def to_array(img: ImageLike, channels: int) -> np.ndarray:
+  """A uint8 ``[H, W, channels]`` array of ``img`` (converted to L or RGB as the pipeline does: transparency over
+  white)."""
+  img = as_pil(img)
+  mode = _mode(channels)
+  if img.mode != mode:
+    img = _convert(img, mode)
+  w, h = img.size
+  return np.frombuffer(img.tobytes(), np.uint8).reshape(h, w, channels)
 
 
 class Normalizer:
