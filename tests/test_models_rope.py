@@ -48,5 +48,5 @@ def test_rope_needs_patch_tokens_only():
   enc = ViTEncoder(patch_size=4, width=32, depth=1, num_heads=2, rope='2d')
   with pytest.raises(ValueError, match="class_token='none'"):
     enc.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
-  with pytest.raises(ValueError, match="rope must be"):
-    enc.clone(rope='1d', class_token='none').init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
+  with pytest.raises(ValueError, match="rope must be one of"):
+    enc.clone(rope='3d', class_token='none').init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))

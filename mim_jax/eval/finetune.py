@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import config as config_lib
@@ -44,7 +44,8 @@ from mim_jax.eval import pretrained as pretrained_lib
 from mim_jax.eval import streaming
 from mim_jax.eval.linear_probe import topk_accuracy
 from mim_jax.methods.base import Objective
-from mim_jax.models.vit import EMBED, dtype_from_name
+from mim_jax.models.classifier import Classifier
+from mim_jax.models.vit import dtype_from_name, soft_mask_schedule
 from mim_jax.train import loop
 from mim_jax.train import optim
 from mim_jax.train import sharding as shd
@@ -54,63 +55,57 @@ from mim_jax.utils.logging import log
 NO_WEIGHT_DECAY = ('cls_token', 'pos_embed', 'dist_token')  # the reference ViT's no_weight_decay()
 
 
-class Classifier(nn.Module):
-  """Encoder + (``pooled`` feature + fc_norm | ``cls`` feature) + linear head. Params: encoder, fc_norm, head."""
-
-  encoder: nn.Module
-  num_classes: int
-  global_pool: bool = True
-  head_init_std: float = 2e-5
-
-  @nn.compact
-  def __call__(self, images: jax.Array, deterministic: bool = True) -> jax.Array:
-    out = self.encoder(images, deterministic=deterministic)
-    if self.global_pool:
-      x = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, use_fast_variance=False,
-                       scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
-                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)),
-                       name='fc_norm')(out['pooled'])
-    else:
-      if out.get('cls') is None:
-        raise ValueError('this encoder has no CLS token: fine-tune it with global_pool=True.')
-      x = out['cls']
-    head_init = nn.initializers.truncated_normal(self.head_init_std)
-    return nn.Dense(self.num_classes, dtype=jnp.float32,
-                    kernel_init=nn.with_logical_partitioning(head_init, (EMBED, None)),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-                    name='head')(x.astype(jnp.float32))
-
-
 class FinetuneObjective(Objective):
   """Fine-tuning as the train loop's objective: one labelled image per example, random erasing then
-  mixup/cutmix, soft-target cross-entropy."""
+  mixup/cutmix, soft-target cross-entropy.
+
+  An encoder with BatchNorm keeps its running statistics in the train state's extras (``batch_stats``: updated by
+  every train step, never by the optimizer). ``soft_mask``: iLLaMA's soft-mask schedule (step -> rate), for an
+  encoder with ``causal_mask='soft'``; the rate is traced, so the step compiles once, and evaluation uses the rate
+  of the step it evaluates."""
 
   name = 'finetune'
 
-  def __init__(self, model: Classifier, mix: mixup_lib.MixupConfig, image_shape, erasing_prob: float = 0.0):
+  def __init__(self, model: Classifier, mix: mixup_lib.MixupConfig, image_shape, erasing_prob: float = 0.0,
+               soft_mask: Callable[[Any], jax.Array] | None = None):
     self.model = model
     self.mix = mix
     self.image_shape = tuple(image_shape)
     self.erasing_prob = float(erasing_prob)
+    self.soft_mask = soft_mask
 
   def batch_fields(self, train: bool = True):
     del train
     return batch_lib.image_fields(self.image_shape)
 
   def init(self, rng, batch):
-    return self.model.init({'params': rng, 'dropout': rng}, batch['image'])['params'], {}
+    variables = self.model.init({'params': rng, 'dropout': rng}, batch['image'], **self._rate(0))
+    extras = {'batch_stats': variables['batch_stats']} if 'batch_stats' in variables else {}
+    return variables['params'], extras
+
+  def _rate(self, step) -> dict:
+    return {} if self.soft_mask is None else {'soft_mask_rate': self.soft_mask(step)}
 
   def loss_fn(self, params, extras, batch, rng, step):
-    del step
     erase_rng, mix_rng, drop_rng = jax.random.split(rng, 3)
     images, _ = random_erasing(erase_rng, batch['image'], self.erasing_prob)  # per image, before mixing (timm)
     images, targets, info = mixup_lib.mix_batch(mix_rng, images, batch['label'], self.model.num_classes, self.mix)
-    logits = self.model.apply({'params': params}, images, deterministic=False, rngs={'dropout': drop_rng})
+    metrics = {'mix_lam': info['lam'], **self._rate(step)}  # the soft-mask rate is logged too
+    variables = {'params': params, **extras}
+    if 'batch_stats' in extras:  # BatchNorm in training mode: batch statistics, running averages updated
+      logits, updated = self.model.apply(variables, images, deterministic=False, rngs={'dropout': drop_rng},
+                                         mutable=['batch_stats'], **self._rate(step))
+      extras = {**extras, 'batch_stats': updated['batch_stats']}
+    else:
+      logits = self.model.apply(variables, images, deterministic=False, rngs={'dropout': drop_rng},
+                                **self._rate(step))
     loss = mixup_lib.soft_cross_entropy(logits, targets)
-    return loss, ({'loss': loss, 'mix_lam': info['lam']}, extras)
+    return loss, ({'loss': loss, **metrics}, extras)
 
-  def logits(self, params, batch):
-    return self.model.apply({'params': params}, batch['image'], deterministic=True)
+  def logits(self, state_parts, batch):
+    """Eval logits from ``(params, extras, step)`` of the train state."""
+    params, extras, step = state_parts
+    return self.model.apply({'params': params, **extras}, batch['image'], deterministic=True, **self._rate(step))
 
 
 def weight_decay_mask(params):
@@ -129,7 +124,33 @@ def build_model(config, pre: pretrained_lib.Pretrained, num_classes: int) -> Cla
   encoder = pre.method.finetune_encoder(drop_path=float(config.get('drop_path', 0.0)), pooled=global_pool,
                                         dtype=dtype_from_name(config.get('compute_dtype', 'float32')),
                                         remat=config.get('remat', 'none'))
-  return Classifier(encoder, num_classes, global_pool, float(config.get('head_init_std', 2e-5)))
+  # A ConvNet's pooled feature goes to the head as timm's does (ConvNeXt's encoder applies its head norm itself).
+  fc_norm = bool(config.get('fc_norm', getattr(encoder, 'fc_norm_default', True)))
+  return Classifier(encoder, num_classes, global_pool, float(config.get('head_init_std', 2e-5)), fc_norm)
+
+
+def soft_mask_from_config(config, encoder, steps_per_epoch: int, total: int):
+  """The step -> rate schedule of ``config.soft_mask`` (iLLaMA's ``--soft_mask``, ``--mask_mode``,
+  ``--mask_schedule``, ``--cutoff_soft``) for an encoder with ``causal_mask='soft'``; None otherwise.
+
+  ``mode='standard'``: ``rate`` at every step (1: full attention, 0: causal from the start); ``mode='soft'``:
+  ``rate`` (``schedule='constant'``) or a ramp to 0 (``'linear'``) for ``cutoff_epochs``, then causal."""
+  block = dict(config.get('soft_mask', None) or {})
+  if getattr(encoder, 'causal_mask', 'none') != 'soft':
+    if block:
+      raise ValueError("config.soft_mask is set but the encoder has no soft causal mask "
+                       "(model.encoder.causal_mask='none'); drop config.soft_mask or use an iLLaMA encoder.")
+    return None
+  known = {'mode', 'rate', 'schedule', 'cutoff_epochs'}
+  if set(block) - known:
+    raise ValueError(f'unknown config.soft_mask field(s) {sorted(set(block) - known)}; known: {sorted(known)}.')
+  mode = block.get('mode', 'soft')
+  if mode == 'standard':
+    return soft_mask_schedule(float(block.get('rate', 1.0)), total + 1, 'constant')
+  if mode != 'soft':
+    raise ValueError(f"config.soft_mask.mode must be 'standard' or 'soft', got {mode!r}.")
+  cutoff = int(round(float(block.get('cutoff_epochs', 0)) * steps_per_epoch))
+  return soft_mask_schedule(float(block.get('rate', 1.0)), cutoff, block.get('schedule', 'constant'))
 
 
 def pretrained_encoder_params(pre: pretrained_lib.Pretrained, expected) -> dict:
@@ -158,7 +179,8 @@ class _EvalHook:
                max_examples):
     self.every_steps = every_steps
     self.mesh = context.mesh
-    self.forward = streaming.jit_forward(objective.logits, context.shardings.params, context.mesh, context.rules)
+    shardings = (context.shardings.params, context.shardings.extras, shd.replicated(context.mesh))
+    self.forward = streaming.jit_forward(objective.logits, shardings, context.mesh, context.rules)
     self.data_cfg, self.batch_size, self.max_examples = data_cfg, batch_size, max_examples
     self.history: list[tuple[int, float]] = []
     self.last: dict[str, float] | None = None
@@ -166,7 +188,8 @@ class _EvalHook:
   def __call__(self, step: int, state) -> dict[str, float]:
     batches = streaming.eval_batches(self.data_cfg, self.data_cfg.eval_split, self.batch_size, self.mesh,
                                      self.max_examples)
-    acc = self.last = topk_accuracy(*streaming.gather(self.forward, state.params, batches))
+    parts = (state.params, state.extras, state.step)
+    acc = self.last = topk_accuracy(*streaming.gather(self.forward, parts, batches))
     self.history.append((step, acc['top1']))
     log(f'fine-tune step {step}: eval top-1 {100 * acc["top1"]:.2f}%, top-5 {100 * acc["top5"]:.2f}%')
     return {'finetune/eval/top1': acc['top1'], 'finetune/eval/top5': acc['top5']}
@@ -189,9 +212,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   num_classes = int(info.num_classes)
   model = build_model(config, pre, num_classes)
   mix = mixup_lib.MixupConfig(**dict(config.get('mixup', None) or {}))
-  objective = FinetuneObjective(model, mix, info.image_shape, config.get('random_erasing', 0.0))
   steps_per_epoch = info.steps_per_epoch(config.batch_size)
   total, warmup = config_lib.resolve_steps(config, steps_per_epoch)
+  soft_mask = soft_mask_from_config(config, model.encoder, steps_per_epoch, total)
+  objective = FinetuneObjective(model, mix, info.image_shape, config.get('random_erasing', 0.0), soft_mask)
   opt = config.optimizer
   peak = optim.scaled_lr(opt.base_lr, config.batch_size)
   schedule = optim.warmup_cosine(peak, total, warmup, opt.get('min_lr', 0.0))
@@ -200,12 +224,20 @@ def run(config, workdir: str) -> dict[str, Any]:
                                               opt.get('layer_decay', 1.0))
   tx = make_optimizer(opt, schedule, multipliers)
 
-  init_params = None
+  init_params = init_extras = None
   if pre.source != 'random':
     encoder_params = pretrained_encoder_params(pre, abstract['encoder'])
 
     def init_params(params, shardings):  # a fresh fine-tune starts from the pre-trained encoder
       return {**params, 'encoder': shd.place_tree(encoder_params, shardings['encoder'])}
+
+    stats = pre.method.encoder_variables(pre.params).get('batch_stats')
+    if stats is not None:  # and from its BatchNorm running statistics
+
+      def init_extras(extras, shardings):
+        batch_stats = {**extras['batch_stats'], 'encoder': stats}
+        pretrained_lib.check_same_structure(batch_stats, extras['batch_stats'], 'the BatchNorm statistics')
+        return {**extras, 'batch_stats': shd.place_tree(batch_stats, shardings['batch_stats'])}
 
   mesh_cfg = dict(config.get('mesh', None) or {})
   ck = config.checkpoint
@@ -213,7 +245,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                  f'classes, {total} steps ({total / steps_per_epoch:.1f} epochs of {steps_per_epoch} steps), '
                  f'{warmup} warmup, lr = base_lr {opt.base_lr:g} x batch {config.batch_size} / 256 = {peak:.3e}, '
                  f'layer decay {opt.get("layer_decay", 1.0)}, drop path {config.get("drop_path", 0.0)}, random '
-                 f'erasing {objective.erasing_prob}, {mix}',)
+                 f'erasing {objective.erasing_prob}, {mix}'
+                 + (f', soft causal mask {dict(config.soft_mask)}' if soft_mask is not None else ''),)
   job = loop.TrainJob(
       objective=objective, data_cfg=data_cfg, data_info=info, batch_size=config.batch_size, total_steps=total,
       tx=tx, schedule=schedule, checkpoint_dir=os.path.join(workdir, 'finetune_checkpoints'), seed=config.seed,
@@ -222,7 +255,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       log_every=config.log_every, nonfinite=config.get('nonfinite', 'stop'),
       transfer_guard=config.get('transfer_guard', 'allow'), attention_impl=pre.config.get('attention_impl', 'auto'),
       loss_scaling=state_lib.loss_scaling_from_config(config), metrics_prefix='finetune/',
-      log_prefix='fine-tune ', init_params=init_params, description=description)
+      log_prefix='fine-tune ', init_params=init_params, init_extras=init_extras, description=description)
   hooks: list[_EvalHook] = []
 
   def make_hooks(context):

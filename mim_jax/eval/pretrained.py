@@ -147,8 +147,22 @@ def _pretrain_config_for(eval_config) -> tuple[ml_collections.ConfigDict, str | 
   if not dict(pre.model.encoder):
     raise ValueError('no architecture: set config.init to a pre-training workdir or config.model.encoder '
                      "(e.g. --config.model.encoder.variant=base/16).")
+  if not (init and os.path.isdir(init)):
+    pre.method = _method_without_pretraining(pre.model.encoder)
   pre.data = merge_data_config(pre.data, eval_config.get('data', None))
   return pre, init
+
+
+def _method_without_pretraining(encoder_cfg) -> str:
+  """The method that holds an encoder with no pre-training run behind it (random init, a converted file): MAE
+  where MAE can build it (the earlier baselines' random streams), else 'none' (ConvNets; iLLaMA's causal ViT)."""
+  from mim_jax.models.encoders import build_encoder
+  from mim_jax.models.vit import ViTEncoder
+
+  encoder = build_encoder(encoder_cfg)
+  if isinstance(encoder, ViTEncoder) and encoder.causal_mask == 'none' and encoder.class_token != 'none':
+    return 'mae'
+  return 'none'
 
 
 def load(eval_config) -> Pretrained:

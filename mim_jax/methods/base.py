@@ -130,6 +130,10 @@ class Objective(abc.ABC):
 class Method(Objective):
   """A pre-training method: an :class:`Objective` with an encoder behind the feature contract."""
 
+  # Where the method's code can take a ViT's CLS token (model.encoder.class_token): most index the token sequence
+  # with CLS first; one that reads only the feature contract, or reorders, may take more.
+  class_tokens: tuple[str, ...] = ('first',)
+
   def __init__(self, config: ml_collections.ConfigDict, facts: Facts):
     self.config = config
     self.facts = facts
@@ -150,6 +154,9 @@ class Method(Objective):
     if not isinstance(encoder, ViTEncoder):
       raise ValueError(f'{self.name} needs the ViT encoder ({needs}), got config.model.encoder.name='
                        f'{self.config.model.encoder.get("name")!r}.')
+    if encoder.class_token not in self.class_tokens:
+      raise ValueError(f'{self.name} takes model.encoder.class_token in {self.class_tokens} ({needs}), got '
+                       f'{encoder.class_token!r}.')
     return encoder
 
   def batch_fields(self, train: bool = True) -> dict[str, Field]:
@@ -175,9 +182,14 @@ class Method(Objective):
     """What the frozen encoder reads from an eval batch (``batch_fields(train=False)``)."""
     return batch['image']
 
+  def encoder_variables(self, params) -> dict:
+    """The flax variables the frozen encoder is applied with: ``{'params': ...}``, plus ``'batch_stats'`` for an
+    encoder with BatchNorm (a method that has one keeps them; see methods/none.py)."""
+    return {'params': self.encoder_params(params)}
+
   def encode(self, params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """The encoder's feature dict without masking (``cls`` or None, ``patch_tokens``, ``pooled``, ...)."""
-    return self.encoder_module().apply({'params': self.encoder_params(params)}, self.encoder_inputs(batch))
+    return self.encoder_module().apply(self.encoder_variables(params), self.encoder_inputs(batch))
 
   def feature(self, params, batch: dict[str, jax.Array], name: str) -> jax.Array:
     """One ``[B, D]`` float32 feature of the contract for probes: 'cls' or 'pooled'."""

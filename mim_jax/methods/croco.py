@@ -80,13 +80,16 @@ class CroCoModel(nn.Module):
 
 @register('croco')
 class CroCo(TwoViewMethod):
+  class_tokens = ('none',)
 
   def __init__(self, config, facts):
     super().__init__(config, facts)
-    self.encoder = self.vit_encoder('CroCo encodes both views with one ViT')
-    if self.encoder.class_token != 'none':
+    if config.model.encoder.get('class_token', 'first') != 'none':
       raise ValueError("CroCo's encoder has no CLS token: set config.model.encoder.class_token='none' (and "
                        "config.eval.feature='pooled').")
+    self.encoder = self.vit_encoder('CroCo encodes both views with one ViT')
+    if self.encoder.rope == '1d':
+      raise ValueError("CroCo's rotary positions are 2-D (rope='2d', v2) or none (v1); got rope='1d'.")
     self.setup_views(config)
     dec = config.model.decoder
     settings = self.module_settings()
@@ -94,7 +97,7 @@ class CroCo(TwoViewMethod):
                                 out_dim=self.encoder.patch_size ** 2 * self.image_shape[-1], grid_hw=self.grid_hw,
                                 mlp_ratio=float(dec.get('mlp_ratio', 4.0)), dtype=settings['dtype'],
                                 attention_impl=settings['attention_impl'], rope=self.encoder.rope,
-                                rope_base=self.encoder.rope_base)
+                                rope_base=self.encoder.resolved_rope_base)
     self.model = CroCoModel(self.encoder, self.decoder)
 
   def pair_defaults(self):

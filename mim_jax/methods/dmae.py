@@ -82,6 +82,7 @@ class DMAEModel(nn.Module):
 
 @register('dmae')
 class DMAE(MAE):
+  class_tokens = ('first',)  # its own heads index the tokens with CLS first
   external_extras = ('teacher',)
 
   def __init__(self, config, facts):

@@ -192,6 +192,7 @@ class HPMModel(nn.Module):
 
 @register('hpm')
 class HPM(MAE):
+  class_tokens = ('first',)  # its own heads index the tokens with CLS first
 
   def __init__(self, config, facts):
     super().__init__(config, facts)

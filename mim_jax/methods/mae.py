@@ -11,7 +11,7 @@ from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
 from mim_jax.methods.base import Method, check_images, register
 from mim_jax.models.decoders import MAEDecoder
-from mim_jax.models.vit import ViTEncoder
+from mim_jax.models.vit import ViTEncoder, cls_first_tokens
 from mim_jax.targets import pixel_target, reconstruction_images
 
 
@@ -24,12 +24,13 @@ class MAEModel(nn.Module):
 
   def __call__(self, images: jax.Array, info: masking.MaskInfo,
                query_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    latent = self.encoder(images, ids_keep=info.ids_keep)['tokens']
+    latent = cls_first_tokens(self.encoder(images, ids_keep=info.ids_keep), self.encoder.class_token)
     return latent, self.decoder(latent, info.ids_restore, query_ids)
 
 
 @register('mae')
 class MAE(Method):
+  class_tokens = ('first', 'last')  # the decoder gets CLS first either way (cls_first_tokens)
 
   def __init__(self, config, facts):
     super().__init__(config, facts)

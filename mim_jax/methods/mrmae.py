@@ -87,6 +87,7 @@ class MRMAEModel(nn.Module):
 
 @register('mrmae')
 class MRMAE(MAE):
+  class_tokens = ('first',)  # its own heads index the tokens with CLS first
 
   def __init__(self, config, facts):
     super().__init__(config, facts)

@@ -55,6 +55,7 @@ def build_mask_generator(mask_cfg, grid_hw: tuple[int, int], patch_size: int):
 
 @register('simmim')
 class SimMIM(Method):
+  class_tokens = ('first', 'last', 'none')  # its head reads the feature contract's patch tokens
 
   def __init__(self, config, facts):
     super().__init__(config, facts)

@@ -26,6 +26,7 @@ from mim_jax.kernels import attention_cpu, layernorm_cpu
 from mim_jax.models import rope as rope_lib
 from mim_jax.models.encoders import register_encoder
 from mim_jax.targets import patchify
+from mim_jax.utils.logging import log
 
 Dtype = Any
 
@@ -67,8 +68,8 @@ ones = nn.initializers.ones
 token_init = nn.initializers.normal(stddev=0.02)
 
 
-def dense(features: int, names: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, kernel_init=_param_init(xavier, names),
+def dense(features: int, names: tuple[str, str], dtype: Dtype, name: str, use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, kernel_init=_param_init(xavier, names), use_bias=use_bias,
                   bias_init=_param_init(zeros, (names[1],)), name=name)
 
 
@@ -107,6 +108,33 @@ def layer_norm(dtype: Dtype, name: str) -> nn.Module:
                       name=name, use_fast_variance=False)
 
 
+class RMSNorm(nn.Module):
+  """LLaMA's RMSNorm (iLLaMA's): ``x / sqrt(mean(x ** 2) + eps) * scale``, no centring and no bias; the statistics
+  in float32 whatever the compute dtype."""
+
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param('scale', _param_init(ones, (EMBED,)), (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+NORMS = ('layernorm', 'rmsnorm')
+
+
+def norm_layer(kind: str, dtype: Dtype, name: str) -> nn.Module:
+  """The block's normalization: 'layernorm' (:func:`layer_norm`, MAE's) or 'rmsnorm' (LLaMA's); eps 1e-6."""
+  if kind == 'layernorm':
+    return layer_norm(dtype, name)
+  if kind == 'rmsnorm':
+    return RMSNorm(1e-6, dtype, name=name)
+  raise ValueError(f'norm must be one of {NORMS}, got {kind!r}.')
+
+
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, names)
 
@@ -136,6 +164,15 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 
 
 ATTENTION_IMPLS = ('auto', 'einsum', 'cpu_fused', 'xla', 'cudnn')
+QKV_BIASES = ('qkv', 'qv', 'none')
+
+
+def soft_causal_mask(n: int, rate: jax.Array) -> jax.Array:
+  """iLLaMA's soft causal mask ``[n, n]`` float32: ``rate * 1 + (1 - rate) * tril(1)``. It *multiplies* the
+  attention probabilities after the softmax, without renormalizing: ``rate = 1`` is full attention, ``rate = 0``
+  zeroes every weight on a later token (rows then sum to less than 1, unlike a -inf mask before the softmax)."""
+  rate = jnp.asarray(rate, jnp.float32)
+  return rate * jnp.ones((n, n), jnp.float32) + (1 - rate) * jnp.tril(jnp.ones((n, n), jnp.float32))
 
 
 def check_attention_impl(attention_impl: str, platform: str) -> None:
@@ -177,25 +214,37 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   # 'auto' | 'einsum' | 'cpu_fused' (mim_jax.kernels.attention_cpu) | 'xla' | 'cudnn' (jax.nn.dot_product_attention)
   attention_impl: str = 'auto'
+  # 'qkv': one bias on the fused projection (MAE); 'qv': biases on queries and values only (BEiT / CAE: the key
+  # bias is fixed at zero; it would only shift each query's logits by a constant); 'none'.
+  qkv_bias: str = 'qkv'
+  rope_layout: str = 'half'  # the channel pairing of ``rope``'s table (mim_jax.models.rope)
 
   @nn.compact
   def __call__(self, x: jax.Array, query_ids: jax.Array | None = None, cls_attention: bool = False,
-               rope: jax.Array | None = None):
+               rope: jax.Array | None = None, soft_causal: jax.Array | None = None):
     """``x`` ``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]`` only those tokens attend (to all N)
     and the result is ``[B, M, D]``. ``rope``: the tokens' rotary table ``[B or 1, N, 2, head_dim]``
     (:mod:`mim_jax.models.rope`), applied to queries and keys. ``cls_attention``: also return token 0's attention
     to tokens 1..N-1, averaged over heads, ``[B, N - 1]`` float32 (a teacher's saliency, MaskAlign / MR-MAE):
-    this needs the attention probabilities, so it runs the einsum path whatever ``attention_impl`` says."""
+    this needs the attention probabilities, so it runs the einsum path whatever ``attention_impl`` says.
+    ``soft_causal``: iLLaMA's rate ``r`` (a traced scalar): the probabilities are multiplied by
+    :func:`soft_causal_mask`; only the einsum path forms them, so other implementations fall back to it."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f'width {d} is not divisible by num_heads {self.num_heads}.')
+    if self.qkv_bias not in QKV_BIASES:
+      raise ValueError(f'qkv_bias must be one of {QKV_BIASES}, got {self.qkv_bias!r}.')
     hd = d // self.num_heads
-    qkv = token_dense(dense(3 * d, (EMBED, HEADS), self.dtype, 'qkv'), x)
+    qkv = token_dense(dense(3 * d, (EMBED, HEADS), self.dtype, 'qkv', use_bias=self.qkv_bias == 'qkv'), x)
+    if self.qkv_bias == 'qv':
+      q_bias, v_bias = (self.param(name, _param_init(zeros, (HEADS,)), (d,), jnp.float32)
+                        for name in ('q_bias', 'v_bias'))
+      qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
     # The fused output is ordered (3, heads, head_dim), as in the reference's [3D, D] weight.
     # split (whose gradient is one concatenate) rather than indexing a [3, ...] view (one pad + add per part).
     q, k, v = (t.reshape(b, n, self.num_heads, hd) for t in jnp.split(qkv, 3, axis=-1))
     if rope is not None:
-      q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
+      q, k = (rope_lib.apply_rope(t, rope, self.rope_layout) for t in (q, k))
     if query_ids is not None:
       q = jnp.take_along_axis(q, query_ids[:, :, None, None], axis=1)
     impl = self.attention_impl
@@ -203,6 +252,13 @@ class Attention(nn.Module):
       if query_ids is not None:
         raise ValueError('cls_attention needs every query (query_ids must be None).')
       impl = 'einsum'  # the only path that forms the probabilities
+    if soft_causal is not None:
+      if query_ids is not None:
+        raise ValueError('the soft causal mask needs every query (query_ids must be None).')
+      if impl not in ('auto', 'einsum'):
+        log(f"attention_impl={impl!r} cannot multiply the attention probabilities by iLLaMA's soft causal mask "
+            "(it acts after the softmax, without renormalizing): this attention runs the einsum path instead.")
+      impl = 'einsum'
     if impl in ('auto', 'cpu_fused'):
       reason = attention_cpu.unsupported_reason(q.shape, q.dtype)
       if reason and impl == 'cpu_fused':
@@ -216,7 +272,10 @@ class Attention(nn.Module):
     elif impl == 'einsum':
       # Logits accumulate and the softmax runs in float32 whatever the compute dtype (the precision policy).
       logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k, preferred_element_type=jnp.float32)
-      weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+      weights = jax.nn.softmax(logits, axis=-1)
+      if soft_causal is not None:
+        weights = weights * soft_causal_mask(n, soft_causal)
+      weights = weights.astype(v.dtype)
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     elif impl in ('xla', 'cudnn'):
       if impl == 'cudnn' and q.dtype not in (jnp.bfloat16, jnp.float16):
@@ -244,6 +303,30 @@ class Mlp(nn.Module):
     return token_dense(dense(d, (MLP, EMBED), self.dtype, 'fc2'), h)
 
 
+MLPS = ('gelu', 'swiglu')
+
+
+def swiglu_hidden(width: int, mlp_ratio: float, multiple_of: int = 256) -> int:
+  """LLaMA's SwiGLU hidden size: two thirds of the GELU MLP's ``int(width * mlp_ratio)`` (so the three matrices
+  cost what two did), rounded up to a multiple of ``multiple_of``: 192 -> 512, 384 -> 1024, 768 -> 2048."""
+  hidden = int(2 * int(width * mlp_ratio) / 3)
+  return multiple_of * -(-hidden // multiple_of)
+
+
+class SwiGLU(nn.Module):
+  """LLaMA's MLP, ``fc2(silu(fc1 x) * fc3 x)``, without biases (iLLaMA's ``Mlp``)."""
+
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    gate, up = (token_dense(dense(self.hidden, (EMBED, MLP), self.dtype, name, use_bias=False), x)
+                for name in ('fc1', 'fc3'))
+    return token_dense(dense(d, (MLP, EMBED), self.dtype, 'fc2', use_bias=False), jax.nn.silu(gate) * up)
+
+
 class DropPath(nn.Module):
   """Stochastic depth: drops the residual branch per example (used in fine-tuning)."""
 
@@ -268,24 +351,36 @@ class Block(nn.Module):
   # LayerScale (CaiT; BEiT / CAE): each residual branch times a learned per-channel gamma starting at this value
   # (params gamma_1, gamma_2); 0 = off (no params).
   layer_scale: float = 0.0
+  norm: str = 'layernorm'  # NORMS
+  mlp: str = 'gelu'  # MLPS
+  swiglu_multiple_of: int = 256
+  qkv_bias: str = 'qkv'  # QKV_BIASES
+  rope_layout: str = 'half'
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True, query_ids: jax.Array | None = None,
-               cls_attention: bool = False, rope: jax.Array | None = None):
+               cls_attention: bool = False, rope: jax.Array | None = None, soft_causal: jax.Array | None = None):
     """``[B, N, D]`` -> ``[B, N, D]``; with ``query_ids`` ``[B, M]``, only those tokens' outputs ``[B, M, D]``
     (they still attend to all N): the last block of a decoder whose loss reads only some tokens.
-    ``cls_attention``: returns ``(x, CLS attention [B, N - 1])`` (see :class:`Attention`)."""
+    ``cls_attention``: returns ``(x, CLS attention [B, N - 1])``; ``soft_causal``: iLLaMA's mask rate (see
+    :class:`Attention`)."""
     d = x.shape[-1]
     x = constrain(x, (BATCH, LENGTH, EMBED))
-    y = Attention(self.num_heads, self.dtype, self.attention_impl, name='attn')(layer_norm(self.dtype, 'norm1')(x),
-                                                                               query_ids, cls_attention, rope)
+    attn = Attention(self.num_heads, self.dtype, self.attention_impl, self.qkv_bias, self.rope_layout, name='attn')
+    y = attn(norm_layer(self.norm, self.dtype, 'norm1')(x), query_ids, cls_attention, rope, soft_causal)
     if cls_attention:
       y, attention = y
     if query_ids is not None:
       x = jnp.take_along_axis(x, query_ids[:, :, None], axis=1)
     x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path1')(self._scale(y, 'gamma_1'),
                                                                              deterministic))
-    y = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')(layer_norm(self.dtype, 'norm2')(x))
+    if self.mlp == 'gelu':
+      mlp = Mlp(int(d * self.mlp_ratio), self.dtype, name='mlp')
+    elif self.mlp == 'swiglu':
+      mlp = SwiGLU(swiglu_hidden(d, self.mlp_ratio, self.swiglu_multiple_of), self.dtype, name='mlp')
+    else:
+      raise ValueError(f'mlp must be one of {MLPS}, got {self.mlp!r}.')
+    y = mlp(norm_layer(self.norm, self.dtype, 'norm2')(x))
     x = materialize_cotangent(x + DropPath(self.drop_path, name='drop_path2')(self._scale(y, 'gamma_2'),
                                                                              deterministic))
     return (x, attention) if cls_attention else x
@@ -350,14 +445,48 @@ VIT_SIZES: dict[str, ViTSize] = {
 }
 
 
+# iLLaMA (Wang et al. 2024, techmonsterwang/iLLaMA models/illama.py): a ViT whose blocks are LLaMA's. The
+# 'illama_{tiny,small,base,large}' variants are the ViT sizes with these options (explicit fields win).
+ILLAMA_OPTIONS = {'class_token': 'last', 'pos_embed': 'learned', 'rope': '1d', 'norm': 'rmsnorm', 'mlp': 'swiglu',
+                  'qkv_bias': 'qkv', 'causal_mask': 'soft'}
+
+
 def parse_variant(variant: str) -> tuple[ViTSize, int]:
-  """'base/16' -> (ViTSize for base, patch 16). Sizes: tiny, small, base, large, huge."""
+  """'base/16' -> (ViTSize for base, patch 16). Sizes: tiny, small, base, large, huge; 'illama_tiny/16' etc.
+  name the same sizes (their block options: :func:`variant_options`)."""
   try:
     size, patch = variant.split('/')
-    return VIT_SIZES[size], int(patch)
+    return VIT_SIZES[size.removeprefix('illama_')], int(patch)
   except (ValueError, KeyError):
-    raise ValueError(f'unknown ViT variant {variant!r}; use NAME/PATCH with NAME in {sorted(VIT_SIZES)}, '
-                     'e.g. base/16, or set width/depth/num_heads explicitly.') from None
+    raise ValueError(f'unknown ViT variant {variant!r}; use NAME/PATCH with NAME in {sorted(VIT_SIZES)} (or '
+                     'illama_NAME), e.g. base/16, or set width/depth/num_heads explicitly.') from None
+
+
+def variant_options(variant: str) -> dict[str, Any]:
+  """The block options a variant name implies: iLLaMA's for 'illama_*', none otherwise."""
+  return dict(ILLAMA_OPTIONS) if variant.startswith('illama_') else {}
+
+
+def soft_mask_schedule(rate: float, cutoff_steps: int, schedule: str = 'constant') -> Callable[[Any], jax.Array]:
+  """iLLaMA's soft-mask schedule (``mask_scheduler.py``, mode 'soft') as a function of the step: ``rate`` for the
+  first ``cutoff_steps`` steps ('constant') or a linear ramp from ``rate`` to 0 over them ('linear', numpy's
+  ``linspace(rate, 0, cutoff_steps)``), then 0 (fully causal). Mode 'standard' (one rate all along) is
+  ``cutoff_steps`` >= the run's length with 'constant'. jnp in and out: the step is traced, so the train step
+  compiles once."""
+  if schedule not in ('constant', 'linear'):
+    raise ValueError(f"the soft-mask schedule must be 'constant' or 'linear', got {schedule!r}.")
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f'the soft-mask rate must be in [0, 1] (1: full attention, 0: causal), got {rate}.')
+
+  def at(step):
+    step = jnp.asarray(step, jnp.float32)
+    if schedule == 'constant':
+      early = jnp.float32(rate)
+    else:
+      early = rate * (1.0 - step / max(cutoff_steps - 1, 1)) if cutoff_steps > 1 else jnp.float32(rate)
+    return jnp.where(step < cutoff_steps, early, 0.0).astype(jnp.float32)
+
+  return at
 
 
 @register_encoder('vit')
@@ -391,13 +520,23 @@ class ViTEncoder(nn.Module):
   # only (resize it with mim_jax.interop.pos_embed.resize_pos_embed).
   pos_embed: str = 'sincos'
   layer_scale: float = 0.0  # LayerScale gammas in every block starting at this value (CAE/BEiT: 0.1); 0 = off
-  # 'first': a CLS token before the patches (MAE); 'none': patches only (CroCo), so the feature dict's 'cls' is
-  # None and 'tokens' are the patch tokens.
+  # 'first': a CLS token before the patches (MAE); 'last': after them (iLLaMA: under a causal mask it sees every
+  # patch); 'none': patches only (CroCo), so the feature dict's 'cls' is None and 'tokens' are the patch tokens.
   class_token: str = 'first'
-  # 'none' or '2d': CroCo v2's rotary positions on queries and keys in every block (rows on half of each head's
-  # channels, columns on the other), with this base; usually with pos_embed='none'.
+  # 'none'; '2d': CroCo v2's rotary positions on queries and keys in every block (rows on half of each head's
+  # channels, columns on the other; needs class_token='none'), base 100; '1d': LLaMA's over the sequence index
+  # (CLS included; iLLaMA), base 10000. rope_base None = that kind's default.
   rope: str = 'none'
-  rope_base: float = 100.0
+  rope_base: float | None = None
+  # Block options (each off by default, and then the model is MAE's ViT): NORMS, MLPS (SwiGLU's hidden size is a
+  # multiple of swiglu_multiple_of), QKV_BIASES.
+  norm: str = 'layernorm'
+  mlp: str = 'gelu'
+  swiglu_multiple_of: int = 256
+  qkv_bias: str = 'qkv'
+  # 'none' | 'soft': iLLaMA's soft causal mask on every block's attention probabilities, with the rate given to
+  # __call__ (soft_mask_rate; a traced value, so a schedule does not recompile).
+  causal_mask: str = 'none'
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> ViTEncoder:
@@ -407,7 +546,8 @@ class ViTEncoder(nn.Module):
     if variant:
       size, patch = parse_variant(variant)
       fields = {'patch_size': patch, 'width': size.width, 'depth': size.depth, 'num_heads': size.num_heads,
-                'mlp_ratio': size.mlp_ratio, **{k: v for k, v in fields.items() if v is not None}}
+                'mlp_ratio': size.mlp_ratio, **variant_options(variant),
+                **{k: v for k, v in fields.items() if v is not None}}
     fields.update(overrides)
     known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
     unknown = sorted(set(fields) - known)
@@ -446,14 +586,39 @@ class ViTEncoder(nn.Module):
     return self.clone(drop_path=float(drop_path), use_mask_token=False, final_norm=not pooled, dtype=dtype,
                       remat=remat)
 
+  @property
+  def resolved_rope_base(self) -> float:
+    """``rope_base``, or the default of the RoPE kind: 100 for '2d' (CroCo v2), 10000 for '1d' (LLaMA)."""
+    if self.rope_base is not None:
+      return float(self.rope_base)
+    return 10000.0 if self.rope == '1d' else 100.0
+
+  def check_options(self) -> None:
+    """One-line errors for option values and combinations the model does not define."""
+    choices = {'class_token': ('first', 'last', 'none'), 'rope': ('none', '1d', '2d'), 'norm': NORMS,
+               'mlp': MLPS, 'qkv_bias': QKV_BIASES, 'causal_mask': ('none', 'soft'),
+               'pos_embed': ('sincos', 'sincos_rows_first', 'learned', 'none')}
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        raise ValueError(f'model.encoder.{field} must be one of {allowed}, got {getattr(self, field)!r}.')
+    if self.pos_embed == 'learned' and self.class_token == 'none':
+      raise ValueError("pos_embed='learned' (a table with a row for the CLS token) needs a CLS token: "
+                       "class_token='first' or 'last'.")
+    if self.rope == '2d' and self.class_token != 'none':
+      raise ValueError("rope='2d' gives positions to patch tokens only: use class_token='none' (CroCo v2).")
+
   @nn.compact
   def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None,
                mask: jax.Array | None = None, deterministic: bool = True,
-               hidden: tuple[int, ...] = (), cls_attention: bool = False) -> dict[str, jax.Array]:
+               hidden: tuple[int, ...] = (), cls_attention: bool = False,
+               soft_mask_rate: jax.Array | float | None = None) -> dict[str, jax.Array]:
     """``hidden``: 0-based block indices whose outputs (the residual stream after that block, before the final
     norm, ``[B, 1 + K, D]``) are also returned, in that order, under ``'hidden'`` (feature distillation).
     ``cls_attention``: the last block's attention from CLS to each of the K patch tokens, averaged over heads,
-    ``[B, K]`` float32, under ``'cls_attention'`` (a teacher's saliency for attention-guided masking)."""
+    ``[B, K]`` float32, under ``'cls_attention'`` (a teacher's saliency for attention-guided masking).
+    ``soft_mask_rate``: iLLaMA's rate r in [0, 1] with ``causal_mask='soft'`` (1: full attention, 0: causal;
+    None: 0, the official model's initial value)."""
+    self.check_options()
     if images.ndim != 4:
       raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
     gh, gw = self.grid(images.shape[1:3])
@@ -469,29 +634,33 @@ class ViTEncoder(nn.Module):
       cls_pos = None
     elif self.pos_embed == 'none':  # no absolute positions (RoPE gives relative ones)
       cls_pos = None
-    elif self.pos_embed == 'learned':
-      if self.class_token != 'first':
-        raise ValueError("pos_embed='learned' (timm's table, row 0 for CLS) needs class_token='first'.")
+    else:  # 'learned': one row per patch and one for the CLS token, in the token order (timm: CLS first)
       table = self._learned_pos_table(gh, gw).astype(x.dtype)
-      x, cls_pos = x + table[:, 1:], table[:, :1]
-    else:
-      raise ValueError(f"pos_embed must be 'sincos', 'sincos_rows_first', 'learned' or 'none', got "
-                       f"{self.pos_embed!r}.")
+      if self.class_token == 'last':
+        x, cls_pos = x + table[:, :-1], table[:, -1:]
+      else:
+        x, cls_pos = x + table[:, 1:], table[:, :1]
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
-    if self.class_token not in ('first', 'none'):
-      raise ValueError(f"class_token must be 'first' or 'none', got {self.class_token!r}.")
-    has_cls = self.class_token == 'first'
-    if cls_attention and not has_cls:
-      raise ValueError("cls_attention needs a CLS token (class_token='first').")
+    has_cls, cls_last = self.class_token != 'none', self.class_token == 'last'
+    if cls_attention and self.class_token != 'first':
+      raise ValueError("cls_attention needs the CLS token first (class_token='first').")
+    soft_causal = None
+    if self.causal_mask == 'soft':
+      if ids_keep is not None:
+        raise ValueError("causal_mask='soft' over MAE-style visible tokens is undefined: they are a random subset in "
+                         "shuffled order, so 'earlier' means nothing. Pre-train with "
+                         "model.encoder.causal_mask='none' (full attention).")
+      soft_causal = jnp.asarray(0.0 if soft_mask_rate is None else soft_mask_rate, jnp.float32)
+    elif soft_mask_rate is not None:
+      raise ValueError("soft_mask_rate was given but model.encoder.causal_mask='none'; set causal_mask='soft'.")
     rope = self.rope_table(gh, gw, ids_keep)
-    if rope is not None and has_cls:
-      raise ValueError("rope='2d' gives positions to patch tokens only: use class_token='none' (CroCo v2).")
     if has_cls:
       cls = self.param('cls_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
       if cls_pos is not None:
         cls = cls + cls_pos
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
+      parts = [x, jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width))]
+      x = jnp.concatenate(parts if cls_last else parts[::-1], axis=1)
     block = block_class(self.remat)
     rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth > 1 else [self.drop_path]
     bad = [i for i in hidden if not 0 <= i < self.depth]
@@ -502,15 +671,19 @@ class ViTEncoder(nn.Module):
     for i in range(self.depth):
       last = cls_attention and i == self.depth - 1
       x = block(self.num_heads, self.mlp_ratio, float(rates[i]), self.dtype, self.attention_impl,
-                self.layer_scale, name=f'blocks_{i}')(x, deterministic, None, last, rope)
+                self.layer_scale, self.norm, self.mlp, self.swiglu_multiple_of, self.qkv_bias,
+                'interleaved' if self.rope == '1d' else 'half',
+                name=f'blocks_{i}')(x, deterministic, None, last, rope, soft_causal)
       if last:
         x, attention = x
       if i in hidden:
         outputs[i] = x
-    tokens = layer_norm(self.dtype, 'norm')(x) if self.final_norm else x
-    patch_tokens = tokens[:, 1:] if has_cls else tokens
-    out = {'tokens': tokens, 'cls': tokens[:, 0] if has_cls else None, 'patch_tokens': patch_tokens,
-           'pooled': patch_tokens.mean(axis=1)}
+    tokens = norm_layer(self.norm, self.dtype, 'norm')(x) if self.final_norm else x
+    if has_cls:
+      cls, patch_tokens = (tokens[:, -1], tokens[:, :-1]) if cls_last else (tokens[:, 0], tokens[:, 1:])
+    else:
+      cls, patch_tokens = None, tokens
+    out = {'tokens': tokens, 'cls': cls, 'patch_tokens': patch_tokens, 'pooled': patch_tokens.mean(axis=1)}
     if hidden:
       out['hidden'] = tuple(outputs[i] for i in hidden)
     if cls_attention:
@@ -521,12 +694,22 @@ class ViTEncoder(nn.Module):
     """The rotary table of the encoded tokens (all, or those of ``ids_keep``), or None without RoPE."""
     if self.rope == 'none':
       return None
-    if self.rope != '2d':
-      raise ValueError(f"rope must be 'none' or '2d', got {self.rope!r}.")
-    pos = rope_lib.grid_positions(gh, gw)[None]
+    head_dim = self.width // self.num_heads
+    if self.rope == '2d':
+      pos = rope_lib.grid_positions(gh, gw)[None]
+      if ids_keep is not None:
+        pos = jnp.take_along_axis(pos, ids_keep[..., None], axis=1)
+      return rope_lib.rope_2d_table(pos, head_dim, self.resolved_rope_base)
+    # '1d': a patch's sequence index is its raster index (after a first CLS token); a CLS token takes the index
+    # its place in the full sequence gives it (0 first, num_patches last), whatever subset is kept.
+    num_patches = gh * gw
+    pos = jnp.arange(num_patches, dtype=jnp.int32)[None] + (self.class_token == 'first')
     if ids_keep is not None:
-      pos = jnp.take_along_axis(pos, ids_keep[..., None], axis=1)
-    return rope_lib.rope_2d_table(pos, self.width // self.num_heads, self.rope_base)
+      pos = jnp.take_along_axis(jnp.broadcast_to(pos, ids_keep.shape[:1] + pos.shape[1:]), ids_keep, axis=1)
+    if self.class_token != 'none':
+      cls = jnp.full((pos.shape[0], 1), num_patches if self.class_token == 'last' else 0, jnp.int32)
+      pos = jnp.concatenate([pos, cls] if self.class_token == 'last' else [cls, pos], axis=1)
+    return rope_lib.rope_1d_table(pos, head_dim, self.resolved_rope_base)
 
   def _learned_pos_table(self, gh: int, gw: int) -> jax.Array:
     rows = 1 + gh * gw
@@ -537,6 +720,16 @@ class ViTEncoder(nn.Module):
                          f'(1, {rows}, {self.width}); resize it for this image size with '
                          'mim_jax.interop.pos_embed.resize_pos_embed (or `python -m mim_jax.convert --image-size`).')
     return self.param('pos_embed', _param_init(token_init, (None, None, EMBED)), (1, rows, self.width))
+
+
+def cls_first_tokens(features: dict[str, jax.Array], class_token: str) -> jax.Array:
+  """A ViT's token sequence ``[B, 1 + K, D]`` with the CLS token first, wherever the encoder keeps it
+  (``class_token``; for decoders written for MAE's layout)."""
+  if class_token == 'first':
+    return features['tokens']
+  if class_token == 'last':
+    return jnp.concatenate([features['cls'][:, None], features['patch_tokens']], axis=1)
+  raise ValueError(f"this decoder needs a CLS token, but the encoder has class_token={class_token!r}.")
 
 
 def dtype_from_name(name: str) -> Dtype:

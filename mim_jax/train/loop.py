@@ -97,6 +97,7 @@ class TrainJob:
   log_prefix: str = ''
   # After a fresh init (not after a restore): params -> params, e.g. fine-tuning places the pre-trained encoder.
   init_params: Optional[Callable[[Any, Any], Any]] = None
+  init_extras: Optional[Callable[[Any, Any], Any]] = None  # the same for extras (pre-trained BatchNorm statistics)
   description: Sequence[str] = ()  # lines logged when the run starts
 
 
@@ -212,6 +213,8 @@ def run(job: TrainJob, workdir: str, make_hooks: Optional[MakeHooks] = None) -> 
       state, _ = state_lib.create_sharded_state(init_fn, init_rng, mesh, rules)
       if job.init_params is not None:
         state = state.replace(params=job.init_params(state.params, shardings.params))
+      if job.init_extras is not None:
+        state = state.replace(extras=job.init_extras(state.extras, shardings.extras))
     if external:  # reloaded from their source after every init and every restore, never from a checkpoint
       state = state_lib.with_external(state, objective.load_external(), external, abstract.extras, shardings.extras)
 

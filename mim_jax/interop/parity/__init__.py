@@ -47,6 +47,7 @@ ADAPTERS = {
     'cae': 'mim_jax.interop.parity.cae',
     'cropmae': 'mim_jax.interop.parity.cropmae',
     'croco': 'mim_jax.interop.parity.croco',
+    'illama': 'mim_jax.interop.parity.illama',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 
