@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mim_jax.data.pipeline import default_data_config
+from mim_jax.models.vit import ILLAMA_OPTIONS
 
 IMAGENET_LINEAR_PROBE = {  # size -> (variant, probe epochs, published linear-probe top-1, %)
   'base': ('base/16', 90, 68.0),
@@ -232,6 +233,72 @@ def finetune_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   if 'tiny' in tokens:
     set_encoder(c, patch_size=7, width=32, depth=1, num_heads=2, mlp_ratio=2.0)
     _few_steps(c, batch_size=16, eval_examples=64)
+  return c
+
+
+ILLAMA_FASHION_MNIST_ENCODER = dict(FASHION_MNIST_ENCODER, **ILLAMA_OPTIONS)
+
+
+def illama_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """iLLaMA trained from scratch on Fashion-MNIST (supervised): the fine-tune recipe of
+  :func:`finetune_fashion_mnist` with random init, the ViT's shape (patch 7, 128 x 4, 4 heads) and iLLaMA's blocks.
+  ``arg`` (comma-separated): 'soft' (default: the official schedule shape, rate 1 = full attention, then fully
+  causal after the cutoff; the cutoff is a quarter of training, the official is 50 of 300 epochs) | 'linear' (the
+  rate ramps 1 -> 0 over the cutoff) | 'causal' (causal from the first step: the official 'standard' mode at rate
+  0) | 'bidirectional' (rate 1 throughout); 'tiny' (a few steps, for tests)."""
+  tokens = _parse(arg, ('soft', 'linear', 'causal', 'bidirectional', 'tiny'), 'configs/illama/fashion_mnist.py')
+  c = finetune_fashion_mnist('tiny' if 'tiny' in tokens else None)
+  set_encoder(c, **ILLAMA_FASHION_MNIST_ENCODER)
+  c.random_init = True
+  c.data.name = 'fashion_mnist'
+  c.global_pool = False  # iLLaMA's head reads the last (CLS) token after the final RMSNorm
+  if 'tiny' in tokens:
+    set_encoder(c, patch_size=7, width=32, depth=1, num_heads=2, mlp_ratio=2.0, swiglu_multiple_of=32)
+  modes = [t for t in tokens if t != 'tiny'] or ['soft']
+  if len(modes) > 1:
+    raise ValueError(f'pick one soft-mask mode for configs/illama/fashion_mnist.py, got {modes}.')
+  c.soft_mask = {
+      'soft': dict(mode='soft', rate=1.0, schedule='constant', cutoff_fraction=0.25),
+      'linear': dict(mode='soft', rate=1.0, schedule='linear', cutoff_fraction=0.25),
+      'causal': dict(mode='standard', rate=0.0),
+      'bidirectional': dict(mode='standard', rate=1.0),
+  }[modes[0]]
+  return c
+
+
+# size: warmup epochs, mixup, cutmix, drop path, soft-mask schedule, cutoff epochs (the official scripts; base's
+# script sets no warmup, so main_soft.py's default 50 applies), top-1 of the official logs (logs/illama-*-in1k-*.txt).
+ILLAMA_IN1K = {
+    'tiny': (5.0, 0.1, 0.1, 0.0, 'constant', 50.0, 75.0),
+    'small': (5.0, 0.5, 0.5, 0.1, 'linear', 50.0, 79.9),
+    'base': (50.0, 0.95, 1.0, 0.4, 'linear', 25.0, 81.6),
+}
+
+
+def illama_in1k(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """iLLaMA's supervised ImageNet-1k recipe (``scripts/train_illama_{size}_in1k.sh`` with ``main_soft.py``'s
+  defaults): 300 epochs, batch 4096 (128 x 8 GPUs x update_freq 4), AdamW lr 4e-3 at 4096 (so base_lr 2.5e-4
+  per 256), weight decay 0.05, min lr 1e-6, label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing
+  0.25, and per size (:data:`ILLAMA_IN1K`) the warmup, mixup / CutMix, drop path and the soft mask (rate 1 = full
+  attention, constant or ramped to 0 over the cutoff, then causal). ``arg``: None or 'cpu' (a few steps of the
+  same shapes on whatever ImageNet is prepared)."""
+  tokens = _parse(arg, ('cpu',), f'configs/illama/illama_{size}_in1k.py')
+  c = finetune('base', 'cpu' if 'cpu' in tokens else None)
+  c.model.encoder.variant = f'illama_{size}/16'
+  c.random_init = True
+  c.global_pool = False
+  warmup, mixup, cutmix, drop_path, schedule, cutoff, top1 = ILLAMA_IN1K[size]
+  c.paper_top1 = top1
+  c.epochs, c.warmup_epochs = 300.0, warmup
+  c.optimizer.base_lr = 4e-3 * 256 / 4096
+  c.optimizer.min_lr = 1e-6
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.layer_decay = 1.0
+  c.drop_path = drop_path
+  c.mixup.mixup_alpha, c.mixup.cutmix_alpha = mixup, cutmix
+  c.soft_mask = dict(mode='soft', rate=1.0, schedule=schedule, cutoff_epochs=cutoff)
+  if 'cpu' in tokens:  # a few steps: the switch to causal inside them
+    c.soft_mask = dict(mode='soft', rate=1.0, schedule=schedule, cutoff_fraction=0.5)
   return c
 
 

@@ -134,14 +134,15 @@ def soft_mask_from_config(config, encoder, steps_per_epoch: int, total: int):
   ``--mask_schedule``, ``--cutoff_soft``) for an encoder with ``causal_mask='soft'``; None otherwise.
 
   ``mode='standard'``: ``rate`` at every step (1: full attention, 0: causal from the start); ``mode='soft'``:
-  ``rate`` (``schedule='constant'``) or a ramp to 0 (``'linear'``) for ``cutoff_epochs``, then causal."""
+  ``rate`` (``schedule='constant'``) or a ramp to 0 (``'linear'``) for ``cutoff_epochs`` (or ``cutoff_fraction``
+  of the run), then causal."""
   block = dict(config.get('soft_mask', None) or {})
   if getattr(encoder, 'causal_mask', 'none') != 'soft':
     if block:
       raise ValueError("config.soft_mask is set but the encoder has no soft causal mask "
                        "(model.encoder.causal_mask='none'); drop config.soft_mask or use an iLLaMA encoder.")
     return None
-  known = {'mode', 'rate', 'schedule', 'cutoff_epochs'}
+  known = {'mode', 'rate', 'schedule', 'cutoff_epochs', 'cutoff_fraction'}
   if set(block) - known:
     raise ValueError(f'unknown config.soft_mask field(s) {sorted(set(block) - known)}; known: {sorted(known)}.')
   mode = block.get('mode', 'soft')
@@ -149,7 +150,13 @@ def soft_mask_from_config(config, encoder, steps_per_epoch: int, total: int):
     return soft_mask_schedule(float(block.get('rate', 1.0)), total + 1, 'constant')
   if mode != 'soft':
     raise ValueError(f"config.soft_mask.mode must be 'standard' or 'soft', got {mode!r}.")
-  cutoff = int(round(float(block.get('cutoff_epochs', 0)) * steps_per_epoch))
+  if ('cutoff_epochs' in block) == ('cutoff_fraction' in block):
+    raise ValueError('config.soft_mask (mode soft) needs exactly one of cutoff_epochs (the official --cutoff_soft) '
+                     'and cutoff_fraction (of the run).')
+  if 'cutoff_epochs' in block:
+    cutoff = int(round(float(block['cutoff_epochs']) * steps_per_epoch))
+  else:
+    cutoff = int(round(float(block['cutoff_fraction']) * total))
   return soft_mask_schedule(float(block.get('rate', 1.0)), cutoff, block.get('schedule', 'constant'))
 
 
