@@ -112,7 +112,7 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', _param_init(zeros, (EMBED,)), (c,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 statistics for bfloat16 compute
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:

@@ -47,6 +47,8 @@ ADAPTERS = {
     'cae': 'mim_jax.interop.parity.cae',
     'cropmae': 'mim_jax.interop.parity.cropmae',
     'croco': 'mim_jax.interop.parity.croco',
+    'timm_resnet': 'mim_jax.interop.parity.timm_convnets',
+    'timm_convnext': 'mim_jax.interop.parity.timm_convnets',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 
