@@ -262,4 +262,4 @@ def test_real_init_follows_timm():
   assert np.all(variables['batch_stats']['stem_bn']['var'] == 1)
   convnext = ConvNeXtEncoder(**SMALL_CONVNEXT)
   params = nn.unbox(jax.jit(convnext.init)(jax.random.key(0), jnp.ones((1, 32, 32, 3))))['params']
-  np.testing.assert_array_equal(params['stages_0']['blocks_0']['gamma'], 1e-6)
+  np.testing.assert_array_equal(params['stages_0']['blocks_0']['gamma'], np.float32(1e-6))
