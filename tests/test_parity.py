@@ -36,6 +36,13 @@ EXPECTED = {
     'official_hpm/hpm_official_tiny_pix.npz': 'hpm',
     'official_simmim/simmim_official_tiny_p4.npz': 'simmim',
     'official_simmim/simmim_official_tiny_p4_grid6.npz': 'simmim',
+    'timm_convnets/convnext_atto.npz': 'timm_convnext',
+    'timm_convnets/convnext_p2.npz': 'timm_convnext',
+    'timm_convnets/convnext_p2_s1.npz': 'timm_convnext',
+    'timm_convnets/convnext_tiny.npz': 'timm_convnext',
+    'timm_convnets/resnet18.npz': 'timm_resnet',
+    'timm_convnets/resnet18_small.npz': 'timm_resnet',
+    'timm_convnets/resnet50.npz': 'timm_resnet',
 }
 # What each method's check must cover (a fixture without these outputs would prove less).
 REQUIRED = {
@@ -56,6 +63,9 @@ REQUIRED = {
     'simmim': ('mask', 'z', 'x_rec', 'loss', 'grad/encoder.patch_embed.proj.weight', 'grad/encoder.pos_embed',
                'grad/encoder.mask_token', 'grad/encoder.blocks.0.attn.q_bias', 'grad/encoder.blocks.0.attn.v_bias',
                'grad/encoder.blocks.0.attn.k_bias (zero)', 'grad/decoder.0.weight'),
+    'timm_resnet': ('stage0', 'stage3', 'pooled', 'logits', 'train/stage3', 'train/logits',
+                    'train/layer4.1.bn2.running_var'),
+    'timm_convnext': ('stage0', 'stage1', 'stage2', 'stage3', 'pooled', 'logits'),
     'hpm': ('teacher_loss_pred', 'mask', "mask (from mim_jax's own teacher prediction)", 'latent', 'pix_pred',
             'loss_pred', 'recon_loss', 'rank_loss', 'loss', 'grad/decoder_embed.weight', 'grad/mask_token',
             'grad/decoder_blocks_losspred.0.attn.qkv.weight', 'grad/decoder_pred_losspred.weight',

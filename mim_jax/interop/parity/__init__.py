@@ -48,6 +48,8 @@ ADAPTERS = {
     'cropmae': 'mim_jax.interop.parity.cropmae',
     'croco': 'mim_jax.interop.parity.croco',
     'illama': 'mim_jax.interop.parity.illama',
+    'timm_resnet': 'mim_jax.interop.parity.timm_convnets',
+    'timm_convnext': 'mim_jax.interop.parity.timm_convnets',
 }
 _LEGACY_MAE = ('imgs', 'noise', 'loss', 'pred', 'mask', 'ids_restore', 'latent', 'len_keep')
 
