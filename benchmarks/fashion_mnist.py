@@ -5,6 +5,7 @@
   python benchmarks/fashion_mnist.py teachers  --root workdirs/fashion_ablation --seeds 0,1 \
       --teacher workdirs/fashion_mae
   python benchmarks/fashion_mnist.py two_views --root workdirs/fashion_ablation --seeds 0,1
+  python benchmarks/fashion_mnist.py backbones --root workdirs/fashion_ablation --seeds 0,1
   python benchmarks/fashion_mnist.py tables    --root workdirs/fashion_ablation [--figure docs/img/x.png]
 
 `methods` runs configs/ablation/fashion_mnist.py:VARIANT for every variant (MAE, SimMIM, HPM, MAE with block, GMML and
@@ -17,7 +18,7 @@ from the pre-trained MAE workdir given by --teacher (the recipe's, trained once 
 same architecture; in the ablations' root, so MAE at 0.75 (`baseline`) is in the same table. `two_views` runs CropMAE
 (global-to-local and two independent crops) and CroCo (homography pairs), each with 2 of 16 tokens of the
 reconstructed view visible, against the teachers grid's MAE at that visibility (their checks on held-out pairs:
-benchmarks/two_view_checks.py). Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished run
+benchmarks/two_view_checks.py). `backbones` runs MAE's recipe with iLLaMA's blocks as the encoder. Every run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished run
 (its summary.json exists) is skipped and an interrupted one resumes from its checkpoint, so the command can be re-run
 until the grid is complete. `--steps` shortens every run (HPM's EMA decays re-derived for the length) and
 `--eval-train` caps the probes' training features (the same for all cells; recorded in ROOT/grid.json, and a root
@@ -137,6 +138,14 @@ TABLES['two views'] = (
     'CropMAE (Eymael et al. 2024): reconstructing a local crop from 2 visible patches and the global view learns '
     'as well as MAE in far fewer epochs (the spec\'s check: k-NN at least MAE + 3 at the same visibility); '
     'CroCo (Weinzaepfel et al. 2022): completing a view from another view of the scene')
+# The backbone cells (`backbones`): MAE's recipe with another encoder's blocks.
+BACKBONE_CELLS = {
+    'mae_illama_blocks': ('configs/mae/fashion_mnist.py:illama', {}),
+}
+TABLES['backbones'] = (
+    ('baseline', 'mae_illama_blocks'),
+    'iLLaMA (Wang et al. 2024) is a supervised backbone; as an MAE encoder (its blocks, full attention) it should '
+    'pre-train like the ViT it replaces')
 FEW_LABEL_TABLES = ('distillation at a high mask ratio', 'alignment without reconstruction',
                     'mimic before reconstruct', 'latent regression and alignment', 'two views')
 
@@ -160,6 +169,9 @@ def runs_for(kind: str, seeds: list[int], teacher: str | None = None) -> list[tu
         method = teacher_method(config)
         extra = {f'{method}.teacher': teacher} if method else {}
         out.append((f'{cell}_seed{seed}', config, {**extra, **overrides, **NO_BASELINES, 'seed': seed}))
+    elif kind == 'backbones':
+      out += [(f'{cell}_seed{seed}', config, {**overrides, **NO_BASELINES, 'seed': seed})
+              for cell, (config, overrides) in BACKBONE_CELLS.items()]
     elif kind == 'two_views':
       out += [(f'{cell}_seed{seed}', config, {**overrides, **NO_BASELINES, 'seed': seed})
               for cell, (config, overrides) in TWO_VIEW_CELLS.items()]
@@ -273,7 +285,7 @@ def draw_ratio_figure(root: str, names: list[str], out: str) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('what', choices=('methods', 'ablations', 'teachers', 'two_views', 'tables'))
+  parser.add_argument('what', choices=('methods', 'ablations', 'teachers', 'two_views', 'backbones', 'tables'))
   parser.add_argument('--root', required=True, help='folder of the runs (one workdir per run)')
   parser.add_argument('--seeds', default='0', help='comma-separated seeds (default 0)')
   parser.add_argument('--steps', type=int, default=None, help='shorter runs: total_steps of every run')

@@ -89,7 +89,9 @@ def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   17 min: 80.1; pooled feature). The frozen feature is the mean of the patch tokens: it probed 0.6-1.8 points
   above the CLS token here (linear probe, k-NN, logistic regression). ``arg``: None, or
   'tiny' (a few seconds, for tests), or 'large' (a 192-wide, 6-block encoder, otherwise the same recipe: the
-  larger teacher for DMAE / MaskAlign / MR-MAE)."""
+  larger teacher for DMAE / MaskAlign / MR-MAE), or 'illama' (the same encoder with iLLaMA's blocks: RMSNorm,
+  SwiGLU, RoPE-1D, learned positions, CLS last; full attention, since a causal mask over MAE's shuffled visible
+  tokens is undefined)."""
   c = base_config()
   c.data = default_data_config('fashion_mnist')
   c.batch_size = 256
@@ -113,9 +115,11 @@ def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
   elif arg == 'large':  # the larger self-supervised teacher of the teacher-target methods (DINO's stand-in)
     c.model.encoder = dict(patch_size=7, width=192, depth=6, num_heads=6, mlp_ratio=4.0)
+  elif arg == 'illama':
+    c.model.encoder = dict(c.model.encoder, **ILLAMA_OPTIONS, causal_mask='none')
   elif arg:
-    raise ValueError(f"unknown argument {arg!r} for configs/mae/fashion_mnist.py (use no argument, ':tiny' or "
-                     "':large').")
+    raise ValueError(f"unknown argument {arg!r} for configs/mae/fashion_mnist.py (use no argument, ':tiny', "
+                     "':large' or ':illama').")
   return c
 
 

@@ -302,6 +302,36 @@ def illama_in1k(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+# ResNet-18's blocks at a quarter of the width, with the small-image stem (3x3 stride 1, no max-pool): 28 px keeps
+# 28 / 14 / 7 / 4 px maps. ConvNeXt-atto's depths at half width, patch 2 and no stage-0 downsampling: 14/7/3/1 px.
+FASHION_MNIST_CONVNETS = {
+    'resnet': dict(name='resnet', block='basic', depths=(2, 2, 2, 2), widths=(16, 32, 64, 128), stem='small',
+                   stem_width=16),
+    'convnext': dict(name='convnext', depths=(2, 2, 6, 2), dims=(20, 40, 80, 160), patch_size=2, stage0_stride=1),
+}
+
+
+def convnet_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """A ConvNet trained from scratch (supervised) on Fashion-MNIST with the fine-tune recipe of
+  :func:`finetune_fashion_mnist` (AdamW, peak lr 1e-3 at batch 256, label smoothing 0.1, mild crops + flips), no
+  layer decay or drop path. ``arg`` (comma-separated): 'resnet' (default) | 'convnext'; 'tiny' (a few steps)."""
+  tokens = _parse(arg, ('resnet', 'convnext', 'tiny'), 'configs/convnets/fashion_mnist.py')
+  c = finetune_fashion_mnist('tiny' if 'tiny' in tokens else None)
+  kinds = [t for t in tokens if t != 'tiny'] or ['resnet']
+  if len(kinds) > 1:
+    raise ValueError(f'pick one ConvNet for configs/convnets/fashion_mnist.py, got {kinds}.')
+  c.model.encoder = ml_collections.ConfigDict(FASHION_MNIST_CONVNETS[kinds[0]])
+  c.random_init = True
+  c.data.name = 'fashion_mnist'
+  c.optimizer.layer_decay = 1.0
+  c.drop_path = 0.0
+  c.epochs = 5.0
+  c.eval_every_steps = -1  # once per epoch
+  if 'tiny' in tokens:
+    c.model.encoder.depths = (1, 1, 1, 1)
+  return c
+
+
 def finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   """Fine-tuning on the bundled digits (the quickstart). ``arg``: None or 'tiny' (a few steps, for tests)."""
   tokens = _parse(arg, ('tiny',), 'configs/eval/finetune_digits.py')

@@ -274,6 +274,7 @@ class ResNetEncoder(nn.Module):
   drop_path: float = 0.0
   zero_init_last: bool = True
   dtype: Dtype = jnp.float32
+  fc_norm_default = False  # a classifier reads `pooled` as timm's head does (no extra norm)
 
   @classmethod
   def from_config(cls, cfg, *, dtype: Dtype = jnp.float32, attention_impl: str | None = None,
@@ -409,6 +410,7 @@ class ConvNeXtEncoder(nn.Module):
   layer_scale: float = 1e-6
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  fc_norm_default = False  # `pooled` is already after timm's head norm
 
   @classmethod
   def from_config(cls, cfg, *, dtype: Dtype = jnp.float32, attention_impl: str | None = None,

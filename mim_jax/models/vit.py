@@ -165,6 +165,7 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 
 ATTENTION_IMPLS = ('auto', 'einsum', 'cpu_fused', 'xla', 'cudnn')
 QKV_BIASES = ('qkv', 'qv', 'none')
+_FALLBACKS_LOGGED: set[str] = set()
 
 
 def soft_causal_mask(n: int, rate: jax.Array) -> jax.Array:
@@ -255,7 +256,8 @@ class Attention(nn.Module):
     if soft_causal is not None:
       if query_ids is not None:
         raise ValueError('the soft causal mask needs every query (query_ids must be None).')
-      if impl not in ('auto', 'einsum'):
+      if impl not in ('auto', 'einsum') and impl not in _FALLBACKS_LOGGED:
+        _FALLBACKS_LOGGED.add(impl)  # once per process, not once per block and trace
         log(f"attention_impl={impl!r} cannot multiply the attention probabilities by iLLaMA's soft causal mask "
             "(it acts after the softmax, without renormalizing): this attention runs the einsum path instead.")
       impl = 'einsum'
