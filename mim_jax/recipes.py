@@ -25,6 +25,7 @@ from mim_jax.methods.cropmae import cropmae_defaults
 from mim_jax.methods.dmae import dmae_defaults
 from mim_jax.methods.hpm import hpm_defaults
 from mim_jax.methods.maskalign import maskalign_defaults
+from mim_jax.models.vit import ILLAMA_OPTIONS
 from mim_jax.methods.mrmae import mrmae_defaults
 
 
@@ -116,7 +117,7 @@ def mae_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg == 'large':  # the larger self-supervised teacher of the teacher-target methods (DINO's stand-in)
     c.model.encoder = dict(patch_size=7, width=192, depth=6, num_heads=6, mlp_ratio=4.0)
   elif arg == 'illama':
-    c.model.encoder = dict(c.model.encoder, **ILLAMA_OPTIONS, causal_mask='none')
+    c.model.encoder = dict(c.model.encoder, **{**ILLAMA_OPTIONS, 'causal_mask': 'none'})
   elif arg:
     raise ValueError(f"unknown argument {arg!r} for configs/mae/fashion_mnist.py (use no argument, ':tiny', "
                      "':large' or ':illama').")
