@@ -20,8 +20,8 @@ same architecture; in the ablations' root, so MAE at 0.75 (`baseline`) is in the
 reconstructed view visible, against the teachers grid's MAE at that visibility (their checks on held-out pairs:
 benchmarks/two_view_checks.py). `backbones` runs MAE's recipe with iLLaMA's blocks as the encoder. Every run is
 `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished run (its summary.json exists) is skipped and an
-interrupted one resumes from its checkpoint, so the command can be re-run until the grid is complete. `--steps` shortens every run (HPM's EMA decays re-derived for the length) and
-`--eval-train` caps the probes' training features (the same for all cells; recorded in ROOT/grid.json, and a root
+interrupted one resumes from its checkpoint, so the command can be re-run until the grid is complete. `--steps`
+shortens every run (HPM's EMA decays re-derived for the length) and `--eval-train` caps the probes' training features (the same for all cells; recorded in ROOT/grid.json, and a root
 holds one budget only). The random-init and raw-pixel baselines do not depend on the method: only the MAE row of the
 method table computes them. `--jobs` runs that many processes at once (JAX already uses every core of a process: more
 than one pays off only on machines with more cores than one run uses).
