@@ -8,23 +8,24 @@
   python benchmarks/fashion_mnist.py backbones --root workdirs/fashion_ablation --seeds 0,1
   python benchmarks/fashion_mnist.py tables    --root workdirs/fashion_ablation [--figure docs/img/x.png]
 
-`methods` runs configs/ablation/fashion_mnist.py:VARIANT for every variant (MAE, SimMIM, HPM, MAE with block, GMML and
-the four ColorMAE masks). `ablations` runs configs/mae/fashion_mnist.py with one change per cell, after the MAE
+`methods` runs configs/ablation/fashion_mnist.py:VARIANT for every variant (MAE, SimMIM, HPM, MAE with block, GMML
+and the four ColorMAE masks). `ablations` runs configs/mae/fashion_mnist.py with one change per cell, after the MAE
 paper's Table 1 and Figure 5/6: mask ratio 0.25 / 0.5 / 0.75 / 0.9, raw-pixel vs normalized-pixel target, the loss on
-all patches vs masked ones only, decoder depth 1 / 2 / 4 and width x0.5 / x2, random vs block vs grid masking at 0.75.
-`teachers` runs the teacher-target checks at DMAE's high-ratio regime (mask 0.875, 2 of 16 tokens visible): MAE, DMAE
-from the pre-trained MAE workdir given by --teacher (the recipe's, trained once with `python -m mim_jax.main
---config=configs/mae/fashion_mnist.py --workdir=workdirs/fashion_mae`), and DMAE from a random-init teacher of the
-same architecture; in the ablations' root, so MAE at 0.75 (`baseline`) is in the same table. `two_views` runs CropMAE
-(global-to-local and two independent crops) and CroCo (homography pairs), each with 2 of 16 tokens of the
-reconstructed view visible, against the teachers grid's MAE at that visibility (their checks on held-out pairs:
-benchmarks/two_view_checks.py). `backbones` runs MAE's recipe with iLLaMA's blocks as the encoder. Every run is
-`python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished run (its summary.json exists) is skipped and an
-interrupted one resumes from its checkpoint, so the command can be re-run until the grid is complete. `--steps`
-shortens every run (HPM's EMA decays re-derived for the length) and `--eval-train` caps the probes' training features (the same for all cells; recorded in ROOT/grid.json, and a root
-holds one budget only). The random-init and raw-pixel baselines do not depend on the method: only the MAE row of the
-method table computes them. `--jobs` runs that many processes at once (JAX already uses every core of a process: more
-than one pays off only on machines with more cores than one run uses).
+all patches vs masked ones only, decoder depth 1 / 2 / 4 and width x0.5 / x2, random vs block vs grid masking at
+0.75. `teachers` runs the teacher-target checks at DMAE's high-ratio regime (mask 0.875, 2 of 16 tokens visible):
+MAE, DMAE from the pre-trained MAE workdir given by --teacher (the recipe's, trained once with `python -m
+mim_jax.main --config=configs/mae/fashion_mnist.py --workdir=workdirs/fashion_mae`), and DMAE from a random-init
+teacher of the same architecture; in the ablations' root, so MAE at 0.75 (`baseline`) is in the same table.
+`two_views` runs CropMAE (global-to-local and two independent crops) and CroCo (homography pairs), each with 2 of 16
+tokens of the reconstructed view visible, against the teachers grid's MAE at that visibility (their checks on held-
+out pairs: benchmarks/two_view_checks.py). `backbones` runs MAE's recipe with iLLaMA's blocks as the encoder. Every
+run is `python -m mim_jax.main ... --workdir=ROOT/CELL_seedS`: a finished run (its summary.json exists) is skipped
+and an interrupted one resumes from its checkpoint, so the command can be re-run until the grid is complete.
+`--steps` shortens every run (HPM's EMA decays re-derived for the length) and `--eval-train` caps the probes'
+training features (the same for all cells; recorded in ROOT/grid.json, and a root holds one budget only). The random-
+init and raw-pixel baselines do not depend on the method: only the MAE row of the method table computes them.
+`--jobs` runs that many processes at once (JAX already uses every core of a process: more than one pays off only on
+machines with more cores than one run uses).
 
 `tables` prints the method table, or one markdown table per group of ablation cells (mean ± sample std over the
 seeds, via `python -m mim_jax.report --seeds`), and draws accuracy against mask ratio.
