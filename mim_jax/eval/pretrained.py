@@ -92,8 +92,10 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
   return tree
 
 
-def load_checkpoint_file(path: str) -> dict:
-  """``{'encoder': ...[, 'decoder': ...]}`` host arrays from an ``.npz`` / ``.safetensors`` file."""
+def load_checkpoint_file(path: str, encoder=None) -> dict:
+  """``{'encoder': ...[, 'decoder': ...][, 'encoder_batch_stats': ...]}`` host arrays from an ``.npz`` /
+  ``.safetensors`` file: mim_jax names (``encoder/...``), or the official names of the configured ``encoder``'s
+  family: timm's ResNet / ConvNeXt, iLLaMA's, else the MAE reference's (timm's ViT)."""
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
     arrays = load_file(path)
@@ -106,6 +108,15 @@ def load_checkpoint_file(path: str) -> dict:
     arrays = {k[len('param/'):]: v for k, v in arrays.items() if k.startswith('param/')}
   if any(k.startswith('encoder/') for k in arrays):
     return _unflatten({k: np.asarray(v, np.float32) for k, v in arrays.items()})
+  from mim_jax.interop import official_illama, timm_convnets
+  from mim_jax.models.convnets import ConvNeXtEncoder, ResNetEncoder
+
+  if isinstance(encoder, (ResNetEncoder, ConvNeXtEncoder)):
+    read = timm_convnets.resnet_from_timm if isinstance(encoder, ResNetEncoder) else timm_convnets.convnext_from_timm
+    weights = read(arrays, head=False)
+    return {'encoder': weights.params, **({'encoder_batch_stats': weights.batch_stats} if weights.batch_stats else {})}
+  if official_illama.is_official_illama(arrays):
+    return official_illama.from_official(arrays, head=False)
   from mim_jax.interop.official_mae import from_official
   return from_official(arrays)
 
@@ -181,7 +192,12 @@ def load(eval_config) -> Pretrained:
     # A different stream from the pre-training init (seed + 1, as the end-of-pretraining baseline uses).
     params, _ = jax.jit(method.init)(jax.random.PRNGKey(seed + 1), example)
     return Pretrained(pre, method, jax.device_get(nn.meta.unbox(params)), None, 'random', info)
-  loaded = load_checkpoint_file(init)
+  loaded = load_checkpoint_file(init, method.encoder_module())
   expected = nn.meta.unbox(jax.eval_shape(method.init, jax.random.PRNGKey(0), example)[0])
   check_same_structure(loaded['encoder'], method.encoder_params(expected), f'the encoder in {init!r}')
-  return Pretrained(pre, method, {'encoder': loaded['encoder']}, None, os.path.abspath(init), info)
+  params = {'encoder': loaded['encoder']}
+  if isinstance(expected, dict) and 'encoder_batch_stats' in expected:  # an encoder with BatchNorm (method 'none')
+    check_same_structure(loaded.get('encoder_batch_stats', {}), expected['encoder_batch_stats'],
+                         f'the BatchNorm statistics in {init!r}')
+    params['encoder_batch_stats'] = loaded['encoder_batch_stats']
+  return Pretrained(pre, method, params, None, os.path.abspath(init), info)

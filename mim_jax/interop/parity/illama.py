@@ -15,13 +15,8 @@ import numpy as np
 import optax
 
 from mim_jax.interop import parity
+from mim_jax.interop.official_illama import RULES, from_official
 from mim_jax.interop.parity import torch_names
-
-RULES = [
-    (r'^patch_embed\.proj\.', 'encoder.patch_embed.'),
-    (r'^blocks\.(\d+)\.', r'encoder.blocks_\1.'),
-    (r'^(norm|cls_token|pos_embed)', r'encoder.\1'),
-]
 
 
 def check(fx: parity.Fixture) -> list[parity.Check]:
@@ -35,7 +30,7 @@ def check(fx: parity.Fixture) -> list[parity.Check]:
   model = Classifier(encoder, int(cfg.num_classes), global_pool=False)
   x = jnp.asarray(images.transpose(0, 2, 3, 1))  # NCHW -> NHWC
   rate = float(cfg.soft_mask_rate)
-  params = jax.tree.map(jnp.asarray, torch_names.tree_from_state(fx.params, RULES))
+  params = jax.tree.map(jnp.asarray, from_official(fx.params))
 
   def forward(p):
     features = encoder.apply({'params': p['encoder']}, x, soft_mask_rate=rate)['cls']
