@@ -21,6 +21,15 @@ TINY_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(4,
                    stem_width=4)
 
 
+def _random_like(abstract, seed=0):
+  """Random values of an init's shapes (compiling a ConvNet's random initializers takes ~20 s on 2 cores; the
+  production init path is tested once, in the random-init test)."""
+  rng = np.random.default_rng(seed)
+  fill = lambda p, a: (rng.uniform(0.5, 1.5, a.shape) if p[-1].key == 'var' else
+                       0.3 * rng.standard_normal(a.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(abstract))
+
+
 def _eval_config(**fields):
   return ml_collections.ConfigDict({'seed': 0, 'data': {'name': 'mim_digits'}, **fields})
 
@@ -55,8 +64,8 @@ def test_random_init_convnet_features_use_its_batchnorm_statistics():
 def test_a_timm_resnet_file_is_an_evaluation_init(tmp_path):
   # A random digits-shaped ResNet written under timm's names, read back through config.init.
   encoder = build_encoder(TINY_RESNET)
-  variables = nn.meta.unbox(encoder.init(jax.random.key(3), jnp.zeros((1, 16, 16, 1))))
-  stats = jax.tree.map(lambda v: v + np.float32(0.25), variables['batch_stats'])
+  variables = _random_like(jax.eval_shape(encoder.init, jax.random.key(3), jnp.zeros((1, 16, 16, 1))))
+  stats = variables['batch_stats']
   state = timm_convnets.resnet_to_timm(variables['params'], stats)
   path = str(tmp_path / 'resnet_timm.npz')
   np.savez(path, **state)
@@ -98,17 +107,17 @@ def test_finetuning_keeps_batchnorm_statistics_out_of_the_gradients():
   objective = finetune.FinetuneObjective(model, mixup_lib.MixupConfig(prob=0.0), (16, 16, 1))
   batch = {'image': jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32),
            'label': jnp.array([0, 1, 2, 1])}
-  params, extras = objective.init(jax.random.key(0), batch)
-  params = nn.meta.unbox(params)
+  params, extras = _random_like(jax.eval_shape(objective.init, jax.random.key(0), batch))
   assert 'fc_norm' not in params and 'batch_stats' in extras
   leaves = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   assert not any('mean' in k or "'var'" in k for k in leaves)
-  grad_fn = jax.grad(lambda p: objective.loss_fn(p, extras, batch, jax.random.key(1), 0)[0])
-  assert jax.tree.structure(grad_fn(params)) == jax.tree.structure(params)
-  _, (_, updated) = objective.loss_fn(params, extras, batch, jax.random.key(1), 0)
+  loss_fn = jax.jit(jax.value_and_grad(lambda p: objective.loss_fn(p, extras, batch, jax.random.key(1), 0),
+                                      has_aux=True))
+  (_, (_, updated)), grads = loss_fn(params)
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
   before, after = (e['batch_stats']['encoder']['stem_bn']['mean'] for e in (extras, updated))
   assert not np.allclose(before, after)  # a train step moves the running mean
-  logits = objective.logits((params, updated, jnp.int32(0)), batch)
+  logits = jax.jit(objective.logits)((params, updated, jnp.int32(0)), batch)
   assert logits.shape == (4, 3)
 
 

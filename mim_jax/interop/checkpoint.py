@@ -49,12 +49,14 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   if not isinstance(enc_module, ViTEncoder):
     raise ValueError(f'{workdir}: only ViT encoders export to checkpoint files; this run uses '
                      f'{type(enc_module).__name__}.')
-  if (enc_module.layer_scale or enc_module.pos_embed not in ('sincos', 'learned')
-      or enc_module.class_token != 'first'):
-    raise ValueError(f'{workdir}: its ViT has block options the checkpoint files do not describe yet '
-                     f'(layer_scale={enc_module.layer_scale}, pos_embed={enc_module.pos_embed!r}, class_token='
-                     f'{enc_module.class_token!r}); read the workdir directly (python -m mim_jax.main --mode=eval, '
-                     'or as a teacher).')
+  defaults = {'layer_scale': 0.0, 'class_token': 'first', 'rope': 'none', 'norm': 'layernorm', 'mlp': 'gelu',
+              'qkv_bias': 'qkv', 'causal_mask': 'none'}
+  options = {k: getattr(enc_module, k) for k, v in defaults.items() if getattr(enc_module, k) != v}
+  if enc_module.pos_embed not in ('sincos', 'learned'):
+    options['pos_embed'] = enc_module.pos_embed
+  if options:
+    raise ValueError(f'{workdir}: its ViT has block options the checkpoint files do not describe yet ({options}); '
+                     'read the workdir directly (python -m mim_jax.main --mode=eval, or as a teacher).')
   h, w, c = info.image_shape
   decoder = getattr(method, 'decoder', None)
   tree = {'encoder': method.encoder_params(params)}
