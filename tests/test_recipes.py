@@ -35,3 +35,33 @@ def test_fashion_mnist_large_teacher_changes_only_the_encoder():
   assert large.to_dict() == base.to_dict()
   with pytest.raises(ValueError, match="':large'"):
     load_config('configs/mae/fashion_mnist.py', 'huge')
+
+
+@pytest.mark.parametrize('size,mix,drop_path,schedule,cutoff,warmup', [
+    ('tiny', (0.1, 0.1), 0.0, 'constant', 50.0, 5.0), ('small', (0.5, 0.5), 0.1, 'linear', 50.0, 5.0),
+    ('base', (0.95, 1.0), 0.4, 'linear', 25.0, 50.0)])
+def test_illama_in1k_recipes_follow_the_official_scripts(size, mix, drop_path, schedule, cutoff, warmup):
+  c = load_config(f'configs/illama/illama_{size}_in1k.py')
+  assert c.model.encoder.variant == f'illama_{size}/16' and c.random_init and not c.global_pool
+  assert c.epochs == 300 and c.warmup_epochs == warmup and c.batch_size == 4096
+  assert c.optimizer.base_lr * 4096 / 256 == pytest.approx(4e-3) and c.optimizer.layer_decay == 1.0
+  assert (c.mixup.mixup_alpha, c.mixup.cutmix_alpha) == mix and c.drop_path == drop_path
+  assert dict(c.soft_mask) == {'mode': 'soft', 'rate': 1.0, 'schedule': schedule, 'cutoff_epochs': cutoff}
+
+
+def test_illama_fashion_mnist_modes_differ_only_in_the_soft_mask():
+  soft = load_config('configs/illama/fashion_mnist.py')
+  assert soft.soft_mask.to_dict() == {'mode': 'soft', 'rate': 1.0, 'schedule': 'constant', 'cutoff_fraction': 0.25}
+  assert soft.model.encoder.causal_mask == 'soft' and soft.model.encoder.class_token == 'last'
+  for mode, expected in (('causal', {'mode': 'standard', 'rate': 0.0}), ('bidirectional', {'mode': 'standard',
+                                                                                            'rate': 1.0})):
+    other = load_config('configs/illama/fashion_mnist.py', mode)
+    assert other.soft_mask.to_dict() == expected
+    other.soft_mask = soft.soft_mask
+    assert other.to_dict() == soft.to_dict()
+  vit = load_config('configs/eval/finetune_fashion_mnist.py')  # the ViT it is compared with: same shape, recipe
+  assert {k: soft.model.encoder[k] for k in ('patch_size', 'width', 'depth', 'num_heads')} == {
+      k: vit.model.encoder[k] for k in ('patch_size', 'width', 'depth', 'num_heads')}
+  assert soft.optimizer.to_dict() == vit.optimizer.to_dict() and soft.epochs == vit.epochs
+  with pytest.raises(ValueError, match='pick one soft-mask mode'):
+    load_config('configs/illama/fashion_mnist.py', 'soft,causal')

@@ -290,6 +290,8 @@ def illama_in1k(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   warmup, mixup, cutmix, drop_path, schedule, cutoff, top1 = ILLAMA_IN1K[size]
   c.paper_top1 = top1
   c.epochs, c.warmup_epochs = 300.0, warmup
+  if 'cpu' not in tokens:
+    c.batch_size = 4096
   c.optimizer.base_lr = 4e-3 * 256 / 4096
   c.optimizer.min_lr = 1e-6
   c.optimizer.weight_decay = 0.05
