@@ -256,8 +256,43 @@ class ResNetStage(nn.Module):
     return x
 
 
+class StagedConvNet:
+  """What ResNet and ConvNeXt share of the encoder contract (a mixin of the flax modules below): the config
+  reader, stage-wise layer ids and the fine-tune clone. A subclass sets ``variants``, ``family`` and
+  ``expand_variant`` (a variant's value -> fields)."""
+
+  variants: dict = {}
+  family = ''
+  # A classifier reads ``pooled`` as timm's head does: no extra norm (ConvNeXt's pooled feature is already after
+  # its head norm).
+  fc_norm_default = False
+
+  @classmethod
+  def from_config(cls, cfg, *, dtype: Dtype = jnp.float32, attention_impl: str | None = None,
+                  remat: Any = None, **overrides):
+    """From a ``config.model.encoder`` block (``variant`` and/or explicit fields); ``attention_impl`` and
+    ``remat`` apply to ViTs only and are ignored."""
+    del attention_impl, remat
+    return _from_config(cls, cfg, cls.variants, cls.expand_variant, {'dtype': dtype, **overrides}, cls.family)
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.depths) + 1
+
+  def layer_id(self, names) -> int:
+    """0 for the stem (``stem_*``), ``s + 1`` inside ``stages_{s}`` (a ConvNeXt stage's downsample included, as
+    timm groups it), ``num_layers`` for the rest (``head_norm``, classifier heads)."""
+    return _stage_layer_id(names, len(self.depths))
+
+  def for_finetuning(self, *, drop_path: float, pooled: bool, dtype: Dtype, remat):
+    """The same network with this drop path and compute dtype; ``pooled`` changes nothing (a ConvNet's pooled
+    feature goes to the head as it is), ``remat`` is for ViTs."""
+    del pooled, remat
+    return self.clone(drop_path=float(drop_path), dtype=dtype)
+
+
 @register_encoder('resnet')
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(StagedConvNet, nn.Module):
   """ResNet (timm's ``ResNet``) on images ``[B, H, W, C]``; see the module docstring.
 
   ``block``: 'basic' (ResNet-18/34) or 'bottleneck' (50/101/152); ``depths``: blocks per stage (timm's
@@ -274,29 +309,9 @@ class ResNetEncoder(nn.Module):
   drop_path: float = 0.0
   zero_init_last: bool = True
   dtype: Dtype = jnp.float32
-  fc_norm_default = False  # a classifier reads `pooled` as timm's head does (no extra norm)
-
-  @classmethod
-  def from_config(cls, cfg, *, dtype: Dtype = jnp.float32, attention_impl: str | None = None,
-                  remat: Any = None, **overrides) -> ResNetEncoder:
-    """From a ``config.model.encoder`` block (``variant`` and/or explicit fields); ``attention_impl`` and
-    ``remat`` apply to ViTs only and are ignored."""
-    del attention_impl, remat
-    expand = lambda v: {'block': v[0], 'depths': v[1]}
-    return _from_config(cls, cfg, RESNET_VARIANTS, expand, {'dtype': dtype, **overrides}, 'ResNet')
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.depths) + 1
-
-  def layer_id(self, names) -> int:
-    """0 for the stem (``stem_*``), ``s + 1`` inside ``stages_{s}``, ``num_layers`` for the rest."""
-    return _stage_layer_id(names, len(self.depths))
-
-  def for_finetuning(self, *, drop_path: float, pooled: bool, dtype: Dtype, remat) -> ResNetEncoder:
-    """The same ResNet with this drop path and compute dtype (``pooled`` and ``remat`` change nothing here)."""
-    del pooled, remat
-    return self.clone(drop_path=float(drop_path), dtype=dtype)
+  variants = RESNET_VARIANTS
+  family = 'ResNet'
+  expand_variant = staticmethod(lambda v: {'block': v[0], 'depths': v[1]})
 
   def feature_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
     """The spatial size after the stem and after each stage."""
@@ -392,7 +407,7 @@ class ConvNeXtStage(nn.Module):
 
 
 @register_encoder('convnext')
-class ConvNeXtEncoder(nn.Module):
+class ConvNeXtEncoder(StagedConvNet, nn.Module):
   """ConvNeXt (timm's ``ConvNeXt``) on images ``[B, H, W, C]``; see the module docstring.
 
   ``depths`` / ``dims``: blocks and channels per stage; ``patch_size``: the stem's kernel and stride (4);
@@ -410,31 +425,9 @@ class ConvNeXtEncoder(nn.Module):
   layer_scale: float = 1e-6
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
-  fc_norm_default = False  # `pooled` is already after timm's head norm
-
-  @classmethod
-  def from_config(cls, cfg, *, dtype: Dtype = jnp.float32, attention_impl: str | None = None,
-                  remat: Any = None, **overrides) -> ConvNeXtEncoder:
-    """From a ``config.model.encoder`` block (``variant`` and/or explicit fields); ``attention_impl`` and
-    ``remat`` apply to ViTs only and are ignored."""
-    del attention_impl, remat
-    expand = lambda v: {'depths': v[0], 'dims': v[1]}
-    return _from_config(cls, cfg, CONVNEXT_VARIANTS, expand, {'dtype': dtype, **overrides}, 'ConvNeXt')
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.depths) + 1
-
-  def layer_id(self, names) -> int:
-    """0 for the stem (``stem_*``), ``s + 1`` inside ``stages_{s}`` (its downsample included, as timm groups
-    it), ``num_layers`` for the rest (``head_norm``, classifier heads)."""
-    return _stage_layer_id(names, len(self.depths))
-
-  def for_finetuning(self, *, drop_path: float, pooled: bool, dtype: Dtype, remat) -> ConvNeXtEncoder:
-    """The same ConvNeXt with this drop path and compute dtype; ``pooled`` keeps timm's head norm (the pooled
-    feature is always normalized), ``remat`` is for ViTs."""
-    del pooled, remat
-    return self.clone(drop_path=float(drop_path), dtype=dtype)
+  variants = CONVNEXT_VARIANTS
+  family = 'ConvNeXt'
+  expand_variant = staticmethod(lambda v: {'depths': v[0], 'dims': v[1]})
 
   def stage_strides(self) -> list[int]:
     """Stage 0: ``stage0_stride``, or by timm's rule (0) 2 when the stem's stride is 2; later stages 2."""
