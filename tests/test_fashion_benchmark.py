@@ -30,7 +30,20 @@ def test_ablation_cells_change_one_thing_each():
   assert runs['target_raw_pixels_seed2'][1]['norm_pix_loss'] is False
   assert runs['mask_grid_seed2'][0].endswith(':grid') and runs['baseline_seed2'][0] == bench.MAE
   for cells, _ in bench.TABLES.values():  # every table cell is a run of a grid
-    assert set(cells) <= set(bench.ABLATIONS) | set(bench.TEACHER_CELLS) | set(bench.TWO_VIEW_CELLS)
+    assert set(cells) <= (set(bench.ABLATIONS) | set(bench.TEACHER_CELLS) | set(bench.TWO_VIEW_CELLS)
+                          | set(bench.BACKBONE_CELLS))
+
+
+def test_backbone_cell_is_maes_recipe_with_illamas_blocks():
+  from conftest import load_config
+
+  ((name, config, overrides),) = bench.runs_for('backbones', [1])
+  assert name == 'mae_illama_blocks_seed1' and overrides['seed'] == 1
+  path, arg = config.split(':')
+  cell, recipe = load_config(path, arg), load_config(bench.MAE)
+  assert cell.model.encoder.norm == 'rmsnorm' and cell.model.encoder.causal_mask == 'none'
+  cell.model.encoder = recipe.model.encoder
+  assert cell.to_dict() == recipe.to_dict()  # only the encoder's blocks differ
 
 
 def test_two_view_cells_match_mae_at_the_same_visibility():
