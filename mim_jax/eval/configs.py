@@ -60,10 +60,14 @@ def eval_base(task: str) -> ml_collections.ConfigDict:
   c.init_step = config_dict.placeholder(int)
   c.random_init = False
   c.model = ml_collections.ConfigDict()
-  c.model.encoder = ml_collections.ConfigDict(dict(variant='base/16', patch_size=config_dict.placeholder(int),
+  # None fields are left to the encoder (name None: the ViT); a ConvNet from the command line:
+  # --config.model.encoder.name=resnet --config.model.encoder.variant=18
+  c.model.encoder = ml_collections.ConfigDict(dict(name=config_dict.placeholder(str), variant='base/16',
+                                                   patch_size=config_dict.placeholder(int),
                                                    width=config_dict.placeholder(int),
                                                    depth=config_dict.placeholder(int),
-                                                   num_heads=config_dict.placeholder(int), mlp_ratio=4.0))
+                                                   num_heads=config_dict.placeholder(int),
+                                                   mlp_ratio=config_dict.placeholder(float)))
   c.data = data_overrides()
   c.max_train_examples = config_dict.placeholder(int)
   c.max_eval_examples = config_dict.placeholder(int)
