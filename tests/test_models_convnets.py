@@ -54,21 +54,10 @@ def test_fixtures_cover_every_structure():
   assert sum(p.stat().st_size for p in FIXTURES) < 1_500_000
 
 
-# Tolerance: parity.activation, 1e-5 + 1e-4 * max|ref| per tensor (float32 kernels of two libraries round
-# differently; observed errors are 1e-7..7e-6), and 1e-3 * max|ref| for train-mode maps (see
+# Parity with every fixture (each stage, pooled, logits; ResNets' train mode and running statistics) is
+# tests/test_parity.py. Tolerance: parity.activation, 1e-5 + 1e-4 * max|ref| per tensor (float32 kernels of two
+# libraries round differently; observed errors are 1e-7..7e-6), and 1e-3 * max|ref| for train-mode maps (see
 # mim_jax.interop.parity.timm_convnets.TRAIN_MAPS: timm's own float32 result is 1.4e-4 * max away from float64).
-@pytest.mark.parametrize('path', FIXTURES, ids=lambda p: p.stem)
-def test_parity_with_timm(path):
-  fx = parity.load(str(path))
-  checks = parity.check(fx)
-  names = {c.name for c in checks}
-  assert {'stage0', 'stage1', 'stage2', 'stage3', 'pooled', 'logits'} <= names
-  if fx.method == 'timm_resnet':
-    assert {'train/stage3', 'train/logits', 'train/bn1.running_mean', 'train/layer1.0.bn1.running_var'} <= names
-  bad = [f'{c.name}: {c.max_abs:.3e} > {c.tolerance:.3e}' for c in checks if not c.ok]
-  assert not bad, bad
-
-
 @pytest.mark.parametrize('name', ['resnet50.npz', 'convnext_atto.npz'])
 def test_state_dict_round_trip_and_config_inference(name):
   fx = parity.load(str(FIXTURE_ROOT / 'timm_convnets' / name))
