@@ -90,15 +90,13 @@ class FinetuneObjective(Objective):
     erase_rng, mix_rng, drop_rng = jax.random.split(rng, 3)
     images, _ = random_erasing(erase_rng, batch['image'], self.erasing_prob)  # per image, before mixing (timm)
     images, targets, info = mixup_lib.mix_batch(mix_rng, images, batch['label'], self.model.num_classes, self.mix)
-    metrics = {'mix_lam': info['lam'], **self._rate(step)}  # the soft-mask rate is logged too
-    variables = {'params': params, **extras}
-    if 'batch_stats' in extras:  # BatchNorm in training mode: batch statistics, running averages updated
-      logits, updated = self.model.apply(variables, images, deterministic=False, rngs={'dropout': drop_rng},
-                                         mutable=['batch_stats'], **self._rate(step))
-      extras = {**extras, 'batch_stats': updated['batch_stats']}
-    else:
-      logits = self.model.apply(variables, images, deterministic=False, rngs={'dropout': drop_rng},
-                                **self._rate(step))
+    rate = self._rate(step)
+    metrics = {'mix_lam': info['lam'], **rate}  # the soft-mask rate is logged too
+    # BatchNorm in training mode (batch statistics; running averages updated) where the encoder has any.
+    mutable = ['batch_stats'] if 'batch_stats' in extras else []
+    logits, updated = self.model.apply({'params': params, **extras}, images, deterministic=False,
+                                       rngs={'dropout': drop_rng}, mutable=mutable, **rate)
+    extras = {**extras, **updated}
     loss = mixup_lib.soft_cross_entropy(logits, targets)
     return loss, ({'loss': loss, **metrics}, extras)
 
