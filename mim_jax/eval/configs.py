@@ -319,8 +319,9 @@ FASHION_MNIST_CONVNETS = {
 
 def convnet_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   """A ConvNet trained from scratch (supervised) on Fashion-MNIST with the fine-tune recipe of
-  :func:`finetune_fashion_mnist` (AdamW, peak lr 1e-3 at batch 256, label smoothing 0.1, mild crops + flips), no
-  layer decay or drop path. ``arg`` (comma-separated): 'resnet' (default) | 'convnext'; 'tiny' (a few steps)."""
+  :func:`finetune_fashion_mnist` (10 epochs, AdamW, peak lr 1e-3 at batch 256, label smoothing 0.1, mild crops +
+  flips), no layer decay or drop path. (5 epochs reached 86.45% at epoch 3 with the lr still high: short of the
+  dataset's ConvNet anchors.) ``arg`` (comma-separated): 'resnet' (default) | 'convnext'; 'tiny' (a few steps)."""
   tokens = _parse(arg, ('resnet', 'convnext', 'tiny'), 'configs/convnets/fashion_mnist.py')
   c = finetune_fashion_mnist('tiny' if 'tiny' in tokens else None)
   kinds = [t for t in tokens if t != 'tiny'] or ['resnet']
@@ -331,7 +332,6 @@ def convnet_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = 'fashion_mnist'
   c.optimizer.layer_decay = 1.0
   c.drop_path = 0.0
-  c.epochs = 5.0
   c.eval_every_steps = -1  # once per epoch
   if 'tiny' in tokens:
     c.model.encoder.depths = (1, 1, 1, 1)
