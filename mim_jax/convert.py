@@ -1,12 +1,15 @@
-"""Convert ViT / MAE checkpoints between mim_jax, timm, Hugging Face ViTMAE and the official MAE release.
+"""Convert checkpoints between mim_jax, timm (ViT, ResNet, ConvNeXt), Hugging Face ViTMAE, the official MAE release
+and the official iLLaMA release.
 
   python -m mim_jax.convert --from mae_official --to mim_jax mae_visualize_vit_base.pth vit_b.safetensors
   python -m mim_jax.convert --from mim_jax --to timm workdirs/mae_digits digits_vit.safetensors
   python -m mim_jax.convert --from mim_jax --to hf_vitmae vit_b.safetensors hf_vit_b/
   python -m mim_jax.convert --from timm --to timm --image-size 384 vit_b.safetensors vit_b_384.safetensors
+  python -m mim_jax.convert --from timm --to mim_jax resnet50.safetensors resnet50_mim.safetensors
+  python -m mim_jax.convert --from mim_jax --to mim_jax workdirs/convnets_fashion/resnet resnet_fashion.safetensors
 
 SRC: a file (.safetensors; .pth/.pt/.bin need torch), a Hugging Face directory (hf_vitmae), or a mim_jax
-pre-training workdir (--from mim_jax). DST: a .safetensors / .pth file, or a directory for hf_vitmae.
+pre-training or fine-tuning workdir (--from mim_jax). DST: a .safetensors / .pth file, or a directory for hf_vitmae.
 See docs/interop.md for what each format holds and how to load the result in timm / transformers.
 """
 

@@ -34,6 +34,9 @@ def checkpoint_dir(config, workdir: str) -> str:
   return block.get('directory', None) or os.path.join(workdir, 'checkpoints')
 
 
+MODEL_SPEC_FILE = 'model_spec.json'  # a fine-tuning run's model description (mim_jax.weights.spec.ModelSpec)
+
+
 def is_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, 'checkpoints'))
 
@@ -86,12 +89,16 @@ def update_summary(workdir: str, values: dict) -> dict:
   """Merges ``values`` into the workdir's flat ``summary.json`` (process 0 writes, atomically)."""
   summary = {**read_summary(workdir), **values}
   if jax.process_index() == 0:
-    path = summary_path(workdir)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_text_atomic(summary_path(workdir), json.dumps(summary, indent=2, sort_keys=True))
   return summary
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _absolute(directory: str) -> str:
@@ -126,6 +133,14 @@ def read_params(workdir: str, step: int | None = None, directory: str | None = N
   Only the ``params`` subtree of the saved train state is read: no optimizer state, no method extras, and no need
   to rebuild the method or its optimizer. ``directory`` overrides ``<workdir>/checkpoints``.
   """
+  (params,), step = read_state_parts(workdir, ('params',), step, directory)
+  return params, step
+
+
+def read_state_parts(workdir: str, parts: tuple[str, ...], step: int | None = None,
+                     directory: str | None = None) -> tuple[tuple[Any, ...], int]:
+  """``(subtrees, step)``: the named subtrees of the saved train state (``'params'``, ``'extras'``: e.g. BatchNorm
+  statistics) as host numpy arrays; a part the checkpoint lacks comes back as ``{}``."""
   import orbax.checkpoint as ocp
 
   directory = directory or os.path.join(workdir, 'checkpoints')
@@ -141,16 +156,16 @@ def read_params(workdir: str, step: int | None = None, directory: str | None = N
     try:
       saved = manager.item_metadata(step)['state']
       saved = getattr(saved, 'tree', saved)
-      params_meta = saved['params']
-      item = {'params': jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), params_meta)}
-      args = {'params': jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)}
+      present = [p for p in parts if p in saved and jax.tree.leaves(saved[p])]
+      item = {p: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved[p]) for p in present}
+      args = {p: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved[p]) for p in present}
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)))
     except Exception as e:  # orbax / tensorstore raise many types; the user needs the step and the way out
       raise UnreadableCheckpointError(unreadable_message(directory, step, manager.all_steps(), e)) from e
   finally:
     manager.close()
-  return restored['state']['params'], int(step)
+  return tuple(restored['state'].get(p, {}) for p in parts), int(step)
 
 
 def unreadable_message(directory: str, step: int, all_steps, error: BaseException) -> str:

@@ -156,3 +156,20 @@ def test_backbone_configs_train_end_to_end_on_digits(tmp_path, config):
     c.model.encoder.patch_size = 4
   out = finetune.run(c, str(tmp_path))
   assert 0.0 <= out['finetune/top1'] <= 1.0 and out['method'] == 'none' and out['finetune/steps'] == 6
+  # The fine-tuned classifier exports with its description: its features are the trained encoder's.
+  import mim_jax
+  from mim_jax import interop
+  from mim_jax import workdir as workdir_lib
+
+  ckpt = interop.load(str(tmp_path), 'mim_jax')
+  assert ckpt.spec.encoder == ('vit' if 'illama' in config else 'resnet') and ckpt.spec.num_classes == 10
+  (params, extras), _ = workdir_lib.read_state_parts(str(tmp_path), ('params', 'extras'),
+                                                     directory=str(tmp_path / 'finetune_checkpoints'))
+  images = np.random.default_rng(0).standard_normal((3, 16, 16, 1)).astype(np.float32)
+  variables = {'params': params['encoder'], **({'batch_stats': extras['batch_stats']['encoder']}
+                                               if 'batch_stats' in extras else {})}
+  rate = {'soft_mask_rate': 0.0} if 'illama' in config else {}  # the schedule ends causal
+  with jax.default_matmul_precision('highest'):
+    ref = ckpt.spec.build_encoder().apply(variables, images, **rate)['pooled']
+  np.testing.assert_allclose(mim_jax.features(str(tmp_path), images)['pooled'], ref, atol=1e-5)
+  assert ('encoder_batch_stats' in ckpt.params) == ('illama' not in config)

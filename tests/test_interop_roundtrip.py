@@ -100,7 +100,7 @@ def test_features_match_the_encoder_and_batch_padding():
   images = np.random.default_rng(0).standard_normal((5, 32, 32, 3)).astype(np.float32)
   feats = mim_jax.features(ckpt, images, batch_size=2)  # 2 + 2 + 1 (padded) batches
   with jax.default_matmul_precision('highest'):
-    tokens = np.asarray(jax.jit(SPEC.encoder().apply)({'params': ckpt.params['encoder']}, images)['tokens'])
+    tokens = np.asarray(jax.jit(SPEC.build_encoder().apply)({'params': ckpt.params['encoder']}, images)['tokens'])
   np.testing.assert_allclose(feats['cls'], tokens[:, 0], atol=1e-5)  # padded batches: float32 rounding
   np.testing.assert_allclose(feats['patch_tokens'], tokens[:, 1:], atol=1e-5)
   np.testing.assert_allclose(feats['pooled'], tokens[:, 1:].mean(1), atol=1e-5)
@@ -179,12 +179,16 @@ def test_cli_converts_and_reports(tmp_path, capsys):
 
 
 @pytest.mark.slow  # trains 3 steps (~20 s idle, over a minute on a busy box)
-def test_workdir_is_a_source(tmp_path, tiny_config):
+@pytest.mark.parametrize('blocks', [{}, {'norm': 'rmsnorm', 'mlp': 'swiglu', 'rope': '1d', 'class_token': 'last',
+                                        'swiglu_multiple_of': 32}])
+def test_workdir_is_a_source(tmp_path, tiny_config, blocks):
   from mim_jax.train import loop
 
   tiny_config.total_steps = 3  # > warmup (2)
+  tiny_config.model.encoder.update(blocks)  # iLLaMA's blocks (no causal mask under MAE) travel in the description
   result = loop.train(tiny_config, str(tmp_path / 'run'))
   ckpt = interop.load(str(tmp_path / 'run'), 'mim_jax')
+  assert ckpt.spec.options == blocks
   assert ckpt.spec.decoder is not None and ckpt.spec.pixel_mean is not None and ckpt.spec.channels == 1
   params = jax.device_get(result.state.params)
   _assert_same_params(ckpt.params, jax.tree.map(np.asarray, params))

@@ -33,9 +33,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import config as config_lib
+from mim_jax import workdir as workdir_lib
 from mim_jax.data import batch as batch_lib
 from mim_jax.data import mixup as mixup_lib
 from mim_jax.data import pipeline
@@ -45,7 +47,7 @@ from mim_jax.eval import streaming
 from mim_jax.eval.linear_probe import topk_accuracy
 from mim_jax.methods.base import Objective
 from mim_jax.models.classifier import Classifier
-from mim_jax.models.vit import dtype_from_name, soft_mask_schedule
+from mim_jax.models.vit import ViTEncoder, dtype_from_name, soft_mask_schedule
 from mim_jax.train import loop
 from mim_jax.train import optim
 from mim_jax.train import sharding as shd
@@ -125,6 +127,30 @@ def build_model(config, pre: pretrained_lib.Pretrained, num_classes: int) -> Cla
   # A ConvNet's pooled feature goes to the head as timm's does (ConvNeXt's encoder applies its head norm itself).
   fc_norm = bool(config.get('fc_norm', getattr(encoder, 'fc_norm_default', True)))
   return Classifier(encoder, num_classes, global_pool, float(config.get('head_init_std', 2e-5)), fc_norm)
+
+
+def model_spec(model: Classifier, info, soft_mask_rate: float | None = None):
+  """The :class:`~mim_jax.weights.spec.ModelSpec` of a fine-tuned classifier: what ``mim_jax.features`` and
+  ``python -m mim_jax.convert`` need to rebuild it from the fine-tuning workdir (any registered encoder)."""
+  from mim_jax.weights.spec import ModelSpec
+
+  fields = dict(fc_norm=bool(model.global_pool and model.fc_norm), num_classes=int(model.num_classes),
+                pixel_mean=tuple(float(v) for v in info.mean), pixel_std=tuple(float(v) for v in info.std))
+  if isinstance(model.encoder, ViTEncoder):
+    fields.update(global_pool='avg' if model.global_pool else 'token',
+                  soft_mask_rate=None if soft_mask_rate is None else float(soft_mask_rate))
+  elif not model.global_pool:
+    raise ValueError('a ConvNet classifier reads the pooled feature: fine-tune it with global_pool=True.')
+  encoder = model.encoder.clone(drop_path=0.0, dtype=jnp.float32)
+  return ModelSpec.for_encoder(encoder, info.image_shape, **fields)
+
+
+def write_model_spec(workdir: str, model: Classifier, info, soft_mask_rate: float | None = None) -> None:
+  """``<workdir>/model_spec.json`` (process 0, atomically): the fine-tuned model's description."""
+  text = model_spec(model, info, soft_mask_rate).to_json()
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.write_text_atomic(os.path.join(workdir, workdir_lib.MODEL_SPEC_FILE), text)
 
 
 def soft_mask_from_config(config, encoder, steps_per_epoch: int, total: int):
@@ -221,6 +247,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   total, warmup = config_lib.resolve_steps(config, steps_per_epoch)
   soft_mask = soft_mask_from_config(config, model.encoder, steps_per_epoch, total)
   objective = FinetuneObjective(model, mix, info.image_shape, config.get('random_erasing', 0.0), soft_mask)
+  write_model_spec(workdir, model, info, None if soft_mask is None else soft_mask(total))
   opt = config.optimizer
   peak = optim.scaled_lr(opt.base_lr, config.batch_size)
   schedule = optim.warmup_cosine(peak, total, warmup, opt.get('min_lr', 0.0))

@@ -1,8 +1,10 @@
 """Pre-training workdirs as a checkpoint source, and the mim_jax checkpoint file (:mod:`mim_jax.weights.file`)
 for the converters.
 
-A workdir's params come with the spec of its encoder (and MAE decoder) from its config.json; anything else the
-method trained is named in the notes and not exported.
+A pre-training workdir's params come with the spec of its encoder (any registered encoder: ViTs with block
+options, ConvNets with their BatchNorm statistics) and MAE decoder from its config.json; anything else the method
+trained is named in the notes and not exported. A fine-tuning workdir gives its classifier (encoder, fc_norm, head)
+with the spec the run wrote (``model_spec.json``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from mim_jax.weights.file import load as load_file
 from mim_jax.weights.spec import Checkpoint, DecoderSpec, ModelSpec
 
 
-def load(path: str) -> Checkpoint:
-  """A mim_jax ``.safetensors`` file, or a pre-training workdir (its latest checkpoint)."""
+from mim_jax.workdir import MODEL_SPEC_FILE as FINETUNE_SPEC  # a fine-tuning run's classifier's ModelSpec
+
+
+def load(path: str, step: int | None = None) -> Checkpoint:
+  """A mim_jax ``.safetensors`` file, or a pre-training / fine-tuning workdir (its latest checkpoint unless
+  ``step``)."""
   if os.path.isdir(path):
-    return from_workdir(path)
+    if is_finetune_workdir(path):
+      return from_finetune_workdir(path, step)
+    return from_workdir(path, step)
+  if step is not None:
+    raise ValueError(f'step={step} selects a workdir checkpoint; {path!r} is a file.')
   return load_file(path)
 
 
@@ -39,42 +49,59 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   from mim_jax.models.vit import ViTEncoder
 
   if not is_workdir(workdir):
-    raise FileNotFoundError(f'{workdir!r} is not a mim_jax workdir (needs config.json and checkpoints/).')
+    raise FileNotFoundError(f'{workdir!r} is not a mim_jax workdir (a pre-training run has config.json and '
+                            f'checkpoints/, a fine-tuning run {FINETUNE_SPEC} and finetune_checkpoints/).')
   config = workdir_lib.read_config(workdir)
   info = pipeline.dataset_info(config.data)
   method = methods.build(config, methods.Facts(info))
   params, step = workdir_lib.read_params(workdir, step, directory=workdir_lib.checkpoint_dir(config, workdir))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   enc_module = method.encoder_module()
-  if not isinstance(enc_module, ViTEncoder):
-    raise ValueError(f'{workdir}: only ViT encoders export to checkpoint files; this run uses '
-                     f'{type(enc_module).__name__}.')
-  defaults = {'layer_scale': 0.0, 'class_token': 'first', 'rope': 'none', 'norm': 'layernorm', 'mlp': 'gelu',
-              'qkv_bias': 'qkv', 'causal_mask': 'none'}
-  options = {k: getattr(enc_module, k) for k, v in defaults.items() if getattr(enc_module, k) != v}
-  if enc_module.pos_embed not in ('sincos', 'learned'):
-    options['pos_embed'] = enc_module.pos_embed
-  if options:
-    raise ValueError(f'{workdir}: its ViT has block options the checkpoint files do not describe yet ({options}); '
-                     'read the workdir directly (python -m mim_jax.main --mode=eval, or as a teacher).')
-  h, w, c = info.image_shape
   decoder = getattr(method, 'decoder', None)
   tree = {'encoder': method.encoder_params(params)}
+  if params.get('encoder_batch_stats'):
+    tree['encoder_batch_stats'] = params['encoder_batch_stats']
   decoder_spec = None
   if isinstance(decoder, MAEDecoder) and 'decoder' in params:
     decoder_spec = DecoderSpec(width=decoder.width, depth=decoder.depth, num_heads=decoder.num_heads,
                                mlp_ratio=decoder.mlp_ratio)
     tree['decoder'] = params['decoder']
   notes = [f'{workdir}: {method.name} checkpoint at step {step}.']
-  dropped = sorted(set(params) - set(tree) - {'encoder'})
+  dropped = sorted(set(params) - set(tree))
   if dropped:
     notes.append(f'method parts other than the encoder / MAE decoder are not exported: {dropped}.')
-  spec = ModelSpec(patch_size=enc_module.patch_size, width=enc_module.width, depth=enc_module.depth,
-                   num_heads=enc_module.num_heads, image_size=(h, w), channels=c, mlp_ratio=enc_module.mlp_ratio,
-                   pos_embed=enc_module.pos_embed, final_norm=enc_module.final_norm, decoder=decoder_spec,
-                   norm_pix_loss=bool(config.get('norm_pix_loss', True)) if config.method == 'mae' else None,
-                   pixel_mean=tuple(float(v) for v in info.mean), pixel_std=tuple(float(v) for v in info.std))
-  if enc_module.use_mask_token:
+  fields = dict(pixel_mean=tuple(float(v) for v in info.mean), pixel_std=tuple(float(v) for v in info.std))
+  if isinstance(enc_module, ViTEncoder):
+    fields.update(decoder=decoder_spec,
+                  norm_pix_loss=bool(config.get('norm_pix_loss', True)) if config.method == 'mae' else None)
+  spec = ModelSpec.for_encoder(enc_module.clone(use_mask_token=False) if isinstance(enc_module, ViTEncoder)
+                               else enc_module, info.image_shape, **fields)
+  if getattr(enc_module, 'use_mask_token', False):
     tree['encoder'] = {k: v for k, v in tree['encoder'].items() if k != 'mask_token'}
     notes.append("the encoder's mask token (SimMIM-style) is not part of the exported feature extractor.")
   return Checkpoint(tree, spec, notes).check()
+
+
+def is_finetune_workdir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, FINETUNE_SPEC))
+
+
+def from_finetune_workdir(workdir: str, step: int | None = None) -> Checkpoint:
+  """The fine-tuned classifier of a fine-tuning workdir (``finetune_checkpoints``): encoder, BatchNorm statistics,
+  ``fc_norm`` and ``head``, with the model description the run wrote (``model_spec.json``)."""
+  import jax
+
+  from mim_jax import workdir as workdir_lib
+
+  with open(os.path.join(workdir, FINETUNE_SPEC)) as f:
+    spec = ModelSpec.from_json(f.read())
+  directory = os.path.join(workdir, 'finetune_checkpoints')
+  (params, extras), step = workdir_lib.read_state_parts(workdir, ('params', 'extras'), step, directory)
+  tree = {k: params[k] for k in ('encoder', 'fc_norm', 'head') if k in params}
+  stats = (extras or {}).get('batch_stats', {}).get('encoder')
+  if stats:
+    tree['encoder_batch_stats'] = stats
+  tree = jax.tree.map(lambda x: np.asarray(x, np.float32), tree)
+  notes = [f'{workdir}: fine-tuned classifier at step {step} (trained with labels).']
+  return Checkpoint(tree, spec, notes).check()
+

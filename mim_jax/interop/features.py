@@ -5,6 +5,10 @@ users, with no masking.
   feats = mim_jax.features(workdir, uint8_images, normalize='checkpoint')
   feats['cls'] [B, D], feats['patch_tokens'] [B, N, D] (raster order), feats['pooled'] [B, D]
 
+Any encoder a mim_jax checkpoint describes works: ViTs with block options (iLLaMA, CAE, CroCo; 'cls' is the class
+token wherever the encoder keeps it, absent without one) and ConvNets (ResNet / ConvNeXt: no 'cls'; 'patch_tokens'
+is the last stage's map as [B, h*w, C], 'pooled' its spatial mean, BatchNorm in eval mode).
+
 ``pooled`` is the mean of the patch tokens, followed by the checkpoint's ``fc_norm`` when it has one (timm
 ``global_pool='avg'`` models, MAE fine-tuned checkpoints); that is timm's ``forward_head(pre_logits=True)`` for
 those models, while for ``global_pool='token'`` models timm's pre-logits feature is ``cls``.
@@ -47,7 +51,7 @@ def prepare_images(images, spec, normalize=None) -> np.ndarray:
   if images.ndim != 4 or images.shape[-1] != spec.channels:
     raise ValueError(f'images must be NHWC with {spec.channels} channel(s), got shape {images.shape} '
                      '(transpose NCHW arrays with x.transpose(0, 2, 3, 1)).')
-  if spec.pos_embed == 'learned' and tuple(images.shape[1:3]) != (h, w):
+  if spec.is_vit and spec.pos_embed == 'learned' and tuple(images.shape[1:3]) != (h, w):
     raise ValueError(f'this checkpoint has a learned position table for {h}x{w} images, got '
                      f'{images.shape[1]}x{images.shape[2]}: resize the checkpoint first '
                      '(python -m mim_jax.convert --image-size, or mim_jax.interop.resize).')
@@ -81,9 +85,9 @@ def feature_fn(ckpt) -> Any:
   import jax.numpy as jnp
 
   run = _compiled(ckpt.spec)
-  enc_params = jax.tree.map(jnp.asarray, ckpt.params['encoder'])
+  variables = jax.tree.map(jnp.asarray, ckpt.encoder_variables())
   fc_norm = jax.tree.map(jnp.asarray, ckpt.params['fc_norm']) if ckpt.spec.fc_norm else None
-  return lambda images: run(enc_params, fc_norm, images)
+  return lambda images: run(variables, fc_norm, images)
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,26 +97,34 @@ def _compiled(spec):
 
   from mim_jax.models.vit import layer_norm
 
-  encoder = spec.encoder()
+  encoder = spec.build_encoder()
+  # iLLaMA's soft causal mask at the rate the model was left at (its schedule ends causal, rate 0).
+  rate = ({'soft_mask_rate': float(spec.soft_mask_rate or 0.0)}
+          if spec.is_vit and spec.options.get('causal_mask') == 'soft' else {})
 
   @jax.jit
-  def run(enc_params, fc_norm, images):
-    out = encoder.apply({'params': enc_params}, images)  # the encoder's feature contract
+  def run(variables, fc_norm, images):
+    out = encoder.apply(variables, images, **rate)  # the encoder's feature contract (BatchNorm: running stats)
     pooled = out['pooled']
     if fc_norm is not None:
       pooled = layer_norm(jnp.float32, 'fc_norm').apply({'params': fc_norm}, pooled)
-    return {'cls': out['cls'], 'patch_tokens': out['patch_tokens'], 'pooled': pooled}
+    result = {'patch_tokens': out['patch_tokens'], 'pooled': pooled}
+    if out.get('cls') is not None:  # ConvNets and CLS-less ViTs have none
+      result['cls'] = out['cls']
+    return result
 
   return run
 
 
 def features(checkpoint, images, *, normalize=None, batch_size: int = 64, source_format: str | None = None,
              precision: str = 'highest') -> dict[str, np.ndarray]:
-  """Encoder features with no masking: ``dict(cls [B, D], patch_tokens [B, N, D], pooled [B, D])`` (numpy).
+  """Encoder features with no masking: ``dict(cls [B, D], patch_tokens [B, N, D], pooled [B, D])`` (numpy; no
+  ``cls`` for encoders without a class token, e.g. ConvNets).
 
-  ``checkpoint``: a mim_jax ``.safetensors`` file, a pre-training workdir, a loaded
-  :class:`~mim_jax.weights.spec.Checkpoint`, or another format's file with ``source_format=`` ('timm', 'hf_vitmae',
-  'mae_official'). ``images``: NHWC float32 already normalized the way the model was trained, or uint8 with
+  ``checkpoint``: a mim_jax ``.safetensors`` file, a pre-training or fine-tuning workdir, a loaded
+  :class:`~mim_jax.weights.spec.Checkpoint`, or another format's file with ``source_format=`` ('timm' for timm
+  ViT / ResNet / ConvNeXt files, 'hf_vitmae', 'mae_official', 'illama_official'). ``images``: NHWC float32
+  already normalized the way the model was trained, or uint8 with
   ``normalize`` = 'imagenet' (mean 0.485/0.456/0.406, std 0.229/0.224/0.225), 'checkpoint' (the mean/std the
   checkpoint records, e.g. a workdir's dataset statistics) or ``(mean, std)`` on the 0-1 scale.
   ``precision``: the matmul precision ('highest' gives float32 results that match PyTorch's CPU outputs).

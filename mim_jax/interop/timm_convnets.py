@@ -289,3 +289,52 @@ def convnext_to_timm(params: Mapping, head: Mapping | None = None, *, conv_mlp: 
     out['head.fc.weight'] = np.ascontiguousarray(np.asarray(head['kernel']).T)
     out['head.fc.bias'] = np.asarray(head['bias'])
   return out
+
+
+# -- whole checkpoints (mim_jax.interop.load / save with format 'timm') --
+
+
+def is_timm_convnet(state: Mapping[str, Any]) -> bool:
+  """Whether a state dict is a timm ResNet (``conv1`` + ``layerN``) or ConvNeXt (``stem.0`` + ``stages.N``)."""
+  return ('conv1.weight' in state and any(k.startswith('layer1.') for k in state)) or (
+      'stem.0.weight' in state and any(k.startswith('stages.') for k in state))
+
+
+def checkpoint_from_timm(state: Mapping[str, Any], *, image_size: tuple[int, int] | None = None):
+  """A :class:`~mim_jax.weights.spec.Checkpoint` of a timm ResNet / ConvNeXt state dict (encoder, BatchNorm
+  statistics, head). ConvNets take any resolution; ``image_size`` (default 224, timm's) is what the spec records."""
+  from mim_jax.models.convnets import ConvNeXtEncoder, ResNetEncoder
+  from mim_jax.weights.spec import Checkpoint, ModelSpec
+
+  if 'conv1.weight' in state:
+    cls, config, weights, stem = ResNetEncoder, resnet_config_from_timm(state), resnet_from_timm(state), 'conv1'
+  else:
+    cls, config, weights, stem = ConvNeXtEncoder, convnext_config_from_timm(state), convnext_from_timm(state), \
+        'stem.0'
+  notes = []
+  if image_size is None:
+    image_size = (224, 224)
+    notes.append('image size 224 recorded (timm ConvNets take any size; pass source_image_size to record another).')
+  if cls is ConvNeXtEncoder and np.ndim(state['stages.0.blocks.0.mlp.fc1.weight']) == 4:
+    notes.append("the MLPs were 1x1 convs (timm conv_mlp=True, e.g. convnext_atto): the same math; writing back "
+                 'to timm gives Linear layers.')
+  channels = int(np.shape(state[f'{stem}.weight'])[1])
+  params = {'encoder': weights.params}
+  if weights.batch_stats:
+    params['encoder_batch_stats'] = weights.batch_stats
+  if weights.head is not None:
+    params['head'] = weights.head
+  module = cls.from_config(config)
+  spec = ModelSpec.for_encoder(module, (*image_size, channels),
+                               num_classes=0 if weights.head is None else int(weights.head['bias'].shape[0]))
+  return Checkpoint(params, spec, notes)
+
+
+def checkpoint_to_timm(ckpt) -> dict[str, np.ndarray]:
+  """timm's state dict of a ResNet / ConvNeXt :class:`~mim_jax.weights.spec.Checkpoint`."""
+  head = ckpt.params.get('head')
+  if ckpt.spec.encoder == 'resnet':
+    return resnet_to_timm(ckpt.params['encoder'], ckpt.params.get('encoder_batch_stats', {}), head)
+  if ckpt.spec.encoder == 'convnext':
+    return convnext_to_timm(ckpt.params['encoder'], head)
+  raise ValueError(f'timm ConvNet names exist for resnet and convnext encoders, not {ckpt.spec.encoder!r}.')

@@ -80,7 +80,10 @@ def from_file(path: str) -> Teacher:
 
   ckpt = weight_file.load(path)
   spec = ckpt.spec
-  return Teacher(spec.encoder(), {'encoder': ckpt.params['encoder']}, (*spec.image_size, spec.channels), None,
+  if ckpt.batch_stats:
+    raise ValueError(f'teacher {path!r} is a {spec.encoder!r} encoder with BatchNorm statistics; teachers with '
+                     'BatchNorm are not supported yet (use a ViT or ConvNeXt teacher).')
+  return Teacher(spec.build_encoder(), {'encoder': ckpt.params['encoder']}, (*spec.image_size, spec.channels), None,
                  path, None, supervised='head' in ckpt.params)
 
 
