@@ -38,7 +38,8 @@ def run(config, workdir: str, mode: str = 'train_eval') -> dict:
   if mode in ('train_eval', 'train'):
     result = loop.train(config, workdir, monitors.hooks_for(config, workdir))
     if mode == 'train_eval' and config.eval.enabled:  # the params stay where training left them (sharded)
-      summary = evaluate_pretrained(config, workdir, result.method, result.state.params, int(result.state.step),
+      params = result.method.eval_params(result.state.params, result.state.extras)
+      summary = evaluate_pretrained(config, workdir, result.method, params, int(result.state.step),
                                     result.mesh, result.rules)
   elif mode == 'eval' and config.eval.enabled:
     method, params, step = _load_pretrained(config, workdir)
@@ -51,9 +52,10 @@ def _load_pretrained(config, workdir: str):
   from mim_jax import methods
   from mim_jax import workdir as workdir_lib
   from mim_jax.data import pipeline
+  from mim_jax.methods.base import eval_params_from_workdir
 
   method = methods.build(config, methods.Facts(pipeline.dataset_info(config.data)))
-  params, step = workdir_lib.read_params(workdir, directory=workdir_lib.checkpoint_dir(config, workdir))
+  params, step = eval_params_from_workdir(method, workdir, directory=workdir_lib.checkpoint_dir(config, workdir))
   return method, params, step
 
 

@@ -146,7 +146,8 @@ class _ProbeMonitor:
 class KnnMonitor(_ProbeMonitor):
   def __call__(self, step: int, state) -> dict[str, float]:
     from mim_jax.eval.knn import knn_classify
-    out = knn_classify(*self._features(step, state.params), num_classes=self.num_classes,
+    out = knn_classify(*self._features(step, self.method.eval_params(state.params, state.extras)),
+                       num_classes=self.num_classes,
                        k=int(self.cfg.get('k', 20)), temperature=float(self.cfg.get('temperature', 0.07)))
     return {f'monitor/{self.name}/{k}': v for k, v in out.items()}
 
@@ -155,7 +156,8 @@ class KnnMonitor(_ProbeMonitor):
 class LeastSquaresMonitor(_ProbeMonitor):
   def __call__(self, step: int, state) -> dict[str, float]:
     from mim_jax.eval.linear_probe import least_squares_probe
-    out = least_squares_probe(*self._features(step, state.params), num_classes=self.num_classes,
+    out = least_squares_probe(*self._features(step, self.method.eval_params(state.params, state.extras)),
+                              num_classes=self.num_classes,
                               l2_reg=float(self.cfg.get('l2_reg', 1e-3)))
     return {f'monitor/{self.name}/{k}': v for k, v in out.items()}
 
@@ -181,7 +183,7 @@ class ReconstructionMonitor:
     if self._fn is None:
       self._fn = jax.jit(lambda p, x: self.method.reconstruct(p, x, self.rng), out_shardings=_replicated(mesh))
     with nn.logical_axis_rules(self.shared.rules), jax.set_mesh(mesh):
-      out = jax.device_get(self._fn(state.params, self.images))
+      out = jax.device_get(self._fn(self.method.eval_params(state.params, state.extras), self.images))
     if jax.process_index() == 0:
       info = pipeline.dataset_info(self.config.data)
       path = os.path.join(self.workdir, f'reconstruction_step{step}.png')

@@ -183,8 +183,8 @@ def load(eval_config) -> Pretrained:
   method = methods.build(pre, methods.Facts(info))
   random_init = bool(eval_config.get('random_init', False))
   if init and os.path.isdir(init) and not random_init:
-    params, step = workdir_lib.read_params(init, eval_config.get('init_step', None),
-                                           directory=workdir_lib.checkpoint_dir(pre, init))
+    params, step = methods.eval_params_from_workdir(method, init, eval_config.get('init_step', None),
+                                                    directory=workdir_lib.checkpoint_dir(pre, init))
     return Pretrained(pre, method, params, int(step), os.path.abspath(init), info)
   example = method.example_batch(2)
   seed = int(eval_config.get('seed', 0))

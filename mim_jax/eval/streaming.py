@@ -141,7 +141,8 @@ def gather(forward, params, batches) -> tuple[np.ndarray, np.ndarray]:
 def method_param_shardings(method, params, mesh, rules):
   """Shardings of ``params`` (a method's params, or the subset of its top-level entries a converted checkpoint
   holds) under the logical rules, as in pre-training."""
-  boxed = jax.eval_shape(method.init, jax.random.PRNGKey(0), method.example_batch(2))[0]
+  boxed = jax.eval_shape(lambda rng, batch: method.eval_params(*method.init(rng, batch)), jax.random.PRNGKey(0),
+                         method.example_batch(2))
   shardings = shd.logical_shardings(boxed, mesh, rules)
   if isinstance(params, dict) and isinstance(shardings, dict):
     shardings = {k: shardings[k] for k in params}

@@ -45,6 +45,7 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   from mim_jax import methods
   from mim_jax import workdir as workdir_lib
   from mim_jax.data import pipeline
+  from mim_jax.methods.base import eval_params_from_workdir
   from mim_jax.models.decoders import MAEDecoder
   from mim_jax.models.vit import ViTEncoder
 
@@ -54,20 +55,21 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   config = workdir_lib.read_config(workdir)
   info = pipeline.dataset_info(config.data)
   method = methods.build(config, methods.Facts(info))
-  params, step = workdir_lib.read_params(workdir, step, directory=workdir_lib.checkpoint_dir(config, workdir))
+  params, step = eval_params_from_workdir(method, workdir, step, directory=workdir_lib.checkpoint_dir(config, workdir))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   enc_module = method.encoder_module()
   decoder = getattr(method, 'decoder', None)
-  tree = {'encoder': method.encoder_params(params)}
-  if params.get('encoder_batch_stats'):
-    tree['encoder_batch_stats'] = params['encoder_batch_stats']
+  variables = method.encoder_variables(params)
+  tree = {'encoder': variables['params']}
+  if variables.get('batch_stats'):
+    tree['encoder_batch_stats'] = variables['batch_stats']
   decoder_spec = None
   if isinstance(decoder, MAEDecoder) and 'decoder' in params:
     decoder_spec = DecoderSpec(width=decoder.width, depth=decoder.depth, num_heads=decoder.num_heads,
                                mlp_ratio=decoder.mlp_ratio)
     tree['decoder'] = params['decoder']
   notes = [f'{workdir}: {method.name} checkpoint at step {step}.']
-  dropped = sorted(set(params) - set(tree))
+  dropped = sorted(set(params) - set(tree) - {'batch_stats'})
   if dropped:
     notes.append(f'method parts other than the encoder / MAE decoder are not exported: {dropped}.')
   fields = dict(pixel_mean=tuple(float(v) for v in info.mean), pixel_std=tuple(float(v) for v in info.std))

@@ -182,6 +182,13 @@ class Method(Objective):
     """What the frozen encoder reads from an eval batch (``batch_fields(train=False)``)."""
     return batch['image']
 
+  def eval_params(self, params, extras):
+    """The tree evaluation reads as ``params`` (``encode``, ``feature``, ``reconstruct``, export) from the train
+    state's ``params`` and ``extras``: ``params`` unless the encoder needs state from the extras (SparK's BatchNorm
+    running statistics). Every reader of a run (probes, monitors, export, teachers) passes through here."""
+    del extras
+    return params
+
   def encoder_variables(self, params) -> dict:
     """The flax variables the frozen encoder is applied with: ``{'params': ...}``, plus ``'batch_stats'`` for an
     encoder with BatchNorm (a method that has one keeps them; see methods/none.py)."""
@@ -216,6 +223,18 @@ class Method(Objective):
 
   def reconstruct(self, params, images, rng) -> dict[str, jax.Array]:
     raise NotImplementedError(f'method {self.name!r} does not reconstruct pixels.')
+
+
+def eval_params_from_workdir(method: Method, workdir: str, step: int | None = None,
+                             directory: str | None = None) -> tuple[Any, int]:
+  """``(method.eval_params(params, extras), step)`` of a run's checkpoint as host arrays: the extras are read only
+  for a method whose evaluation needs them (``eval_params`` overridden)."""
+  from mim_jax import workdir as workdir_lib
+
+  if type(method).eval_params is Method.eval_params:
+    return workdir_lib.read_params(workdir, step, directory)
+  (params, extras), step = workdir_lib.read_state_parts(workdir, ('params', 'extras'), step, directory)
+  return method.eval_params(params, extras), step
 
 
 def reconstructs(method) -> bool:

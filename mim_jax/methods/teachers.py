@@ -31,7 +31,7 @@ from typing import Any
 import jax
 
 from mim_jax import workdir as workdir_lib
-from mim_jax.methods.base import Facts, Method, build
+from mim_jax.methods.base import Facts, Method, build, eval_params_from_workdir
 
 
 @dataclasses.dataclass
@@ -114,7 +114,10 @@ def from_workdir(path: str, step: int | None = None) -> Teacher:
 
   config = workdir_lib.read_config(path)
   method = build(config, Facts(pipeline.dataset_info(config.data)))
-  params, step = workdir_lib.read_params(path, step, directory=workdir_lib.checkpoint_dir(config, path))
+  params, step = eval_params_from_workdir(method, path, step, directory=workdir_lib.checkpoint_dir(config, path))
+  if 'batch_stats' in method.encoder_variables(params):
+    raise ValueError(f'teacher {path!r} is a {method.name} run whose encoder has BatchNorm statistics; teachers '
+                     'with BatchNorm are not supported yet.')
   return Teacher(method.encoder_module(), {'encoder': method.encoder_params(params)}, tuple(method.image_shape),
                  int(step), path, method)
 

@@ -106,7 +106,9 @@ class BatchNorm(nn.Module):
   zero_scale: bool = False  # gamma starts at 0 (the last BN of a residual branch, timm's zero_init_last)
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool, mask: jax.Array | None = None) -> jax.Array:
+    """``mask`` ``[B, H, W, 1]`` (1 = active): SparK's sparse BatchNorm: statistics over the active positions only
+    (what ``BatchNorm1d`` over the gathered active features computes) and zeros elsewhere."""
     c = x.shape[-1]
     scale = self.param('scale', _param_init(zeros if self.zero_scale else ones, (EMBED,)), (c,), jnp.float32)
     bias = self.param('bias', _param_init(zeros, (EMBED,)), (c,), jnp.float32)
@@ -117,16 +119,42 @@ class BatchNorm(nn.Module):
       mean, var = ra_mean.value, ra_var.value
     else:
       axes = tuple(range(x.ndim - 1))
-      mean = xf.mean(axes)
-      var = jnp.square(xf - mean).mean(axes)  # two passes, biased: what normalizes (torch too)
-      if not self.is_initializing():
+      if mask is None:
         n = x.size // c
-        unbiased = var * (n / max(n - 1, 1))
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-        ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(unbiased)
+        mean = xf.mean(axes)
+        var = jnp.square(xf - mean).mean(axes)  # two passes, biased: what normalizes (torch too)
+      else:
+        m = mask.astype(jnp.float32)
+        n = jnp.sum(m) * (x.size // (c * m.size))  # active positions (the mask broadcasts over channels)
+        mean = jnp.sum(xf * m, axes) / n
+        var = jnp.sum(jnp.square((xf - mean) * m), axes) / n
+      if not self.is_initializing():
+        unbiased = var * (n / jnp.maximum(n - 1, 1))
+        mom = self.momentum
+        ra_mean.value = mom * ra_mean.value + (1 - mom) * jax.lax.stop_gradient(mean)
+        ra_var.value = mom * ra_var.value + (1 - mom) * jax.lax.stop_gradient(unbiased)
     y = (xf - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+    if mask is not None:
+      y = y * mask.astype(y.dtype)
     return y.astype(self.dtype)
+
+
+def active_at(active: jax.Array | None, x: jax.Array) -> jax.Array | None:
+  """SparK's active map ``[B, h, w]`` (True = visible, on the encoder's coarsest grid) at ``x``'s resolution,
+  ``[B, H, W, 1]`` float (each cell repeated ``H / h`` times); None stays None (a dense forward)."""
+  if active is None:
+    return None
+  (h, w), (hh, ww) = active.shape[1:3], x.shape[1:3]
+  if hh % h or ww % w:
+    raise ValueError(f'a {hh}x{ww} feature map is not a whole number of {h}x{w} mask cells: the image size must be '
+                     'a multiple of the encoder\'s downsample ratio.')
+  m = jnp.repeat(jnp.repeat(active.astype(x.dtype), hh // h, axis=1), ww // w, axis=2)
+  return m[..., None]
+
+
+def remask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """``x`` with the inactive positions zeroed (SparK's sparse conv / pool: the dense op, then the mask)."""
+  return x if mask is None else x * mask.astype(x.dtype)
 
 
 def _check_images(images: jax.Array, sizes: list[tuple[int, int]], what: str) -> None:
@@ -190,13 +218,15 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool, active: jax.Array | None = None) -> jax.Array:
     bn = lambda name, zero=False: BatchNorm(dtype=self.dtype, zero_scale=zero, name=name)
     y = conv(self.planes, 3, self.stride, 1, CONV, self.dtype, 'conv1')(x)
-    y = nn.relu(bn('bn1')(y, deterministic))
+    m = active_at(active, y)  # a conv feeding a sparse BatchNorm needs no mask of its own: the BN applies it
+    y = nn.relu(bn('bn1')(y, deterministic, m))
     y = conv(self.planes, 3, 1, 1, CONV, self.dtype, 'conv2')(y)
-    y = bn('bn2', self.zero_init_last)(y, deterministic)
-    return nn.relu(DropPath(self.drop_path, name='drop_path')(y, deterministic) + _shortcut(self, x, deterministic))
+    y = bn('bn2', self.zero_init_last)(y, deterministic, m)
+    return nn.relu(DropPath(self.drop_path, name='drop_path')(y, deterministic)
+                   + _shortcut(self, x, deterministic, m))
 
 
 class Bottleneck(nn.Module):
@@ -209,23 +239,25 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool, active: jax.Array | None = None) -> jax.Array:
     bn = lambda name, zero=False: BatchNorm(dtype=self.dtype, zero_scale=zero, name=name)
     y = conv(self.planes, 1, 1, 0, CONV, self.dtype, 'conv1')(x)
-    y = nn.relu(bn('bn1')(y, deterministic))
+    y = nn.relu(bn('bn1')(y, deterministic, active_at(active, y)))
     y = conv(self.planes, 3, self.stride, 1, CONV, self.dtype, 'conv2')(y)  # stride on the 3x3 (timm)
-    y = nn.relu(bn('bn2')(y, deterministic))
+    m = active_at(active, y)
+    y = nn.relu(bn('bn2')(y, deterministic, m))
     y = conv(self.planes * 4, 1, 1, 0, CONV, self.dtype, 'conv3')(y)
-    y = bn('bn3', self.zero_init_last)(y, deterministic)
-    return nn.relu(DropPath(self.drop_path, name='drop_path')(y, deterministic) + _shortcut(self, x, deterministic))
+    y = bn('bn3', self.zero_init_last)(y, deterministic, m)
+    return nn.relu(DropPath(self.drop_path, name='drop_path')(y, deterministic)
+                   + _shortcut(self, x, deterministic, m))
 
 
-def _shortcut(block, x: jax.Array, deterministic: bool) -> jax.Array:
+def _shortcut(block, x: jax.Array, deterministic: bool, mask: jax.Array | None) -> jax.Array:
   if not block.project:
     return x
   out = block.planes * block.expansion
   y = conv(out, 1, block.stride, 0, CONV, block.dtype, 'downsample_conv')(x)
-  return BatchNorm(dtype=block.dtype, name='downsample_bn')(y, deterministic)
+  return BatchNorm(dtype=block.dtype, name='downsample_bn')(y, deterministic, mask)
 
 
 RESNET_BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
@@ -245,14 +277,14 @@ class ResNetStage(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool, active: jax.Array | None = None) -> jax.Array:
     block = RESNET_BLOCKS[self.block]
     out = self.planes * block.expansion
     for b in range(self.depth):
       stride = self.stride if b == 0 else 1
       project = b == 0 and (stride != 1 or self.in_channels != out)
       x = block(self.planes, stride, project, self.drop_path[b], self.zero_init_last, self.dtype,
-                name=f'blocks_{b}')(x, deterministic)
+                name=f'blocks_{b}')(x, deterministic, active)
     return x
 
 
@@ -323,10 +355,17 @@ class ResNetEncoder(StagedConvNet, nn.Module):
       sizes.append((conv_out(sizes[-1][0], 3, s, 1), conv_out(sizes[-1][1], 3, s, 1)))
     return sizes
 
+  @property
+  def downsample_ratio(self) -> int:
+    """The total stride of the last stage (32; 8 with the 'small' stem and four stages)."""
+    return (1 if self.stem == 'small' else 4) * 2 ** (len(self.depths) - 1)
+
   @nn.compact
-  def __call__(self, images: jax.Array, deterministic: bool = True) -> dict[str, Any]:
+  def __call__(self, images: jax.Array, deterministic: bool = True,
+               active: jax.Array | None = None) -> dict[str, Any]:
     """``deterministic=False``: batch statistics (apply with ``mutable=['batch_stats']``) and drop path (the
-    ``dropout`` rng)."""
+    ``dropout`` rng). ``active`` ``[B, h, w]`` (True = visible) on the last stage's grid: SparK's sparse forward
+    (every conv / pool output re-masked, BatchNorm statistics over active positions; see ``active_at``)."""
     if self.block not in RESNET_BLOCKS:
       raise ValueError(f"ResNet block must be 'basic' or 'bottleneck', got {self.block!r}.")
     if len(self.depths) != len(self.widths):
@@ -340,9 +379,10 @@ class ResNetEncoder(StagedConvNet, nn.Module):
       x = conv(self.stem_width, 7, 2, 3, IMAGE_CONV, self.dtype, 'stem_conv')(x)
     else:
       x = conv(self.stem_width, 3, 1, 1, IMAGE_CONV, self.dtype, 'stem_conv')(x)
-    x = nn.relu(BatchNorm(dtype=self.dtype, name='stem_bn')(x, deterministic))
+    x = nn.relu(BatchNorm(dtype=self.dtype, name='stem_bn')(x, deterministic, active_at(active, x)))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = remask(x, active_at(active, x))
     block = RESNET_BLOCKS[self.block]
     total = sum(self.depths)
     rates = [self.drop_path * k / (total - 1) if total > 1 else 0.0 for k in range(total)]
@@ -350,7 +390,7 @@ class ResNetEncoder(StagedConvNet, nn.Module):
     stages = []
     for s, (depth, planes) in enumerate(zip(self.depths, self.widths)):
       x = ResNetStage(self.block, planes, depth, 1 if s == 0 else 2, channels, tuple(rates[first:first + depth]),
-                      self.zero_init_last, self.dtype, name=f'stages_{s}')(x, deterministic)
+                      self.zero_init_last, self.dtype, name=f'stages_{s}')(x, deterministic, active)
       channels, first = planes * block.expansion, first + depth
       stages.append(x)
     return _outputs(stages, x.astype(jnp.float32).mean(axis=(1, 2)).astype(self.dtype))
@@ -366,17 +406,20 @@ class ConvNeXtBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool, active: jax.Array | None = None) -> jax.Array:
     c = x.shape[-1]
+    m = active_at(active, x)
     y = conv(c, 7, 1, 3, DEPTHWISE, self.dtype, 'conv_dw', use_bias=True, groups=c, init=trunc_normal)(x)
-    y = layer_norm(self.dtype, 'norm')(y).astype(self.dtype)
+    # Sparse: a LayerNorm is per position, so SparK's LayerNorm over the active positions is this one re-masked
+    # (which also covers the depthwise conv's mask).
+    y = remask(layer_norm(self.dtype, 'norm')(y).astype(self.dtype), m)
     y = token_dense(_dense(int(self.mlp_ratio * c), (EMBED, MLP), self.dtype, 'fc1'), y)
     y = token_dense(_dense(c, (MLP, EMBED), self.dtype, 'fc2'), gelu_exact(y))
     if self.layer_scale:
       gamma = self.param('gamma', _param_init(lambda _, shape: jnp.full(shape, self.layer_scale, jnp.float32),
                                               (EMBED,)), (c,))
       y = y * gamma.astype(y.dtype)
-    return x + DropPath(self.drop_path, name='drop_path')(y, deterministic)
+    return x + DropPath(self.drop_path, name='drop_path')(remask(y, m), deterministic)
 
 
 def _dense(features: int, names: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
@@ -395,14 +438,16 @@ class ConvNeXtStage(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool, active: jax.Array | None = None) -> jax.Array:
     if self.stride > 1 or x.shape[-1] != self.dim:
       k = 2 if self.stride > 1 else 1
-      x = layer_norm(self.dtype, 'downsample_norm')(x).astype(self.dtype)
+      x = remask(layer_norm(self.dtype, 'downsample_norm')(x).astype(self.dtype), active_at(active, x))
       x = conv(self.dim, k, self.stride, 0, CONV, self.dtype, 'downsample_conv', use_bias=True,
                init=trunc_normal)(x)
+      x = remask(x, active_at(active, x))
     for b in range(self.depth):
-      x = ConvNeXtBlock(self.drop_path[b], self.layer_scale, dtype=self.dtype, name=f'blocks_{b}')(x, deterministic)
+      x = ConvNeXtBlock(self.drop_path[b], self.layer_scale, dtype=self.dtype, name=f'blocks_{b}')(
+          x, deterministic, active)
     return x
 
 
@@ -445,23 +490,30 @@ class ConvNeXtEncoder(StagedConvNet, nn.Module):
       sizes.append((conv_out(sizes[-1][0], k, s, 0), conv_out(sizes[-1][1], k, s, 0)))
     return sizes
 
+  @property
+  def downsample_ratio(self) -> int:
+    """The total stride of the last stage (the stem's, times each stage's)."""
+    return self.patch_size * int(np.prod(self.stage_strides()))
+
   @nn.compact
-  def __call__(self, images: jax.Array, deterministic: bool = True) -> dict[str, Any]:
-    """``deterministic=False``: drop path (the ``dropout`` rng)."""
+  def __call__(self, images: jax.Array, deterministic: bool = True,
+               active: jax.Array | None = None) -> dict[str, Any]:
+    """``deterministic=False``: drop path (the ``dropout`` rng). ``active``: SparK's sparse forward, as for
+    :class:`ResNetEncoder` (LayerNorms and convs re-masked, each block's branch re-masked before the residual)."""
     if len(self.depths) != len(self.dims):
       raise ValueError(f'ConvNeXt depths {self.depths} and dims {self.dims} need one entry per stage.')
     _check_images(images, self.feature_sizes(*images.shape[1:3]), 'ConvNeXt')
     p = self.patch_size
     x = conv(self.dims[0], p, p, 0, IMAGE_CONV, self.dtype, 'stem_conv', use_bias=True,
              init=trunc_normal)(images.astype(self.dtype))
-    x = layer_norm(self.dtype, 'stem_norm')(x).astype(self.dtype)
+    x = remask(layer_norm(self.dtype, 'stem_norm')(x).astype(self.dtype), active_at(active, x))
     total = sum(self.depths)
     rates = np.linspace(0.0, self.drop_path, total) if total > 1 else [self.drop_path] * total
     first = 0
     stages = []
     for s, (depth, dim, stride) in enumerate(zip(self.depths, self.dims, self.stage_strides())):
       x = ConvNeXtStage(dim, depth, stride, tuple(float(r) for r in rates[first:first + depth]), self.layer_scale,
-                        self.dtype, name=f'stages_{s}')(x, deterministic)
+                        self.dtype, name=f'stages_{s}')(x, deterministic, active)
       first += depth
       stages.append(x)
     pooled = layer_norm(self.dtype, 'head_norm')(x.astype(jnp.float32).mean(axis=(1, 2))).astype(self.dtype)

@@ -48,6 +48,7 @@ ADAPTERS = {
     'cropmae': 'mim_jax.interop.parity.cropmae',
     'croco': 'mim_jax.interop.parity.croco',
     'illama': 'mim_jax.interop.parity.illama',
+    'spark': 'mim_jax.interop.parity.spark',
     'timm_resnet': 'mim_jax.interop.parity.timm_convnets',
     'timm_convnext': 'mim_jax.interop.parity.timm_convnets',
 }
