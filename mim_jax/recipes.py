@@ -27,6 +27,7 @@ from mim_jax.methods.hpm import hpm_defaults
 from mim_jax.methods.maskalign import maskalign_defaults
 from mim_jax.models.vit import ILLAMA_OPTIONS
 from mim_jax.methods.mrmae import mrmae_defaults
+from mim_jax.methods.spark import spark_defaults
 
 
 def split_arg(arg: str | None) -> list[str]:
@@ -616,4 +617,105 @@ def ablation_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
   c = mae_in1k('base/16', 800.0, recipe_arg)
   if variant in ABLATION_MASKS:
     mae_mask(c, variant, small_grid='cpu' in rest)
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SparK: masked modeling for ConvNets
+
+
+def spark(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """SparK: sparse ConvNet encoder, densify, light UNet decoder (``fields`` go into ``config.spark``;
+  :func:`mim_jax.methods.spark.spark_defaults`)."""
+  return _method(c, 'spark', spark_defaults(), fields)
+
+
+SPARK_IN1K_ENCODERS = {
+    # name -> (encoder, drop path, LAMB b2): pretrain/models/__init__.py's kwargs, utils/arg_util.py's `ada`
+    'resnet50': (dict(name='resnet', variant='50'), 0.05, 0.95),
+    'convnext_small': (dict(name='convnext', variant='small'), 0.2, 0.999),
+}
+
+
+def spark_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """SparK on ImageNet-1k (pretrain/utils/arg_util.py and main.py of keyu-tian/SparK): 224 px, mask 0.6 of the 7x7
+  cells, LAMB (0.9, 0.95 for ResNets / 0.999 for ConvNeXts), base lr 2e-4 at batch 4096 (lr 3.2e-3), weight decay
+  0.04 -> 0.2 (cosine), grad clip 5, 40 warmup epochs of 1600, min lr 0.001 of the peak, decoder width 768,
+  RandomResizedCrop(224, 0.67-1) + flip. ``arg`` (comma-separated): 'resnet50' (default) | 'convnext_small';
+  'cpu' (a few steps on the bundled digits at 32 px, a small-stem ResNet); 'epochs=N'."""
+  parts = split_arg(arg)
+  kinds = [p for p in parts if p in SPARK_IN1K_ENCODERS] or ['resnet50']
+  encoder, drop_path, b2 = SPARK_IN1K_ENCODERS[kinds[0]]
+  c = base_config()
+  c.data = default_data_config('imagenet2012')  # set data.data_dir to where its ArrayRecord lives
+  c.data.crop_scale = (0.67, 1.0)
+  c.model.encoder = dict(encoder, drop_path=drop_path)
+  c.model.decoder = None
+  c.mask = dict(name='random', ratio=0.6)
+  c.batch_size = 4096
+  c.epochs, c.warmup_epochs = 1600.0, 40.0
+  c.optimizer = ml_collections.ConfigDict(dict(name='lamb', base_lr=2e-4, b1=0.9, b2=b2, eps=1e-6,
+                                               weight_decay=0.04, weight_decay_end=0.2,
+                                               min_lr=0.001 * 2e-4 * 4096 / 256, grad_clip_norm=5.0))
+  c.eval.feature = 'pooled'
+  spark(c, decoder_width=768, densify_norm='auto')
+  for part in parts:
+    if part in SPARK_IN1K_ENCODERS:
+      continue
+    if part == 'cpu':
+      c.data = default_data_config('mim_digits')
+      c.data.image_size = 32
+      c.model.encoder = dict(name='resnet', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem='small',
+                             stem_width=8)
+      c.spark.decoder_width = 32
+      c.batch_size, c.total_steps, c.warmup_steps = 16, 4, 1
+      c.checkpoint.every_steps, c.log_every = 2, 1
+      c.eval.linear_probe.epochs = 2
+      c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
+    elif part.startswith('epochs='):
+      c.epochs = float(part.split('=', 1)[1])
+    else:
+      raise ValueError(f"unknown argument {part!r} for configs/spark/in1k.py; use 'resnet50' or "
+                       "'convnext_small', 'cpu', 'epochs=N'.")
+  return c
+
+
+# The ConvNet anchor's ResNet (mim_jax.eval.configs.FASHION_MNIST_CONVNETS['resnet']): R18 blocks at a quarter of the
+# width, the 3x3 stride-1 stem (total stride 8: a 4x4 grid of 8-px cells at 32 px).
+SPARK_FASHION_RESNET = dict(name='resnet', block='basic', depths=(2, 2, 2, 2), widths=(16, 32, 64, 128),
+                            stem='small', stem_width=16)
+
+
+def spark_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
+  """SparK on Fashion-MNIST resized to 32 px (the small-stem ResNet's stride is 8: 4x4 cells, 6 of 16 visible at
+  mask 0.6). The paper's optimizer with its per-step lr: LAMB's trust ratio makes a step's relative size the lr
+  whatever the batch, so the lr is SparK's 3.2e-3, not rescaled to batch 256 (chosen up front, not tuned). Decoder
+  width 64 (three UNet blocks, 64 -> 8 channels: a decoder lighter than the encoder, as SparK's is). ``arg`` (comma-separated): 'dense' (the naive baseline: zeroed
+  pixels, dense encoder and BatchNorm); 'tiny' (a few steps, for tests)."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny', 'dense'}, 'configs/spark/fashion_mnist.py')
+  c = base_config()
+  c.data = default_data_config('fashion_mnist')
+  c.data.image_size = 32
+  c.model.encoder = dict(SPARK_FASHION_RESNET)
+  c.model.decoder = None
+  c.mask = dict(name='random', ratio=0.6)
+  c.batch_size = 256
+  c.total_steps, c.warmup_steps = 2400, 120  # ~10 epochs
+  c.optimizer = ml_collections.ConfigDict(dict(name='lamb', base_lr=3.2e-3, b1=0.9, b2=0.95, eps=1e-6,
+                                               weight_decay=0.04, weight_decay_end=0.2, min_lr=3.2e-6,
+                                               grad_clip_norm=5.0))
+  c.eval.feature = 'pooled'
+  c.checkpoint.every_steps = 400
+  c.log_every = 100
+  c.eval.max_train_examples = 60000
+  c.eval.linear_probe = dict(epochs=90, batch_size=1024, base_lr=1.0, warmup_epochs=10)  # MAE's Fashion probe
+  spark(c, decoder_width=64, densify_norm='auto', sparse='dense' not in parts)
+  if 'tiny' in parts:
+    c.model.encoder = dict(name='resnet', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem='small', stem_width=8)
+    c.spark.decoder_width = 32
+    c.total_steps, c.warmup_steps, c.batch_size = 6, 2, 16
+    c.checkpoint.every_steps, c.log_every = 2, 2
+    c.eval.linear_probe.epochs = 2
+    c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
   return c

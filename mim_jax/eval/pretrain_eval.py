@@ -117,9 +117,9 @@ def _probes(config, method, params, mesh, rules, num_classes: int) -> dict[str, 
   results.update(probe_all(train_x, train_y, test_x, test_y, num_classes, cfg, config.seed))
   if cfg.random_init_baseline:
     # Eager, not jitted: XLA fuses the initializers' arithmetic differently (values differ in the last bit).
-    random_params, _ = method.init(jax.random.PRNGKey(config.seed + 1), method.example_batch(2))
-    random = streaming.FrozenFeatures(method, jax.device_get(nn.meta.unbox(random_params)), mesh, rules,
-                                      cfg.feature)
+    random_params, random_extras = method.init(jax.random.PRNGKey(config.seed + 1), method.example_batch(2))
+    random_params = method.eval_params(nn.meta.unbox(random_params), random_extras)
+    random = streaming.FrozenFeatures(method, jax.device_get(random_params), mesh, rules, cfg.feature)
     (rtrain_x, _), (rtest_x, _) = _split_features(random, config)
     rand = probe_all(rtrain_x, train_y, rtest_x, test_y, num_classes, cfg, config.seed)
     results.update({f'random_init/{k}': v for k, v in rand.items()})

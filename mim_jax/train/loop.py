@@ -126,7 +126,8 @@ def pretrain_optimizer(config, total_steps: int, warmup_steps: int, no_decay_nam
   weight decay (``Objective.no_weight_decay``) besides biases and vectors."""
   peak = optim.scaled_lr(config.optimizer.base_lr, config.batch_size)
   schedule = optim.make_schedule(config.optimizer, peak, total_steps, warmup_steps)
-  return optim.make_optimizer(config.optimizer, schedule, no_decay_names=no_decay_names), schedule, peak
+  tx = optim.make_optimizer(config.optimizer, schedule, no_decay_names=no_decay_names, total_steps=total_steps)
+  return tx, schedule, peak
 
 
 def pretrain_job(config: ml_collections.ConfigDict, workdir: str,

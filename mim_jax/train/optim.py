@@ -82,20 +82,24 @@ def weight_decay_mask(params, no_decay_names: Sequence[str] = ()) -> Any:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule, *,
-                   no_decay_names: Sequence[str] = (), lr_multipliers: Optional[Any] = None
-                   ) -> optax.GradientTransformation:
-  """AdamW (or SGD by ``cfg.name``) with the reference's decay mask, optional clipping (``grad_clip_norm``) and
-  optional per-parameter lr multipliers (a pytree like params; layer-wise lr decay)."""
+                   no_decay_names: Sequence[str] = (), lr_multipliers: Optional[Any] = None,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+  """AdamW, SGD or LAMB (``cfg.name``) with the reference's decay mask, optional clipping (``grad_clip_norm``) and
+  optional per-parameter lr multipliers (a pytree like params; layer-wise lr decay). ``total_steps``: the run's
+  length, for a weight decay that follows a schedule (``weight_decay_end``, LAMB)."""
   name = cfg.get('name', 'adamw')
   mask = functools.partial(weight_decay_mask, no_decay_names=tuple(no_decay_names))
-  if name == 'adamw':
+  if name == 'lamb':
+    tx = lamb(schedule, weight_decay_schedule(cfg, total_steps), mask, b1=cfg.get('b1', 0.9),
+              b2=cfg.get('b2', 0.999), eps=cfg.get('eps', 1e-6))
+  elif name == 'adamw':
     tx = optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.95), eps=cfg.get('eps', 1e-8),
                      weight_decay=cfg.get('weight_decay', 0.05), mask=mask)
   elif name == 'sgd':
     tx = optax.chain(optax.add_decayed_weights(cfg.get('weight_decay', 0.0), mask=mask),
                      optax.sgd(schedule, momentum=cfg.get('momentum', 0.9)))
   else:
-    raise ValueError(f"optimizer.name must be 'adamw' or 'sgd', got {name!r}.")
+    raise ValueError(f"optimizer.name must be 'adamw', 'sgd' or 'lamb', got {name!r}.")
   parts: list[optax.GradientTransformation] = []
   clip = cfg.get('grad_clip_norm', None)
   if clip:
@@ -104,6 +108,53 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule, *,
   if lr_multipliers is not None:
     parts.append(scale_by_tree(lr_multipliers))
   return optax.chain(*parts) if len(parts) > 1 else tx
+
+
+def weight_decay_schedule(cfg: ml_collections.ConfigDict, total_steps: int | None) -> optax.Schedule:
+  """``weight_decay`` constant, or (``weight_decay_end`` set) a half cosine from it to ``weight_decay_end`` over
+  the run (SparK's ``lr_wd_annealing``: 0.04 -> 0.2)."""
+  start, end = float(cfg.get('weight_decay', 0.0)), cfg.get('weight_decay_end', None)
+  if end is None or float(end) == start:
+    return optax.constant_schedule(start)
+  if not total_steps:
+    raise ValueError('optimizer.weight_decay_end needs the run length (total_steps) to schedule the decay.')
+  last = max(int(total_steps) - 1, 1)
+  return lambda step: end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(step, last) / last))
+
+
+class ScheduledDecayState(NamedTuple):
+  count: jax.Array
+
+
+def add_scheduled_decayed_weights(schedule: optax.Schedule, mask) -> optax.GradientTransformation:
+  """``updates + schedule(step) * params`` where ``mask`` is True (optax's ``add_decayed_weights`` with a rate that
+  follows a schedule)."""
+
+  def init_fn(params):
+    del params
+    return ScheduledDecayState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    rate = schedule(state.count)
+    decay = mask(params) if callable(mask) else mask
+    updates = jax.tree.map(lambda u, p, d: u + rate * p if d else u, updates, params, decay)
+    return updates, ScheduledDecayState(optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def lamb(learning_rate: optax.Schedule, weight_decay: optax.Schedule, mask, *, b1: float = 0.9,
+         b2: float = 0.999, eps: float = 1e-6) -> optax.GradientTransformation:
+  """LAMB as timm's ``Lamb`` (SparK's optimizer): Adam's bias-corrected direction plus decoupled weight decay, scaled
+  by the trust ratio ``|param| / |direction|`` (1 where either norm is 0) on the decayed parameters only (timm
+  adapts only groups with weight decay), times the learning rate. Clip with ``grad_clip_norm`` (timm's
+  ``max_grad_norm``)."""
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      add_scheduled_decayed_weights(weight_decay, mask),
+      optax.masked(optax.scale_by_trust_ratio(), mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def scale_by_tree(multipliers) -> optax.GradientTransformation:
