@@ -10,7 +10,8 @@ reference (defaults in parentheses):
   total_steps / warmup_steps  ...or explicit step counts (> 0 / >= 0 take precedence)
   stop_after_steps (-1)     stop early without changing the schedule (for tests / time-boxed runs)
   optimizer                 name ('adamw' | 'sgd' | 'lamb': timm's, as SparK uses it), base_lr (lr = base_lr * batch
-                            / 256), b1, b2, eps, weight_decay (weight_decay_end: a cosine from one to the other), min_lr,
+                            / 256), b1, b2, eps, weight_decay (weight_decay_end: a cosine from one to the other),
+                            min_lr,
                             grad_clip_norm (None), schedule ('cosine' = warmup + cosine; 'multistep' = warmup, then
                             x gamma (0.1) at each of milestones, given as fractions of the run)
   model.encoder             name ('vit': a registered encoder, mim_jax.models.encoders) and its settings: for the

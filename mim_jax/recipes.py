@@ -690,8 +690,9 @@ def spark_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   """SparK on Fashion-MNIST resized to 32 px (the small-stem ResNet's stride is 8: 4x4 cells, 6 of 16 visible at
   mask 0.6). The paper's optimizer with its per-step lr: LAMB's trust ratio makes a step's relative size the lr
   whatever the batch, so the lr is SparK's 3.2e-3, not rescaled to batch 256 (chosen up front, not tuned). Decoder
-  width 64 (three UNet blocks, 64 -> 8 channels: a decoder lighter than the encoder, as SparK's is). ``arg`` (comma-separated): 'dense' (the naive baseline: zeroed
-  pixels, dense encoder and BatchNorm); 'tiny' (a few steps, for tests)."""
+  width 64 (three UNet blocks, 64 -> 8 channels: a decoder lighter than the encoder, as SparK's is). ``arg``
+  (comma-separated): 'dense' (the naive baseline: zeroed pixels, dense encoder and BatchNorm); 'tiny' (a few steps,
+  for tests)."""
   parts = split_arg(arg)
   check_parts(parts, {'tiny', 'dense'}, 'configs/spark/fashion_mnist.py')
   c = base_config()
