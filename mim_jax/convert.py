@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def describe(s) -> str:
+  """One line for a :class:`~mim_jax.weights.spec.ModelSpec`."""
+  image = f'image {s.image_size[0]}x{s.image_size[1]}x{s.channels}'
+  head = (', fc_norm' if s.fc_norm else '') + (f', head {s.num_classes}' if s.num_classes else '')
+  if not s.is_vit:
+    options = ', '.join(f'{k} {v}' for k, v in s.encoder_options)
+    return f'{s.encoder} ({options}), feature width {s.width}, {image}{head}'
+  options = ''.join(f', {k} {v}' for k, v in s.encoder_options)
+  return (f'ViT patch {s.patch_size}, width {s.width}, depth {s.depth}, heads {s.num_heads}, mlp {s.mlp_ratio:g}, '
+          f'{image}, positions {s.pos_embed}{options}{head}'
+          + (f' | decoder width {s.decoder.width}, depth {s.decoder.depth}, heads {s.decoder.num_heads}'
+             if s.decoder else ' | no decoder'))
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   from mim_jax.interop.convert import convert
@@ -73,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   s = ckpt.spec
-  print(f'model: ViT patch {s.patch_size}, width {s.width}, depth {s.depth}, heads {s.num_heads}, '
-        f'mlp {s.mlp_ratio:g}, image {s.image_size[0]}x{s.image_size[1]}x{s.channels}, positions {s.pos_embed}'
-        + (', fc_norm' if s.fc_norm else '') + (f', head {s.num_classes}' if s.num_classes else '')
-        + (f' | decoder width {s.decoder.width}, depth {s.decoder.depth}, heads {s.decoder.num_heads}'
-           if s.decoder else ' | no decoder'))
+  print(f'model: {describe(s)}')
   for note in ckpt.notes:
     print(f'note: {note}')
   for path in written:

@@ -129,3 +129,19 @@ def test_spark_refuses_what_it_cannot_mask():
     _method(densify_norm='group')
   with pytest.raises(ValueError, match='unknown config.spark field'):
     _method(decoder_depth=2)
+
+
+@pytest.mark.slow  # the production init, a few training steps, the end-of-run probes and export (~2 min)
+def test_the_tiny_config_trains_evaluates_and_exports(tmp_path):
+  import mim_jax
+  from conftest import load_config
+  from mim_jax import interop, main
+
+  c = load_config('configs/spark/fashion_mnist.py', 'tiny')
+  c.data.name = 'mim_digits'  # Fashion-MNIST is optional on CI; the bundled digits are not
+  summary = main.run(c, str(tmp_path / 'run'))
+  assert summary['method'] == 'spark' and 0.0 <= summary['knn/top1'] <= 1.0 and 'random_init/knn/top1' in summary
+  ckpt = interop.load(str(tmp_path / 'run'), 'mim_jax')  # the encoder with its running statistics
+  assert ckpt.spec.encoder == 'resnet' and 'encoder_batch_stats' in ckpt.params
+  feats = mim_jax.features(ckpt, np.zeros((2, 32, 32, 1), np.float32))
+  assert feats['pooled'].shape == (2, 32)

@@ -65,3 +65,25 @@ def test_illama_fashion_mnist_modes_differ_only_in_the_soft_mask():
   assert soft.optimizer.to_dict() == vit.optimizer.to_dict() and soft.epochs == vit.epochs
   with pytest.raises(ValueError, match='pick one soft-mask mode'):
     load_config('configs/illama/fashion_mnist.py', 'soft,causal')
+
+
+def test_spark_in1k_recipe_follows_the_official_arguments():
+  from mim_jax import config as config_lib
+
+  c = load_config('configs/spark/in1k.py')
+  o = c.optimizer
+  assert (c.method, c.batch_size, c.epochs, c.warmup_epochs, c.mask.ratio) == ('spark', 4096, 1600.0, 40.0, 0.6)
+  assert (o.name, o.base_lr, o.b2, o.weight_decay, o.weight_decay_end, o.grad_clip_norm) == (
+      'lamb', 2e-4, 0.95, 0.04, 0.2, 5.0)
+  assert o.min_lr == pytest.approx(0.001 * 2e-4 * 4096 / 256)
+  assert c.model.encoder.variant == '50' and c.model.encoder.drop_path == 0.05 and c.spark.decoder_width == 768
+  assert tuple(c.data.crop_scale) == (0.67, 1.0)
+  convnext = load_config('configs/spark/in1k.py', 'convnext_small')
+  assert convnext.model.encoder.name == 'convnext' and convnext.optimizer.b2 == 0.999
+  assert convnext.model.encoder.drop_path == 0.2
+  for path, arg in (('configs/spark/in1k.py', 'cpu'), ('configs/spark/fashion_mnist.py', 'tiny'),
+                    ('configs/spark/fashion_mnist.py', None)):
+    config_lib.validate(load_config(path, arg))
+  assert load_config('configs/spark/fashion_mnist.py', 'dense').spark.sparse is False
+  with pytest.raises(ValueError, match='unknown argument'):
+    load_config('configs/spark/in1k.py', 'resnet18')
