@@ -13,6 +13,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -66,6 +67,7 @@ def test_auto_batch_is_the_largest_that_fits():
   assert compiled[-3:] == [(608, True), (608, False), (544, False)]
 
 
+@pytest.mark.slow  # times real train steps of two models (~1 min on 2 cores)
 def test_benchmark_writes_one_record_per_model(tmp_path):
   has_torch = importlib.util.find_spec('transformers') is not None and importlib.util.find_spec('torch') is not None
   frameworks = 'jax,torch' if has_torch else 'jax'
@@ -103,6 +105,7 @@ def test_ab_variants_parse():
       raise AssertionError(f'{bad!r} was accepted')
 
 
+@pytest.mark.slow  # interleaved timed steps of two variants (~1.5 min on 2 cores)
 def test_ab_step_runs_and_pairs_identical_variants():
   """Two variants that differ only in an XLA option train identically (same loss) and both get timed."""
   proc = subprocess.run([sys.executable, 'benchmarks/ab_step.py', '--model', 'tiny4_32', '--batch', '4',
@@ -117,6 +120,7 @@ def test_ab_step_runs_and_pairs_identical_variants():
   assert all(float(r[1]) > 0 for r in rows)
 
 
+@pytest.mark.slow  # checks out a git revision and times both (~1.5 min on 2 cores)
 def test_ab_step_times_a_git_revision_of_the_library_next_to_this_checkout():
   """rev=COMMIT: that commit's mim_jax runs in its own worker process, taking turns with this checkout's."""
   proc = subprocess.run([sys.executable, 'benchmarks/ab_step.py', '--model', 'tiny4_32', '--batch', '4',
