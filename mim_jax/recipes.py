@@ -630,6 +630,9 @@ def spark(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   return _method(c, 'spark', spark_defaults(), fields)
 
 
+# A few-step SparK's ResNet (':cpu', ':tiny'): one block per stage, the small stem (stride 8).
+SPARK_TINY_RESNET = dict(name='resnet', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem='small', stem_width=8)
+
 SPARK_IN1K_ENCODERS = {
     # name -> (encoder, drop path, LAMB b2): pretrain/models/__init__.py's kwargs, utils/arg_util.py's `ada`
     'resnet50': (dict(name='resnet', variant='50'), 0.05, 0.95),
@@ -665,8 +668,7 @@ def spark_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
     if part == 'cpu':
       c.data = default_data_config('mim_digits')
       c.data.image_size = 32
-      c.model.encoder = dict(name='resnet', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem='small',
-                             stem_width=8)
+      c.model.encoder = dict(SPARK_TINY_RESNET)
       c.spark.decoder_width = 32
       c.batch_size, c.total_steps, c.warmup_steps = 16, 4, 1
       c.checkpoint.every_steps, c.log_every = 2, 1
@@ -713,7 +715,7 @@ def spark_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.linear_probe = dict(epochs=90, batch_size=1024, base_lr=1.0, warmup_epochs=10)  # MAE's Fashion probe
   spark(c, decoder_width=64, densify_norm='auto', sparse='dense' not in parts)
   if 'tiny' in parts:
-    c.model.encoder = dict(name='resnet', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem='small', stem_width=8)
+    c.model.encoder = dict(SPARK_TINY_RESNET)
     c.spark.decoder_width = 32
     c.total_steps, c.warmup_steps, c.batch_size = 6, 2, 16
     c.checkpoint.every_steps, c.log_every = 2, 2

@@ -76,8 +76,7 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   if isinstance(enc_module, ViTEncoder):
     fields.update(decoder=decoder_spec,
                   norm_pix_loss=bool(config.get('norm_pix_loss', True)) if config.method == 'mae' else None)
-  spec = ModelSpec.for_encoder(enc_module.clone(use_mask_token=False) if isinstance(enc_module, ViTEncoder)
-                               else enc_module, info.image_shape, **fields)
+  spec = ModelSpec.for_encoder(enc_module, info.image_shape, **fields)  # run settings (mask token) not recorded
   if getattr(enc_module, 'use_mask_token', False):
     tree['encoder'] = {k: v for k, v in tree['encoder'].items() if k != 'mask_token'}
     notes.append("the encoder's mask token (SimMIM-style) is not part of the exported feature extractor.")

@@ -37,7 +37,7 @@ from mim_jax.models.convnets import (CONV, BatchNorm, ConvNeXtEncoder, ResNetEnc
                                      kaiming_fan_out, remask, trunc_normal)
 from mim_jax.models.encoders import build_encoder
 from mim_jax.models.vit import layer_norm
-from mim_jax.targets import normalize_patches, patchify, unpatchify
+from mim_jax.targets import normalize_patches, patchify, reconstruction_images
 
 DENSIFY_NORMS = ('bn', 'ln', 'none')
 # torch's default Conv2d init (kaiming_uniform with a = sqrt(5)): SparK leaves its densify projections at it.
@@ -267,11 +267,7 @@ class SparK(Method):
     active = self.draw_active(rng, images.shape[0])
     out = self.forward({k: v for k, v in params.items() if k != 'batch_stats'}, params['batch_stats'], images,
                        active, train=False)
-    p, (gh, gw), c = self.ratio, self.grid_hw, images.shape[-1]
-    target = patchify(images.astype(jnp.float32), p)
-    mean = target.mean(-1, keepdims=True)
-    std = jnp.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6)
-    pred = unpatchify(patchify(out['rec'].astype(jnp.float32), p) * std + mean, p, (gh, gw), c)
     masked = 1.0 - active.reshape(active.shape[0], -1).astype(jnp.float32)
-    mask_images = unpatchify(jnp.repeat(masked[..., None], p * p * c, axis=-1), p, (gh, gw), c)
-    return {'pred_images': pred, 'mask_images': mask_images, 'loss': out['loss']}
+    figures = reconstruction_images(patchify(out['rec'], self.ratio), masked, images, self.ratio, self.grid_hw,
+                                    norm_pix=True)
+    return {**figures, 'loss': out['loss']}

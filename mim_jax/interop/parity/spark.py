@@ -123,8 +123,7 @@ def _encoder_names(tree: dict, encoder_name: str, stats: dict | None = None) -> 
   if encoder_name == 'resnet':
     timm = timm_convnets.resnet_to_timm(tree, stats or {})
     return {ENCODER + k: v for k, v in timm.items() if not k.endswith('num_batches_tracked')}
-  timm = timm_convnets.convnext_to_timm(tree)
-  return timm
+  return timm_convnets.convnext_to_timm(tree)  # timm's names: _official_tensors maps them to SparK's
 
 
 def check(fx: parity.Fixture) -> list[parity.Check]:
