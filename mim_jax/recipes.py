@@ -27,6 +27,7 @@ from mim_jax.methods.hpm import hpm_defaults
 from mim_jax.methods.maskalign import maskalign_defaults
 from mim_jax.models.vit import ILLAMA_OPTIONS
 from mim_jax.methods.mrmae import mrmae_defaults
+from mim_jax.methods.selfie import selfie_defaults
 from mim_jax.methods.spark import spark_defaults
 
 
@@ -721,4 +722,76 @@ def spark_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps, c.log_every = 2, 2
     c.eval.linear_probe.epochs = 2
     c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Selfie: masked patch selection for ConvNets
+
+
+def selfie(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """Selfie: the first ResNet stages per patch, attention pooling, selection among the image's own targets
+  (``fields`` go into ``config.selfie``; :func:`mim_jax.methods.selfie.selfie_defaults`)."""
+  c.mask = dict(name='random')  # Selfie's targets are uniform; their count is selfie.num_targets
+  return _method(c, 'selfie', selfie_defaults(), fields)
+
+
+# A ResNet-18 layout at a quarter of the width with one block per stage and the small stem: a 16 px digit gives
+# maps of 16, 8, 4, 2 px; the patch network (its first 3 stages) takes 4 px patches to 4, 2, 1 px.
+SELFIE_DIGITS_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
+                            stem='small', stem_width=16)
+SELFIE_TINY_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32),
+                          stem='small', stem_width=8)
+
+
+def selfie_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Selfie on the bundled digits at 16 px: a 4x4 grid of 4 px patches, 4 targets per image (chance 1/4), the
+  patch network = the first 3 stages of :data:`SELFIE_DIGITS_RESNET`, 3 pooling blocks (64 wide, 2 heads). The
+  quickstart's AdamW and batch, 1000 steps. ``arg`` (comma-separated): 'batch_negatives' (the negative control:
+  distractors from another image); 'tiny' (a few steps, for tests)."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny', 'batch_negatives'}, 'configs/selfie/digits.py')
+  c = mae_digits('tiny' if 'tiny' in parts else None)
+  c.model.encoder = dict(SELFIE_DIGITS_RESNET)
+  c.model.decoder = None
+  c.total_steps, c.warmup_steps = 1000, 50
+  c.eval.feature = 'pooled'
+  selfie(c, patch_size=4, num_targets=4, patch_stages=3, pool_depth=3,
+         negatives='batch' if 'batch_negatives' in parts else 'image')
+  if 'tiny' in parts:
+    c.model.encoder = dict(SELFIE_TINY_RESNET)
+    c.selfie.pool_depth = 1
+    c.total_steps, c.warmup_steps = 6, 2
+  return c
+
+
+def selfie_in1k(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Selfie on ImageNet-1k at 224 px: a 7x7 grid of 32 px patches, the patch network = ResNet-50's first 3 stages
+  (1024-wide patch vectors), 3 pooling blocks (32 heads). The paper's optimizer, target count and schedule are not
+  in its abstract and there is no official code: here MAE's AdamW recipe (base lr 1.5e-4 at 256, wd 0.05, 0.9 /
+  0.95), batch 2048, 12 of 49 targets (the digits recipe's quarter), 100 epochs with 5 of warmup. ``arg``
+  (comma-separated): 'cpu' (a few steps on the bundled digits at 32 px); 'epochs=N'."""
+  parts = split_arg(arg)
+  c = base_config()
+  c.data = default_data_config('imagenet2012')  # set data.data_dir to where its ArrayRecord lives
+  c.model.encoder = dict(name='resnet', variant='50')
+  c.model.decoder = None
+  c.batch_size = 2048
+  c.epochs, c.warmup_epochs = 100.0, 5.0
+  c.eval.feature = 'pooled'
+  selfie(c, patch_size=32, num_targets=12, patch_stages=3, pool_depth=3, pool_heads=32)
+  for part in parts:
+    if part == 'cpu':
+      c.data = default_data_config('mim_digits')
+      c.data.image_size = 32
+      c.model.encoder = dict(SELFIE_TINY_RESNET)
+      c.selfie.update(patch_size=8, num_targets=4, pool_depth=1, pool_heads=0)
+      c.batch_size, c.total_steps, c.warmup_steps = 16, 4, 1
+      c.checkpoint.every_steps, c.log_every = 2, 1
+      c.eval.linear_probe.epochs = 2
+      c.eval.max_train_examples, c.eval.max_eval_examples = 256, 128
+    elif part.startswith('epochs='):
+      c.epochs = float(part.split('=', 1)[1])
+    else:
+      raise ValueError(f"unknown argument {part!r} for configs/selfie/in1k.py; use 'cpu' or 'epochs=N'.")
   return c

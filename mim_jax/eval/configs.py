@@ -192,6 +192,10 @@ def finetune(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every_steps = -1  # -1: once per epoch, 0: only at the end (there is always one at the end)
   c.eval_batch_size = 1024
   c.paper_top1 = paper_top1
+  # The few-label setting: this share of the training labels (a class-stratified sample drawn with
+  # train_subset_seed, the same for every arm); None = all of them.
+  c.train_fraction = config_dict.placeholder(float)
+  c.train_subset_seed = 0
   if 'cpu' in tokens:  # the same code path (RandAugment, erasing, mixup) on digits at 32x32
     set_encoder(c, **CPU_ENCODER)
     c.data = data_overrides(name='mim_digits', image_size=32, augment='rrc_flip_randaug')
@@ -335,6 +339,40 @@ def convnet_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every_steps = -1  # once per epoch
   if 'tiny' in tokens:
     c.model.encoder.depths = (1, 1, 1, 1)
+  return c
+
+
+# configs/selfie/digits.py's ResNet (mim_jax.recipes.SELFIE_DIGITS_RESNET), for the random-init arm.
+SELFIE_DIGITS_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
+                            stem='small', stem_width=16)
+
+
+def selfie_finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Selfie's claim, semi-supervised: fine-tune the whole ResNet of configs/selfie/digits.py on 10% of the digits'
+  training labels (135 images, class-stratified), from a Selfie workdir (its first 3 stages; the 4th starts
+  fresh) or from random init. Chosen up front for a ConvNet on 135 images, not tuned (accuracy is read on the
+  test split): batch 32, 100 epochs (400 steps, 10 of warmup), AdamW peak lr 1e-3, wd 0.05, mild crops, no flip,
+  label smoothing 0.1, no mixup / erasing / layer decay / drop path. ``arg``: None or 'tiny' (a few steps)."""
+  tokens = _parse(arg, ('tiny',), 'configs/selfie/finetune_digits.py')
+  c = finetune('base')
+  c.model.encoder = ml_collections.ConfigDict(SELFIE_DIGITS_RESNET)
+  c.paper_top1 = None
+  c.data = data_overrides(name='mim_digits', augment='rrc_flip', crop_scale=(0.6, 1.0), hflip=False)
+  c.train_fraction = 0.1
+  c.batch_size = 32
+  c.epochs, c.warmup_epochs = 100.0, 10.0
+  c.optimizer.base_lr = 8e-3  # peak lr 1e-3 at batch 32
+  c.optimizer.layer_decay = 1.0
+  c.drop_path = 0.0
+  c.random_erasing = 0.0
+  c.mixup.prob = 0.0  # label smoothing stays
+  c.checkpoint.every_steps = 200
+  c.log_every = 50
+  c.eval_every_steps = 0  # once, at the end
+  c.eval_batch_size = 512
+  if 'tiny' in tokens:
+    c.model.encoder = ml_collections.ConfigDict(dict(SELFIE_DIGITS_RESNET, widths=(8, 16, 16, 32), stem_width=8))
+    _few_steps(c, batch_size=16, eval_examples=64)
   return c
 
 

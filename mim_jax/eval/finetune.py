@@ -26,6 +26,7 @@ image (``image`` and ``label``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -184,13 +185,32 @@ def soft_mask_from_config(config, encoder, steps_per_epoch: int, total: int):
   return soft_mask_schedule(float(block.get('rate', 1.0)), cutoff, block.get('schedule', 'constant'))
 
 
+def labelled_subset(config, data_cfg, info):
+  """The training examples a fine-tune reads: all, or ``config.train_fraction`` of them (the few-label setting:
+  a seeded sample stratified by class, ``config.train_subset_seed``, the same for every arm of a comparison)."""
+  fraction = config.get('train_fraction', None)
+  if fraction is None:
+    return pipeline.eval_subset(data_cfg, data_cfg.train_split, None)
+  fraction = float(fraction)
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'config.train_fraction must be in (0, 1] (the share of training labels used), got {fraction}.')
+  n = max(1, round(fraction * info.num_train))
+  return pipeline.eval_subset(data_cfg, data_cfg.train_split, n, int(config.get('train_subset_seed', 0)))
+
+
 def pretrained_encoder_params(pre: pretrained_lib.Pretrained, expected) -> dict:
   """The pre-trained encoder params the classifier's encoder uses: entries it does not have (the mask token of
   pre-training, the final norm that fc_norm replaces with global pooling, as in the reference) are dropped, and
-  the rest must fit exactly."""
+  the rest must fit exactly, but for the entries the method leaves fresh (``Method.finetune_fresh``)."""
   params = {k: v for k, v in dict(pre.encoder_params()).items() if k in expected}
-  pretrained_lib.check_same_structure(params, expected, 'the pre-trained encoder')
+  pretrained_lib.check_same_structure(params, without_fresh(pre, expected), 'the pre-trained encoder')
   return params
+
+
+def without_fresh(pre: pretrained_lib.Pretrained, tree) -> dict:
+  """``tree`` (the fine-tune encoder's params or statistics) without the entries that start fresh."""
+  fresh = set(pre.method.finetune_fresh()) if pre.source != 'random' else set()
+  return {k: v for k, v in dict(tree).items() if k not in fresh}
 
 
 def eval_interval(eval_every_steps: int, steps_per_epoch: int, total: int) -> int:
@@ -237,6 +257,9 @@ def run(config, workdir: str) -> dict[str, Any]:
   if set(pre.method.batch_fields(False)) != {'image', 'label'}:
     raise ValueError(f'fine-tuning takes methods whose eval batches are one image and its label; method '
                      f'{pre.method.name!r} declares {sorted(pre.method.batch_fields(False))}.')
+  subset = labelled_subset(config, data_cfg, info)
+  if subset.indices is not None:
+    info = dataclasses.replace(info, num_train=len(subset))
   if config.batch_size > info.num_train:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the {info.num_train} training '
                      'examples; lower it.')
@@ -261,15 +284,18 @@ def run(config, workdir: str) -> dict[str, Any]:
     encoder_params = pretrained_encoder_params(pre, abstract['encoder'])
 
     def init_params(params, shardings):  # a fresh fine-tune starts from the pre-trained encoder
-      return {**params, 'encoder': shd.place_tree(encoder_params, shardings['encoder'])}
+      placed = shd.place_tree(encoder_params, {k: shardings['encoder'][k] for k in encoder_params})
+      return {**params, 'encoder': {**params['encoder'], **placed}}
 
     stats = pre.method.encoder_variables(pre.params).get('batch_stats')
     if stats is not None:  # and from its BatchNorm running statistics
 
       def init_extras(extras, shardings):
-        batch_stats = {**extras['batch_stats'], 'encoder': stats}
-        pretrained_lib.check_same_structure(batch_stats, extras['batch_stats'], 'the BatchNorm statistics')
-        return {**extras, 'batch_stats': shd.place_tree(batch_stats, shardings['batch_stats'])}
+        fresh_stats = extras['batch_stats']['encoder']
+        pretrained_lib.check_same_structure(stats, without_fresh(pre, fresh_stats), 'the BatchNorm statistics')
+        placed = shd.place_tree(stats, {k: shardings['batch_stats']['encoder'][k] for k in stats})
+        batch_stats = {**extras['batch_stats'], 'encoder': {**fresh_stats, **placed}}
+        return {**extras, 'batch_stats': batch_stats}
 
   mesh_cfg = dict(config.get('mesh', None) or {})
   ck = config.checkpoint
@@ -278,6 +304,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                  f'{warmup} warmup, lr = base_lr {opt.base_lr:g} x batch {config.batch_size} / 256 = {peak:.3e}, '
                  f'layer decay {opt.get("layer_decay", 1.0)}, drop path {config.get("drop_path", 0.0)}, random '
                  f'erasing {objective.erasing_prob}, {mix}'
+                 + (f', {len(subset)} of {subset.split_size} training examples ({subset.kind}, seed {subset.seed})'
+                    if subset.indices is not None else '')
                  + (f', soft causal mask {dict(config.soft_mask)}' if soft_mask is not None else ''),)
   job = loop.TrainJob(
       objective=objective, data_cfg=data_cfg, data_info=info, batch_size=config.batch_size, total_steps=total,
@@ -287,7 +315,8 @@ def run(config, workdir: str) -> dict[str, Any]:
       log_every=config.log_every, nonfinite=config.get('nonfinite', 'stop'),
       transfer_guard=config.get('transfer_guard', 'allow'), attention_impl=pre.config.get('attention_impl', 'auto'),
       loss_scaling=state_lib.loss_scaling_from_config(config), metrics_prefix='finetune/',
-      log_prefix='fine-tune ', init_params=init_params, init_extras=init_extras, description=description)
+      log_prefix='fine-tune ', init_params=init_params, init_extras=init_extras, description=description,
+      train_indices=subset.indices)
   hooks: list[_EvalHook] = []
 
   def make_hooks(context):
@@ -308,6 +337,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     'finetune/best_top1': max(a for _, a in history), 'finetune/steps': total,
     'finetune/epochs': round(total / steps_per_epoch, 2), 'finetune/peak_lr': peak,
     'finetune/seconds': round(time.perf_counter() - t0, 1),
+    'finetune/train_examples': info.num_train,
     'method': 'none' if pre.source == 'random' else pre.config.method, 'init': pre.source,
     'checkpoint_step': pre.step,
   }

@@ -221,6 +221,12 @@ class Method(Objective):
     """The encoder as fine-tuning builds it (see ``for_finetuning`` in the encoder contract)."""
     return self.encoder_module().for_finetuning(drop_path=drop_path, pooled=pooled, dtype=dtype, remat=remat)
 
+  def finetune_fresh(self) -> tuple[str, ...]:
+    """Top-level entries of the fine-tune encoder's params (and BatchNorm statistics) that pre-training did not
+    train: they start from the fine-tune's own init (Selfie pre-trains the first ResNet stages only). Default:
+    none, so the pre-trained encoder must fit the fine-tune encoder exactly."""
+    return ()
+
   def reconstruct(self, params, images, rng) -> dict[str, jax.Array]:
     raise NotImplementedError(f'method {self.name!r} does not reconstruct pixels.')
 

@@ -99,6 +99,7 @@ class TrainJob:
   init_params: Optional[Callable[[Any, Any], Any]] = None
   init_extras: Optional[Callable[[Any, Any], Any]] = None  # the same for extras (pre-trained BatchNorm statistics)
   description: Sequence[str] = ()  # lines logged when the run starts
+  train_indices: Optional[np.ndarray] = None  # only these examples of the train split (a few-label fine-tune)
 
 
 @dataclasses.dataclass
@@ -295,7 +296,8 @@ def _train_iterator(job: TrainJob, per_host: int):
   objective = job.objective
   return pipeline.train_iterator(job.data_cfg, per_host, seed=job.seed, process_index=jax.process_index(),
                                  process_count=jax.process_count(), allow_uint8_images=True,
-                                 fields=objective.batch_fields(True), record_transform=objective.record_transform)
+                                 fields=objective.batch_fields(True), record_transform=objective.record_transform,
+                                 indices=job.train_indices)
 
 
 def _same_avals(batch, spec) -> bool:
