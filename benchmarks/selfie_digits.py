@@ -65,7 +65,20 @@ def selection_accuracy(workdir: str, repeats: int = 5) -> dict[str, float]:
     fn = jax.jit(method.selection_accuracy)
     accs = [float(fn(pre.params, images, jax.random.key(1000 + r))) for r in range(repeats)]
     out[negatives] = float(np.mean(accs))
+  out['oracle'] = float(np.mean([oracle_accuracy(method, images, jax.random.key(1000 + r)) for r in range(repeats)]))
   return out
+
+
+def oracle_accuracy(method, images: np.ndarray, rng) -> float:
+  """The best in-image selection accuracy possible on these draws: a target whose pixels equal k other targets'
+  (blank background patches) can be picked right with probability 1 / (k + 1) at most."""
+  b, h, w, c = images.shape
+  p = method.model.patch
+  patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
+  _, targets = method.draw_targets(rng, b)
+  t = np.take_along_axis(patches, np.asarray(targets)[:, :, None], axis=1)
+  same = np.abs(t[:, :, None] - t[:, None]).max(-1) < 1e-6
+  return float((1.0 / same.sum(-1)).mean())
 
 
 def summary(workdir: str) -> dict:
@@ -111,6 +124,7 @@ def main() -> None:
       sel = selection_accuracy(pre)
       row.setdefault('select_image', []).append(100 * sel['image'])
       row.setdefault('select_batch', []).append(100 * sel['batch'])
+      row.setdefault('select_oracle', []).append(100 * sel['oracle'])
       values = summary(pre)
       row.setdefault('knn', []).append(100 * values['knn/top1'])
       row.setdefault('knn_10shot', []).append(100 * values['knn_10shot/top1'])
@@ -118,7 +132,8 @@ def main() -> None:
       rows['random'].setdefault('knn_10shot', []).append(100 * values['random_init/knn_10shot/top1'])
 
   columns = (('select_image', 'selection, same-image distractors'), ('select_batch', 'selection, other-image '
-             'distractors'), ('finetune', 'fine-tune, 10% labels'), ('knn', 'frozen k-NN'),
+             'distractors'), ('select_oracle', 'selection ceiling (duplicate patches)'),
+             ('finetune', 'fine-tune, 10% labels'), ('knn', 'frozen k-NN'),
              ('knn_10shot', 'frozen k-NN, 10 labels per class'))
   stats = {arm: {k: mean_std(v) for k, v in row.items()} for arm, row in rows.items()}
   print(f'\nseeds {seeds}; mean ± std over seeds (%); chance of selection {100 * CHANCE:.0f}%\n')

@@ -7,8 +7,9 @@ Usage::
 
 Each generator class is registered under a name with :func:`register`; ``python -m mim_jax.masking --list``
 prints the names and ``--show NAME --out FILE.png`` draws sample masks. Generators: ``random`` (MAE),
-``block`` (BEiT), ``coarse`` (SimMIM), ``colormae`` (ColorMAE filtered noise), ``gmml`` (GMML groups);
-docs/masking.md describes them.
+``block`` (BEiT), ``coarse`` (SimMIM), ``colormae`` (ColorMAE filtered noise), ``gmml`` (GMML groups),
+``grid`` (a regular lattice); on video token grids (``VideoGrid``) ``tube`` (VideoMAE) and ``running_cell``
+(VideoMAE V2's decoder mask). docs/masking.md describes them.
 """
 
 from mim_jax.masking.block import BlockMask
@@ -19,6 +20,7 @@ from mim_jax.masking.gmml import GroupMask
 from mim_jax.masking.ops import exact_count, neighbour_agreement
 from mim_jax.masking.random import RandomMask
 from mim_jax.masking.registry import build, get, names, register
+from mim_jax.masking.video import RunningCellMask, TubeMask, VideoGrid
 
 __all__ = [
     'BlockMask',
@@ -28,6 +30,9 @@ __all__ = [
     'GroupMask',
     'MaskInfo',
     'RandomMask',
+    'RunningCellMask',
+    'TubeMask',
+    'VideoGrid',
     'build',
     'exact_count',
     'get',

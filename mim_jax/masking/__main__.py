@@ -25,6 +25,7 @@ import numpy as np
 from mim_jax.masking import ops
 from mim_jax.masking.core import Grid
 from mim_jax.masking.registry import build, get, names
+from mim_jax.masking.video import VideoGrid
 
 
 def describe(name: str) -> str:
@@ -61,13 +62,17 @@ def parse_grid(text: str) -> Grid:
   return Grid(int(text), int(text))
 
 
-def show(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, rows: int, cols: int) -> str:
-  """Draws ``rows x cols`` sample masks of generator ``name`` into ``out``; returns the title line."""
+def show(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, rows: int, cols: int,
+         frames: int = 8) -> str:
+  """Draws ``rows x cols`` sample masks of generator ``name`` into ``out`` (a video generator: ``rows`` clips of
+  ``frames`` frames); returns the title line."""
   import matplotlib
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
+  if getattr(get(name), 'video', False):
+    return show_video(name, out, grid, settings, seed, rows, frames)
   gen = build(name, grid, **settings)
   n = rows * cols
   info = jax.jit(gen, static_argnums=1)(jax.random.key(seed), n)
@@ -91,10 +96,40 @@ def show(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, r
   return title
 
 
+def show_video(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, rows: int, frames: int) -> str:
+  """``rows`` sample clips of a video mask generator, one frame per column (masked tokens dark)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  vgrid = VideoGrid(frames, grid.height, grid.width)
+  gen = build(name, vgrid, **settings)
+  info = jax.jit(gen, static_argnums=1)(jax.random.key(seed), rows)
+  mask = np.asarray(info.mask).reshape(rows, frames, grid.height, grid.width)
+  shown = ', '.join(f'{k}={v}' for k, v in sorted(settings.items()))
+  title = (f'{name}({shown})  grid {frames}x{grid.height}x{grid.width} (frames x h x w), '
+           f'{vgrid.num_tokens - gen.len_keep} of {vgrid.num_tokens} masked; rows: clips, columns: frames')
+  cell, head = 1.0, 0.35
+  fig, axes = plt.subplots(rows, frames, figsize=(cell * frames, cell * rows + head), squeeze=False)
+  for (r, t), ax in np.ndenumerate(np.asarray(axes, dtype=object)):
+    ax.imshow(1.0 - mask[r, t], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle(title, fontsize=6, y=1.0 - 0.1 * head / (cell * rows + head))
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1.0 - head / (cell * rows + head), wspace=0.08,
+                      hspace=0.08)
+  fig.savefig(out, dpi=80)
+  plt.close(fig)
+  return title
+
+
 def stats_variants() -> list[tuple[str, str, dict[str, Any]]]:
   """(label, generator name, settings) for --stats: every generator's defaults, every ColorMAE colour."""
   out = []
   for name in names():
+    if getattr(get(name), 'video', False):
+      continue  # video token grids: --show draws them; the statistics here are per image
     if name == 'colormae':
       out += [(f'colormae:{c}', name, {'color': c}) for c in ('red', 'green', 'blue', 'purple')]
     elif name == 'gmml':
@@ -145,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--stats', action='store_true', help='print mask statistics of every generator')
   p.add_argument('--batch', type=int, default=512, help='masks per generator for --stats')
+  p.add_argument('--frames', type=int, default=8, help='frames (tubelets) of a video generator for --show')
   p.add_argument('--rows', type=int, default=3)
   p.add_argument('--cols', type=int, default=6)
   p.add_argument('--set', dest='settings', action='append', default=[], metavar='key=value',
@@ -164,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ratio is not None:
       settings['ratio'] = args.ratio
     try:
-      title = show(args.show, args.out, parse_grid(args.grid), settings, args.seed, args.rows, args.cols)
+      title = show(args.show, args.out, parse_grid(args.grid), settings, args.seed, args.rows, args.cols,
+                   args.frames)
     except ValueError as e:
       print(f'error: {e}', file=sys.stderr)
       return 2
