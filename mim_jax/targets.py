@@ -17,6 +17,28 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
   return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
+def patchify_video(clips: jax.Array, tubelet: int, patch_size: int) -> jax.Array:
+  """``[B, T, H, W, C]`` -> ``[B, (T/t)*(H/p)*(W/p), t*p*p*C]``: tubelets in time-major order (a Conv3d tubelet
+  embedding's flattened output order), each as (frame, row, column, channel), channel fastest (VideoMAE's
+  ``b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2 c)``)."""
+  b, t, h, w, c = clips.shape
+  p = patch_size
+  if t % tubelet or h % p or w % p:
+    raise ValueError(f'a clip of {t} frames of {h}x{w} is not a whole number of {tubelet}x{p}x{p} tubelets.')
+  x = clips.reshape(b, t // tubelet, tubelet, h // p, p, w // p, p, c)
+  x = jnp.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7))
+  return x.reshape(b, (t // tubelet) * (h // p) * (w // p), tubelet * p * p * c)
+
+
+def normalize_tubelets(patches: jax.Array, channels: int, eps: float = 1e-6) -> jax.Array:
+  """VideoMAE's target: each tubelet normalized per channel over its pixels (mean, unbiased std, ``+ eps`` on the
+  std, not under the root as MAE's); ``patches`` ``[..., t*p*p*C]`` with the channel fastest."""
+  x = patches.reshape(*patches.shape[:-1], -1, channels)
+  mean = x.mean(axis=-2, keepdims=True)
+  std = jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1))
+  return ((x - mean) / (std + eps)).reshape(patches.shape)
+
+
 def unpatchify(patches: jax.Array, patch_size: int, grid_hw: tuple[int, int], channels: int) -> jax.Array:
   """Inverse of :func:`patchify`."""
   b = patches.shape[0]

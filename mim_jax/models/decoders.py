@@ -25,6 +25,7 @@ from mim_jax.models.vit import (
   gelu_exact,
   layer_norm,
   layer_scale_param,
+  sincos_1d_table,
   sincos_2d_table,
   token_dense,
   token_init,
@@ -57,12 +58,13 @@ def decoder_tower(module: nn.Module, x: jax.Array, prefix: str, depth: int,
                   queries: jax.Array | None = None) -> jax.Array:
   """``depth`` transformer blocks named ``{prefix}_{i}`` inside ``module``'s compact method; with ``queries``
   (token indices ``[B, M]``) the last block computes only those tokens' outputs. ``module`` has ``num_heads``,
-  ``mlp_ratio``, ``dtype``, ``attention_impl`` and ``remat``."""
+  ``mlp_ratio``, ``dtype``, ``attention_impl`` and ``remat`` (and optionally ``qkv_bias``, default 'qkv')."""
   block = block_class(module.remat)
   for i in range(depth):
     last = i == depth - 1
     x = block(module.num_heads, module.mlp_ratio, 0.0, module.dtype, module.attention_impl,
-              name=f'{prefix}_{i}')(x, True, queries if last else None, False)
+              qkv_bias=getattr(module, 'qkv_bias', 'qkv'), name=f'{prefix}_{i}')(x, True, queries if last else None,
+                                                                                False)
   if queries is not None and depth == 0:
     x = jnp.take_along_axis(x, queries[:, :, None], axis=1)
   return x
@@ -96,6 +98,38 @@ class MAEDecoder(nn.Module):
     x = layer_norm(self.dtype, 'decoder_norm')(x)
     x = token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'decoder_pred'), x)
     return x if query_ids is not None else x[:, 1:]
+
+
+class VideoMAEDecoder(nn.Module):
+  """VideoMAE's decoder (V1, and V2's dual masking): ``decoder_embed`` (no bias) on the encoder's visible tokens
+  plus the decoder's fixed 1-D sinusoid positions, then a learned ``mask_token`` plus the positions of every token
+  to reconstruct (``ids_decode``: V1 the encoder-masked ones, V2 the running cell's kept ones, which may include
+  tokens the encoder saw: they then appear twice), blocks over the whole sequence, norm and a linear head on the
+  reconstructed tokens only. Returns ``[B, M, out_dim]`` in ``ids_decode``'s order."""
+
+  width: int
+  depth: int
+  num_heads: int
+  out_dim: int
+  num_tokens: int  # the clip's token count (the position table's length)
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  attention_impl: str = 'auto'
+  remat: bool | str = False
+  qkv_bias: str = 'qv'  # VideoMAE's blocks: q and v biases, none on the keys
+
+  @nn.compact
+  def __call__(self, latent: jax.Array, ids_keep: jax.Array, ids_decode: jax.Array) -> jax.Array:
+    x = token_dense(dense(self.width, (EMBED, MLP), self.dtype, 'decoder_embed', use_bias=False), latent)
+    pos = jnp.asarray(sincos_1d_table(self.width, self.num_tokens)).astype(x.dtype)
+    token = self.param('mask_token', _param_init(token_init, (None, None, EMBED)), (1, 1, self.width))
+    queries = token.astype(x.dtype) + pos[ids_decode]
+    x = jnp.concatenate([x + pos[ids_keep], queries], axis=1)
+    k, m = latent.shape[1], ids_decode.shape[1]
+    query_ids = jnp.broadcast_to(jnp.arange(k, k + m), (x.shape[0], m))
+    x = decoder_tower(self, x, 'decoder_blocks', self.depth, query_ids)
+    x = layer_norm(self.dtype, 'decoder_norm')(x)
+    return token_dense(dense(self.out_dim, (EMBED, 'pixels'), self.dtype, 'decoder_pred'), x)
 
 
 class LinearPixelHead(nn.Module):

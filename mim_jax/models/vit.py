@@ -25,7 +25,7 @@ import numpy as np
 from mim_jax.kernels import attention_cpu, layernorm_cpu
 from mim_jax.models import rope as rope_lib
 from mim_jax.models.encoders import register_encoder
-from mim_jax.targets import patchify
+from mim_jax.targets import patchify, patchify_video
 from mim_jax.utils.logging import log
 
 Dtype = Any
@@ -56,6 +56,17 @@ def sincos_2d_table(embed_dim: int, grid_h: int, grid_w: int, rows_first: bool =
 
   halves = (rows, cols) if rows_first else (cols, rows)
   return np.concatenate([encode(h) for h in halves], axis=1).astype(np.float32)
+
+
+def sincos_1d_table(embed_dim: int, num_tokens: int) -> np.ndarray:
+  """VideoMAE's fixed 1-D sinusoid table over the flattened token index, ``[num_tokens, embed_dim]`` float32:
+  ``angle[n, j] = n / 10000 ** (2 * (j // 2) / D)``, sin on the even channels and cos on the odd ones
+  (interleaved, not concatenated); computed in float64 then cast, as the reference does."""
+  pos = np.arange(num_tokens, dtype=np.float64)[:, None]
+  j = np.arange(embed_dim)
+  angle = pos / np.power(10000, 2 * (j // 2) / embed_dim)
+  table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+  return table.astype(np.float32)
 
 
 def _param_init(init: Callable, names: tuple[str | None, ...]) -> Callable:
@@ -539,6 +550,9 @@ class ViTEncoder(nn.Module):
   # 'none' | 'soft': iLLaMA's soft causal mask on every block's attention probabilities, with the rate given to
   # __call__ (soft_mask_rate; a traced value, so a schedule does not recompile).
   causal_mask: str = 'none'
+  # Frames per tubelet for clips [B, T, H, W, C] (VideoMAE: 2; the tubelet embedding is a Conv3d with kernel and
+  # stride (t, p, p), tokens time-major); 0: the encoder takes images only.
+  tubelet_size: int = 0
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> ViTEncoder:
@@ -556,6 +570,19 @@ class ViTEncoder(nn.Module):
     if unknown:
       raise ValueError(f'unknown encoder setting(s) {unknown} for the ViT; known: {sorted(known)}.')
     return cls(**fields)
+
+  def token_grid(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The token grid of an input's per-example shape: ``(gh, gw)`` for an image ``(H, W, C)``, ``(gt, gh, gw)``
+    for a clip ``(T, H, W, C)``."""
+    if len(shape) == 3:
+      return self.grid(tuple(shape[:2]))
+    if len(shape) != 4:
+      raise ValueError(f'the ViT takes images [B, H, W, C] or clips [B, T, H, W, C], got per-example shape {shape}.')
+    if self.tubelet_size < 1:
+      raise ValueError('clips [B, T, H, W, C] need a tubelet embedding: set model.encoder.tubelet_size (VideoMAE: 2).')
+    if shape[0] % self.tubelet_size:
+      raise ValueError(f'{shape[0]} frames are not a whole number of tubelets of {self.tubelet_size}.')
+    return (shape[0] // self.tubelet_size, *self.grid(tuple(shape[1:3])))
 
   def grid(self, images_hw: tuple[int, int]) -> tuple[int, int]:
     h, w = images_hw
@@ -599,7 +626,7 @@ class ViTEncoder(nn.Module):
     """One-line errors for option values and combinations the model does not define."""
     choices = {'class_token': ('first', 'last', 'none'), 'rope': ('none', '1d', '2d'), 'norm': NORMS,
                'mlp': MLPS, 'qkv_bias': QKV_BIASES, 'causal_mask': ('none', 'soft'),
-               'pos_embed': ('sincos', 'sincos_rows_first', 'learned', 'none')}
+               'pos_embed': ('sincos', 'sincos_rows_first', 'sincos_1d', 'learned', 'none')}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f'model.encoder.{field} must be one of {allowed}, got {getattr(self, field)!r}.')
@@ -608,6 +635,9 @@ class ViTEncoder(nn.Module):
                        "class_token='first' or 'last'.")
     if self.rope == '2d' and self.class_token != 'none':
       raise ValueError("rope='2d' gives positions to patch tokens only: use class_token='none' (CroCo v2).")
+    if self.tubelet_size and (self.pos_embed not in ('sincos_1d', 'none') or self.rope != 'none'):
+      raise ValueError("a video ViT (tubelet_size > 0) numbers its tokens time-major: use pos_embed='sincos_1d' "
+                       "(VideoMAE's table) and rope='none'.")
 
   @nn.compact
   def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None,
@@ -621,10 +651,15 @@ class ViTEncoder(nn.Module):
     ``soft_mask_rate``: iLLaMA's rate r in [0, 1] with ``causal_mask='soft'`` (1: full attention, 0: causal;
     None: 0, the official model's initial value)."""
     self.check_options()
-    if images.ndim != 4:
-      raise ValueError(f'images must be [batch, height, width, channels], got shape {images.shape}.')
-    gh, gw = self.grid(images.shape[1:3])
-    patches = patchify(images, self.patch_size)
+    if images.ndim == 5:  # a clip: tubelets, time-major
+      gt, gh, gw = self.token_grid(images.shape[1:])
+      patches = patchify_video(images, self.tubelet_size, self.patch_size)
+    elif images.ndim == 4:
+      gt, (gh, gw) = 1, self.grid(images.shape[1:3])
+      patches = patchify(images, self.patch_size)
+    else:
+      raise ValueError(f'images must be [batch, height, width, channels] (or clips [batch, frames, height, width, '
+                       f'channels]), got shape {images.shape}.')
     x = token_dense(dense(self.width, (PATCH, EMBED), self.dtype, 'patch_embed'), patches.astype(self.dtype))
     if mask is not None:
       if not self.use_mask_token:
@@ -633,6 +668,9 @@ class ViTEncoder(nn.Module):
       x = jnp.where(mask[..., None] > 0.5, token.astype(x.dtype), x)
     if self.pos_embed in ('sincos', 'sincos_rows_first'):
       x = x + sincos_2d_table(self.width, gh, gw, self.pos_embed == 'sincos_rows_first')[None].astype(x.dtype)
+      cls_pos = None
+    elif self.pos_embed == 'sincos_1d':
+      x = x + sincos_1d_table(self.width, gt * gh * gw)[None].astype(x.dtype)
       cls_pos = None
     elif self.pos_embed == 'none':  # no absolute positions (RoPE gives relative ones)
       cls_pos = None

@@ -49,6 +49,7 @@ ADAPTERS = {
     'croco': 'mim_jax.interop.parity.croco',
     'illama': 'mim_jax.interop.parity.illama',
     'spark': 'mim_jax.interop.parity.spark',
+    'videomae': 'mim_jax.interop.parity.videomae',
     'timm_resnet': 'mim_jax.interop.parity.timm_convnets',
     'timm_convnext': 'mim_jax.interop.parity.timm_convnets',
 }
