@@ -36,18 +36,33 @@ def test_v2_decodes_the_running_cell_half_and_v1_the_masked_tubelets():
   assert seen.any() and not seen.all()
 
 
+def _params(method, seed=0):
+  """Random params of the init's shapes (no initializer compile)."""
+  rng = np.random.default_rng(seed)
+  clips = jnp.zeros((2, *method.clip_shape))
+  shapes = jax.eval_shape(method.init, jax.random.key(0), {'video': clips, 'label': jnp.zeros(2, jnp.int32)})[0]
+  return jax.tree.map(lambda a: jnp.asarray(0.1 * rng.standard_normal(a.shape), jnp.float32),
+                      __import__('flax').linen.meta.unbox(shapes))
+
+
 def test_loss_on_decoded_also_counts_the_tubelets_the_encoder_saw():
   masked, decoded = _method(), _method(loss_on='decoded')
   clips = jnp.asarray(np.random.default_rng(0).standard_normal((2, *masked.clip_shape)), jnp.float32)
-  params, _ = jax.jit(masked.init)(jax.random.key(0), {'video': clips, 'label': jnp.zeros(2, jnp.int32)})
+  params = _params(masked)
   info, ids = masked.draw_masks(jax.random.key(3), 2)
-  a, b = masked.forward(params, clips, info, ids), decoded.forward(params, clips, info, ids)
+  a = jax.jit(masked.forward)(params, clips, info, ids)
+  b = jax.jit(decoded.forward)(params, clips, info, ids)
   np.testing.assert_array_equal(np.asarray(a['pred']), np.asarray(b['pred']))
   weight = np.asarray(a['loss_weight'])
   assert 0 < weight.sum() < weight.size and np.asarray(b['loss_weight']).min() == 1.0
   per = np.asarray(a['loss_per_token'])
   np.testing.assert_allclose(float(a['loss']), (per * weight).sum() / weight.sum(), rtol=1e-6)
   np.testing.assert_allclose(float(b['loss']), per.mean(), rtol=1e-6)
+  # Frozen features: the encoder on the whole clip (every tubelet), mean-pooled; no CLS.
+  out = jax.jit(masked.encode)(params, {'video': clips})
+  assert out['cls'] is None and out['patch_tokens'].shape == (2, 64, 32)
+  np.testing.assert_allclose(np.asarray(out['pooled']), np.asarray(out['patch_tokens']).mean(1), rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_tubelets_are_time_major_and_normalized_per_channel():
@@ -64,14 +79,6 @@ def test_tubelets_are_time_major_and_normalized_per_channel():
   np.testing.assert_allclose(table[2], [np.sin(2), np.cos(2), np.sin(2 / 10000 ** (2 / 6)),
                                         np.cos(2 / 10000 ** (2 / 6)), np.sin(2 / 10000 ** (4 / 6)),
                                         np.cos(2 / 10000 ** (4 / 6))], rtol=1e-6)
-
-
-def test_frozen_features_pool_the_whole_clip():
-  m = _method()
-  clips = jnp.zeros((2, *m.clip_shape))
-  params, _ = jax.jit(m.init)(jax.random.key(0), {'video': clips, 'label': jnp.zeros(2, jnp.int32)})
-  out = m.encode(params, {'video': clips})
-  assert out['cls'] is None and out['patch_tokens'].shape == (2, 64, 32) and out['pooled'].shape == (2, 32)
 
 
 def test_bad_settings_get_one_line_errors():
@@ -91,3 +98,32 @@ def test_bad_settings_get_one_line_errors():
   image_vit = ViTEncoder(patch_size=4, width=32, depth=1, num_heads=2)
   with pytest.raises(ValueError, match='need a tubelet embedding'):
     image_vit.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)))
+
+
+def test_recipes_build_and_validate():
+  from conftest import load_config
+  from mim_jax.config import validate
+
+  for path, arg in (('configs/videomae/moving_digits.py', None), ('configs/videomae/moving_digits.py', 'tiny'),
+                    ('configs/videomae/k400.py', None), ('configs/videomae/k400.py', 'cpu')):
+    validate(load_config(path, arg))
+  v1 = load_config('configs/videomae/moving_digits.py', 'v1,direction')
+  assert v1.videomae.decoder_mask == 'none' and v1.data.clips.label == 'direction'
+  k400 = load_config('configs/videomae/k400.py')
+  assert (k400.data.num_frames, k400.mask.ratio, k400.videomae.decoder_mask_ratio, k400.model.decoder.depth) == (
+      16, 0.9, 0.5, 4)
+  with pytest.raises(ValueError, match='unknown argument'):
+    load_config('configs/videomae/k400.py', 'v3')
+
+
+@pytest.mark.slow
+def test_pretrain_on_moving_digits_end_to_end(tmp_path):
+  import json
+
+  from conftest import load_config
+  from mim_jax.train import loop
+
+  loop.train(load_config('configs/videomae/moving_digits.py', 'tiny'), str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert losses and all(np.isfinite(losses)) and (tmp_path / 'checkpoints').exists()

@@ -15,7 +15,8 @@ autoencoding of clips.
   see, summed over the batch and divided by their count) or 'decoded' (every reconstructed tubelet, the visible
   duplicates included).
 
-Batch: ``video`` ``[T, H, W, C]`` (``T = data.num_frames``) and ``label``. Frozen features: the encoder on the whole
+Batch: ``video`` ``[T, H, W, C]`` (``T = data.num_frames``), ``label`` and ``direction``, made from image records by
+:mod:`mim_jax.data.clips` (``data.clips``: synthetic moving sprites). Frozen features: the encoder on the whole
 clip, mean-pooled. Official code: OpenGVLab/VideoMAEv2 ``models/modeling_pretrain.py``,
 ``dataset/masking_generator.py``, ``engine_for_pretraining.py``; parity fixtures in tests/fixtures/official_videomae/.
 """
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import masking
+from mim_jax.data import clips as clips_lib
 from mim_jax.data.batch import Field
 from mim_jax.masking.video import VideoGrid
 from mim_jax.methods.base import Method, config_block, register
@@ -94,7 +96,11 @@ class VideoMAE(Method):
 
   def batch_fields(self, train: bool = True) -> dict[str, Field]:
     del train
-    return {'video': Field(self.clip_shape, 'float32', pixels=True), 'label': Field((), 'int32')}
+    return clips_lib.clip_fields(self.clip_shape)
+
+  def record_transform(self, data_cfg, source, train: bool):
+    del train  # clips are not augmented further: the same transform for training and evaluation
+    return clips_lib.clip_record_transform(data_cfg, source)
 
   def clips(self, batch) -> jax.Array:
     check_clips(batch['video'], self.clip_shape)
