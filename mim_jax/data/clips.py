@@ -1,4 +1,5 @@
-"""Clips for video methods, host side, per record.
+"""Clips for video methods, host side, per record: synthetic moving sprites ('moving', below) or clips of a
+converted video dataset ('stored', :mod:`mim_jax.data.videos`).
 
 ``data.clips.kind='moving'``: synthetic moving sprites, offline and exact. Each record of an image dataset (the
 bundled digits, Fashion-MNIST) becomes a clip of ``data.num_frames`` frames of ``data.image_size`` px: the image,
@@ -25,7 +26,7 @@ import numpy as np
 from mim_jax.data import transforms
 from mim_jax.data.batch import Field
 
-KINDS = ('moving',)
+KINDS = ('moving', 'stored')
 LABELS = ('class', 'direction')
 # (dx, dy) per direction, image coordinates (y down): right, up-right, up, up-left, left, down-left, down, down-right
 DIRECTIONS = ((1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1))
@@ -39,6 +40,10 @@ def default_clip_config() -> ml_collections.ConfigDict:
   c.speeds = (1, 2)  # px per frame, drawn uniformly per clip
   c.label = 'class'  # what 'label' holds: 'class' (appearance) | 'direction' (dynamics)
   c.eval_seed = 0
+  # 'stored' (a dataset converted by mim_jax.data.videos): frames `stride` stored frames apart (VideoMAE's sampling
+  # rate) and the training crop's side as a fraction of the shorter side.
+  c.stride = 4
+  c.crop_scale = (0.5, 1.0)
   return c
 
 
@@ -103,9 +108,16 @@ class MovingClipRecord:
             'direction': np.int32(direction)}
 
 
-def clip_record_transform(data_cfg, source) -> MovingClipRecord:
+def clip_record_transform(data_cfg, source, train: bool = False):
   """The record transform a video method hands the pipeline (``source``: :class:`~mim_jax.data.pipeline.
-  RecordSource`), for training and evaluation alike (clips are not augmented further)."""
+  RecordSource`): synthetic moving sprites from an image dataset ('moving', the same for training and evaluation)
+  or clips of a converted video dataset ('stored', :mod:`mim_jax.data.videos`)."""
   clips = data_cfg.get('clips', None) or default_clip_config()
+  if clips.get('kind', 'moving') == 'stored':
+    from mim_jax.data.videos import StoredClipRecord
+
+    return StoredClipRecord(data_cfg.get('num_frames', 16), clips.get('stride', 4), data_cfg.image_size,
+                            source.channels, clips.get('crop_scale', (0.5, 1.0)), train, source.label_key,
+                            data_cfg.get('interpolation', 'bicubic'))
   return MovingClipRecord(clips, data_cfg.get('num_frames', 16), data_cfg.image_size, source.channels,
                           source.image_key, source.label_key, data_cfg.get('interpolation', 'bicubic'))

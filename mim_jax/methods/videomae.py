@@ -99,8 +99,7 @@ class VideoMAE(Method):
     return clips_lib.clip_fields(self.clip_shape)
 
   def record_transform(self, data_cfg, source, train: bool):
-    del train  # clips are not augmented further: the same transform for training and evaluation
-    return clips_lib.clip_record_transform(data_cfg, source)
+    return clips_lib.clip_record_transform(data_cfg, source, train)
 
   def clips(self, batch) -> jax.Array:
     check_clips(batch['video'], self.clip_shape)
