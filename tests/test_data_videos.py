@@ -85,3 +85,18 @@ def test_bad_input_gets_one_line_errors(tmp_path, dataset):
   make = videos.StoredClipRecord(4, 2, 16, 3, (0.5, 1.0), False, 'label')
   with pytest.raises(ValueError, match="reads datasets converted by mim_jax.data.videos"):
     make({'image': b'', 'label': 0})
+
+
+def test_multi_view_testing_spreads_segments_over_the_video(dataset):
+  out, _ = dataset
+  from mim_jax.data import sources
+
+  record = sources.data_source(sources.open_dataset('tiny_videos', str(out)), 'validation')[0]
+  make = videos.StoredClipRecord(4, 2, 16, 3, (0.5, 1.0), False, 'label', views=(2, 3))
+  clip = make(record)['video']
+  assert clip.shape == (6, 4, 16, 16, 3)  # segments outer, crops inner (VideoMAE's order)
+  first = clip[:, 0, 8, 8, 1].astype(int)  # the green level of each view's first frame
+  np.testing.assert_allclose(first[:3], LEVELS[0], atol=8)  # segment 0 starts at frame 0
+  np.testing.assert_allclose(first[3:], LEVELS[5], atol=8)  # segment 1 at the last start, 12 - 7 = 5
+  with pytest.raises(ValueError, match='test_views must be'):
+    videos.StoredClipRecord(4, 2, 16, 3, (0.5, 1.0), False, 'label', views=(0, 3))

@@ -127,3 +127,40 @@ def test_pretrain_on_moving_digits_end_to_end(tmp_path):
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   losses = [r['train/loss'] for r in rows if 'train/loss' in r]
   assert losses and all(np.isfinite(losses)) and (tmp_path / 'checkpoints').exists()
+
+
+def test_multi_view_testing_averages_the_views_softmax():
+  from mim_jax.data import mixup
+  from mim_jax.eval.finetune import ClipInput, FinetuneObjective
+  from mim_jax.models.classifier import Classifier
+
+  m = _method()
+  encoder = m.encoder.for_finetuning(drop_path=0.0, pooled=True, dtype=jnp.float32, remat='none')
+  cfg = ml_collections.ConfigDict({'clips': {'kind': 'stored', 'test_views': (2, 3)}})
+  clips = ClipInput(m, cfg)
+  assert clips.views == 6 and clips.fields(False)['video'].shape == (6, *m.clip_shape)
+  assert clips.fields(True)['video'].shape == m.clip_shape
+  objective = FinetuneObjective(Classifier(encoder, 5, head_init_std=0.5), mixup.MixupConfig(), m.image_shape,
+                                clips=clips)
+  rng = np.random.default_rng(0)
+  views = jnp.asarray(rng.standard_normal((2, 6, *m.clip_shape)), jnp.float32)
+  params, extras = objective.init(jax.random.key(0), {'video': views[:, 0], 'label': jnp.zeros(2, jnp.int32)})
+  got = objective.logits((params, extras, 0), {'video': views})
+  per_view = objective.model.apply({'params': params}, views.reshape(12, *m.clip_shape))
+  want = np.log(np.asarray(jax.nn.softmax(per_view, -1)).reshape(2, 6, 5).mean(1))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='random erasing is defined for images'):
+    FinetuneObjective(objective.model, mixup.MixupConfig(), m.image_shape, erasing_prob=0.25, clips=clips)
+
+
+@pytest.mark.slow
+def test_fine_tune_a_videomae_run_on_clips(tmp_path):
+  from conftest import load_config
+  from mim_jax.eval import tasks
+  from mim_jax.train import loop
+
+  loop.train(load_config('configs/videomae/moving_digits.py', 'tiny'), str(tmp_path / 'pre'))
+  ft = load_config('configs/videomae/finetune_moving_digits.py', 'tiny')
+  ft.init = str(tmp_path / 'pre')
+  result = tasks.run(ft, str(tmp_path / 'ft'))
+  assert result['method'] == 'videomae' and 0.0 <= result['finetune/top1'] <= 1.0

@@ -44,6 +44,7 @@ def default_clip_config() -> ml_collections.ConfigDict:
   # rate) and the training crop's side as a fraction of the shorter side.
   c.stride = 4
   c.crop_scale = (0.5, 1.0)
+  c.test_views = (1, 1)  # fine-tuning's evaluation views of a stored video: (temporal segments, spatial crops)
   return c
 
 
@@ -118,6 +119,6 @@ def clip_record_transform(data_cfg, source, train: bool = False):
 
     return StoredClipRecord(data_cfg.get('num_frames', 16), clips.get('stride', 4), data_cfg.image_size,
                             source.channels, clips.get('crop_scale', (0.5, 1.0)), train, source.label_key,
-                            data_cfg.get('interpolation', 'bicubic'))
+                            data_cfg.get('interpolation', 'bicubic'), clips.get('test_views', (1, 1)))
   return MovingClipRecord(clips, data_cfg.get('num_frames', 16), data_cfg.image_size, source.channels,
                           source.image_key, source.label_key, data_cfg.get('interpolation', 'bicubic'))

@@ -70,7 +70,8 @@ def cutmix_box(rng: jax.Array, lam: jax.Array, height: int, width: int) -> tuple
 
 def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, num_classes: int,
               cfg: MixupConfig = MixupConfig()) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-  """``(images [B, H, W, C], int labels [B]) -> (mixed images, soft targets [B, num_classes], info)``.
+  """``(images [B, H, W, C] or clips [B, T, H, W, C], int labels [B]) -> (mixed images, soft targets [B,
+  num_classes], info)``.
 
   ``info`` holds the batch's ``lam`` and whether CutMix was used (for logging and tests).
   """
@@ -85,12 +86,13 @@ def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, num_classes:
   lam_mixup = jax.random.beta(k_mix, cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else 1.0
   lam_cutmix = jax.random.beta(k_cut, cfg.cutmix_alpha, cfg.cutmix_alpha) if cfg.cutmix_alpha > 0 else 1.0
   apply = jax.random.uniform(k_apply) < cfg.prob
-  _, h, w, _ = images.shape
+  h, w = images.shape[-3:-1]
   box, lam_box = cutmix_box(k_box, jnp.asarray(lam_cutmix, jnp.float32), h, w)
 
   partner = images[::-1]
   mixed_images = jnp.asarray(lam_mixup, images.dtype) * images + jnp.asarray(1 - lam_mixup, images.dtype) * partner
-  cut_images = jnp.where(box[None, :, :, None], partner, images)
+  # [B, H, W, C] images, or [B, T, H, W, C] clips: one box for every frame (timm's CutMix on a clip tensor).
+  cut_images = jnp.where(box.reshape((1,) * (images.ndim - 3) + (h, w, 1)), partner, images)
   lam = jnp.where(use_cutmix, lam_box, jnp.asarray(lam_mixup, jnp.float32))
   lam = jnp.where(apply, lam, 1.0)
   out = jnp.where(apply, jnp.where(use_cutmix, cut_images, mixed_images), images)

@@ -17,7 +17,9 @@ Clips (``data.clips.kind='stored'``, :class:`StoredClipRecord`): ``data.num_fram
 stored frames apart (VideoMAE's sampling rate; a video too short for the span repeats its last frame), from a
 uniform start when training and the centred one when evaluating; one crop box for all frames (training: a random
 square of ``clips.crop_scale`` of the shorter side; evaluation: the centre square), resized to
-``data.image_size``.
+``data.image_size``. Fine-tuning's multi-view testing (``clips.test_views`` = (segments, crops), VideoMAE's 5 x 3 on
+Kinetics) gives ``segments x crops`` clips per video: starts evenly spread over the video, crops spread along its
+long side; the classifier averages their softmax.
 """
 
 from __future__ import annotations
@@ -167,37 +169,57 @@ class StoredClipRecord:
   """record of a converted video dataset -> {'video' uint8 [T, S, S, C], 'label', 'direction' (-1)}."""
 
   def __init__(self, frames: int, stride: int, size: int, channels: int, crop_scale: tuple[float, float],
-               train: bool, label_key: str | None, interpolation: str = 'bicubic'):
+               train: bool, label_key: str | None, interpolation: str = 'bicubic', views: tuple[int, int] = (1, 1)):
     self.frames, self.stride, self.size, self.channels = int(frames), int(stride), int(size), int(channels)
     self.crop_scale, self.train, self.label_key = tuple(float(v) for v in crop_scale), train, label_key
     self.resample = transforms.resample_filter(interpolation)
+    self.views = tuple(int(v) for v in views)  # evaluation: (temporal segments, spatial crops)
     if self.stride < 1:
       raise ValueError(f'data.clips.stride must be a positive integer, got {stride}.')
+    if len(self.views) != 2 or min(self.views) < 1:
+      raise ValueError(f'data.clips.test_views must be (segments, crops) of positive integers, got {views}.')
 
   def __call__(self, record, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     if 'frames' not in record or 'frame_offsets' not in record:
       raise ValueError("data.clips.kind='stored' reads datasets converted by mim_jax.data.videos (features "
                        f"'frames', 'frame_offsets'); this record has {sorted(record)}.")
     offsets = np.asarray(record['frame_offsets'])
-    n = len(offsets) - 1
-    span = (self.frames - 1) * self.stride + 1
-    start = int(rng.integers(0, max(0, n - span) + 1)) if (self.train and rng is not None) else None
     data = np.asarray(record['frames']).tobytes()
-    images = [Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]]))
-              for i in clip_indices(n, self.frames, self.stride, start)]
-    w, h = images[0].size
+    n = len(offsets) - 1
+    room = max(0, n - ((self.frames - 1) * self.stride + 1))
+    label = int(record[self.label_key]) if self.label_key is not None else -1
+    out = {'label': np.int32(label), 'direction': np.int32(-1)}
     if self.train and rng is not None:
+      start = int(rng.integers(0, room + 1))
+      images = self._frames(data, offsets, clip_indices(n, self.frames, self.stride, start))
+      w, h = images[0].size
       side = int(round(min(w, h) * rng.uniform(*self.crop_scale)))
-      x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    else:
+      box = (int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1)), side)
+      return {'video': self._clip(images, box), **out}
+    segments, crops = self.views
+    clips = []
+    for k in range(segments):  # VideoMAE's test views: segments evenly over the video, crops along its long side
+      start = None if segments == 1 else int(k * room / (segments - 1))
+      images = self._frames(data, offsets, clip_indices(n, self.frames, self.stride, start))
+      w, h = images[0].size
       side = min(w, h)
-      x, y = (w - side) // 2, (h - side) // 2
+      for c in range(crops):
+        shift = (max(w, h) - side) // 2 if crops == 1 else int(c * (max(w, h) - side) / (crops - 1))
+        box = (shift, (h - side) // 2, side) if w >= h else ((w - side) // 2, shift, side)
+        clips.append(self._clip(images, box))
+    return {'video': clips[0] if len(clips) == 1 else np.stack(clips), **out}
+
+  @staticmethod
+  def _frames(data: bytes, offsets: np.ndarray, indices: np.ndarray) -> list:
+    return [Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]])) for i in indices]
+
+  def _clip(self, images: list, box: tuple[int, int, int]) -> np.ndarray:
+    """The frames cropped to the square ``box`` = (x, y, side) and resized: uint8 [T, size, size, C]."""
+    x, y, side = box
     mode = 'L' if self.channels == 1 else 'RGB'
-    clip = np.stack([transforms.to_array(img.convert(mode).resize((self.size, self.size), self.resample,
+    return np.stack([transforms.to_array(img.convert(mode).resize((self.size, self.size), self.resample,
                                                                   box=(x, y, x + side, y + side)), self.channels)
                      for img in images])
-    label = int(record[self.label_key]) if self.label_key is not None else -1
-    return {'video': clip, 'label': np.int32(label), 'direction': np.int32(-1)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -376,6 +376,39 @@ def selfie_finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
+def videomae_finetune_moving_digits(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Fine-tuning a VideoMAE workdir (configs/videomae/moving_digits.py) on the moving-digits clips: the ViT on the
+  whole clip, mean-pooled, fc_norm and a linear head (VideoMAE's fine-tune model), AdamW, 30 epochs at batch 64
+  (peak lr 5e-4), layer decay 0.75, drop path 0.1, label smoothing 0.1, mixup only (no CutMix or erasing: a box
+  pasted into a 32 px moving sprite clip hides most of it). ``arg`` (comma-separated): 'direction' (the label is
+  the motion direction); 'tiny' (a few steps). For a converted video dataset set data.name / data.data_dir and
+  data.clips (kind='stored', test_views=(segments, crops) for multi-view testing)."""
+  from mim_jax.data.clips import default_clip_config
+
+  tokens = _parse(arg, ('direction', 'tiny'), 'configs/videomae/finetune_moving_digits.py')
+  c = finetune('base')
+  c.paper_top1 = None
+  c.data = data_overrides(name='mim_digits')
+  c.data.num_frames = 8
+  c.data.clips = default_clip_config()
+  c.data.clips.label = 'direction' if 'direction' in tokens else 'class'
+  c.batch_size = 64
+  c.epochs, c.warmup_epochs = 30.0, 3.0
+  c.optimizer.base_lr = 2e-3  # peak 5e-4 at batch 64
+  c.optimizer.layer_decay = 0.75
+  c.drop_path = 0.1
+  c.random_erasing = 0.0
+  c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5,
+                                           label_smoothing=0.1))
+  c.checkpoint.every_steps = 200
+  c.log_every = 50
+  c.eval_every_steps = 0
+  c.eval_batch_size = 128
+  if 'tiny' in tokens:
+    _few_steps(c, batch_size=8, eval_examples=32)
+  return c
+
+
 def finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   """Fine-tuning on the bundled digits (the quickstart). ``arg``: None or 'tiny' (a few steps, for tests)."""
   tokens = _parse(arg, ('tiny',), 'configs/eval/finetune_digits.py')

@@ -70,19 +70,30 @@ class FinetuneObjective(Objective):
   name = 'finetune'
 
   def __init__(self, model: Classifier, mix: mixup_lib.MixupConfig, image_shape, erasing_prob: float = 0.0,
-               soft_mask: Callable[[Any], jax.Array] | None = None):
+               soft_mask: Callable[[Any], jax.Array] | None = None, clips=None):
     self.model = model
     self.mix = mix
     self.image_shape = tuple(image_shape)
     self.erasing_prob = float(erasing_prob)
     self.soft_mask = soft_mask
+    self.clips = clips  # a ClipInput for video methods; None: one image per example
+    if clips is not None and self.erasing_prob:
+      raise ValueError('random erasing is defined for images; fine-tune clips with random_erasing=0.')
+
+  @property
+  def input_key(self) -> str:
+    return 'image' if self.clips is None else 'video'
 
   def batch_fields(self, train: bool = True):
-    del train
-    return batch_lib.image_fields(self.image_shape)
+    if self.clips is None:
+      return batch_lib.image_fields(self.image_shape)
+    return self.clips.fields(train)
+
+  def record_transform(self, data_cfg, source, train: bool):
+    return None if self.clips is None else self.clips.record_transform(data_cfg, source, train)
 
   def init(self, rng, batch):
-    variables = self.model.init({'params': rng, 'dropout': rng}, batch['image'], **self._rate(0))
+    variables = self.model.init({'params': rng, 'dropout': rng}, batch[self.input_key], **self._rate(0))
     extras = {'batch_stats': variables['batch_stats']} if 'batch_stats' in variables else {}
     return variables['params'], extras
 
@@ -91,7 +102,9 @@ class FinetuneObjective(Objective):
 
   def loss_fn(self, params, extras, batch, rng, step):
     erase_rng, mix_rng, drop_rng = jax.random.split(rng, 3)
-    images, _ = random_erasing(erase_rng, batch['image'], self.erasing_prob)  # per image, before mixing (timm)
+    images = batch[self.input_key]
+    if self.clips is None:
+      images, _ = random_erasing(erase_rng, images, self.erasing_prob)  # per image, before mixing (timm)
     images, targets, info = mixup_lib.mix_batch(mix_rng, images, batch['label'], self.model.num_classes, self.mix)
     rate = self._rate(step)
     metrics = {'mix_lam': info['lam'], **rate}  # the soft-mask rate is logged too
@@ -106,7 +119,36 @@ class FinetuneObjective(Objective):
   def logits(self, state_parts, batch):
     """Eval logits from ``(params, extras, step)`` of the train state."""
     params, extras, step = state_parts
-    return self.model.apply({'params': params, **extras}, batch['image'], deterministic=True, **self._rate(step))
+    x = batch[self.input_key]
+    views = x.shape[1] if self.clips is not None and x.ndim == 6 else 0
+    if views:  # multi-view testing: every view classified, the softmax averaged over the views (VideoMAE's merge)
+      x = x.reshape(-1, *x.shape[2:])
+    logits = self.model.apply({'params': params, **extras}, x, deterministic=True, **self._rate(step))
+    if views:
+      probs = jax.nn.softmax(logits.reshape(-1, views, logits.shape[-1]), axis=-1).mean(axis=1)
+      logits = jnp.log(probs)
+    return logits
+
+
+class ClipInput:
+  """What fine-tuning a video method reads: its clips (``video`` [T, H, W, C]) for training and, for evaluation,
+  ``views`` clips per video (``data.clips.test_views`` = (segments, crops): ``video`` [V, T, H, W, C] with V > 1)."""
+
+  def __init__(self, method, data_cfg):
+    self.method = method
+    clips = data_cfg.get('clips', None) or {}
+    segments, crops = (int(v) for v in clips.get('test_views', (1, 1)))
+    self.views = segments * crops if clips.get('kind', 'moving') == 'stored' else 1  # synthetic clips: one view
+
+  def fields(self, train: bool):
+    fields = dict(self.method.batch_fields(train))
+    if not train and self.views > 1:
+      f = fields['video']
+      fields['video'] = batch_lib.Field((self.views, *f.shape), f.dtype, pixels=f.pixels, mean=f.mean, std=f.std)
+    return fields
+
+  def record_transform(self, data_cfg, source, train: bool):
+    return self.method.record_transform(data_cfg, source, train)
 
 
 def weight_decay_mask(params):
@@ -233,12 +275,14 @@ class _EvalHook:
     shardings = (context.shardings.params, context.shardings.extras, shd.replicated(context.mesh))
     self.forward = streaming.jit_forward(objective.logits, shardings, context.mesh, context.rules)
     self.data_cfg, self.batch_size, self.max_examples = data_cfg, batch_size, max_examples
+    self.objective = objective
     self.history: list[tuple[int, float]] = []
     self.last: dict[str, float] | None = None
 
   def __call__(self, step: int, state) -> dict[str, float]:
     batches = streaming.eval_batches(self.data_cfg, self.data_cfg.eval_split, self.batch_size, self.mesh,
-                                     self.max_examples)
+                                     self.max_examples, fields=self.objective.batch_fields(False),
+                                     record_transform=self.objective.record_transform)
     parts = (state.params, state.extras, state.step)
     acc = self.last = topk_accuracy(*streaming.gather(self.forward, parts, batches))
     self.history.append((step, acc['top1']))
@@ -254,9 +298,13 @@ def run(config, workdir: str) -> dict[str, Any]:
   info = pipeline.dataset_info(data_cfg)
   if not info.num_classes:
     raise ValueError(f'dataset {info.name!r} has no class labels; set config.data.name to a labelled dataset.')
-  if set(pre.method.batch_fields(False)) != {'image', 'label'}:
-    raise ValueError(f'fine-tuning takes methods whose eval batches are one image and its label; method '
-                     f'{pre.method.name!r} declares {sorted(pre.method.batch_fields(False))}.')
+  fields = set(pre.method.batch_fields(False))
+  clips = None
+  if 'video' in fields and 'label' in fields:
+    clips = ClipInput(pre.method, data_cfg)
+  elif fields != {'image', 'label'}:
+    raise ValueError(f'fine-tuning takes methods whose eval batches are one image (or one clip) and its label; '
+                     f'method {pre.method.name!r} declares {sorted(fields)}.')
   subset = labelled_subset(config, data_cfg, info)
   if subset.indices is not None:
     info = dataclasses.replace(info, num_train=len(subset))
@@ -269,7 +317,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   steps_per_epoch = info.steps_per_epoch(config.batch_size)
   total, warmup = config_lib.resolve_steps(config, steps_per_epoch)
   soft_mask = soft_mask_from_config(config, model.encoder, steps_per_epoch, total)
-  objective = FinetuneObjective(model, mix, info.image_shape, config.get('random_erasing', 0.0), soft_mask)
+  objective = FinetuneObjective(model, mix, info.image_shape, config.get('random_erasing', 0.0), soft_mask, clips)
   write_model_spec(workdir, model, info, None if soft_mask is None else soft_mask(total))
   opt = config.optimizer
   peak = optim.scaled_lr(opt.base_lr, config.batch_size)

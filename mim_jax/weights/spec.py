@@ -33,7 +33,7 @@ class DecoderSpec(ViTSize):
 
 # ViTEncoder fields that are run settings, not architecture: a checkpoint does not record them.
 RUN_SETTINGS = ('dtype', 'attention_impl', 'remat', 'drop_path', 'use_mask_token', 'parent', 'name')
-VIT_POS_EMBEDS = ('sincos', 'learned', 'sincos_rows_first', 'none')
+VIT_POS_EMBEDS = ('sincos', 'learned', 'sincos_rows_first', 'sincos_1d', 'none')
 # The ViTEncoder fields ModelSpec has fields of its own for (the rest go to encoder_options).
 _VIT_SPEC_FIELDS = ('patch_size', 'width', 'depth', 'num_heads', 'mlp_ratio', 'final_norm', 'pos_embed')
 # What ModelSpec records only for ViTs (left out of a ConvNet's metadata).
