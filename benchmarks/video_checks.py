@@ -2,6 +2,7 @@
 
   python benchmarks/video_checks.py probe [--root workdirs/video] [--seeds 0,1] [--steps 1000]
   python benchmarks/video_checks.py cost [--batch 1] [--frames 16] [--size 224] [--repeats 3]
+  python benchmarks/video_checks.py figure --workdir workdirs/video/v2_seed0 [--out docs/img/videomae_moving_digits.png]
 
 ``probe`` pre-trains, per seed (a run whose summary.json exists is kept, so a sweep resumes):
   v2_seed{s}     VideoMAE V2 (configs/videomae/moving_digits.py: tube 0.9, running-cell decoder mask 0.5)
@@ -170,6 +171,46 @@ def cost(args) -> None:
   print(f'V2 / V1 step time: {ratio:.3f} ({"PASS" if ratio <= 0.75 else "FAIL"}: at most 0.75)')
 
 
+def figure(args) -> None:
+  """Clips of the test split with their masks and the reconstruction, frame by frame."""
+  import jax
+  import matplotlib
+  import ml_collections
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  from mim_jax.data import pipeline
+  from mim_jax.eval import pretrained
+
+  pre = pretrained.load(ml_collections.ConfigDict({'init': args.workdir}))
+  method, data = pre.method, pre.config.data
+  arrays = pipeline.eval_arrays(data, data.eval_split, fields=method.batch_fields(False),
+                                record_transform=method.record_transform)
+  clips = arrays['video'][:args.clips]
+  out = jax.jit(method.reconstruct_clip)(pre.params, clips, jax.random.key(args.seed))
+  rows = (('clip', 'clip'), ('visible', 'encoder input (tube mask)'), ('decoded', 'decoder targets'),
+          ('rec', 'reconstruction'))
+  frames = clips.shape[1]
+  fig, axes = plt.subplots(len(rows) * len(clips), frames, figsize=(frames * 0.9, len(rows) * len(clips) * 0.95),
+                           squeeze=False)
+  for i in range(len(clips)):
+    for r, (key, title) in enumerate(rows):
+      video = np.clip(np.asarray(out[key][i]), 0.0, 1.0)
+      for t in range(frames):
+        ax = axes[i * len(rows) + r, t]
+        ax.imshow(video[t, ..., 0] if video.shape[-1] == 1 else video[t], cmap='gray', vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if t == 0:
+          ax.set_ylabel(title, fontsize=5, rotation=0, ha='right', va='center')
+  fig.suptitle(f'{pre.config.method} ({pre.config.videomae.decoder_mask} decoder mask), step {pre.step}: held-out '
+               f'clips, frames left to right; loss {float(out["loss"]):.3f}', fontsize=6)
+  fig.subplots_adjust(left=0.17, right=0.99, bottom=0.01, top=0.95, wspace=0.05, hspace=0.05)
+  fig.savefig(args.out, dpi=110)
+  print(f'wrote {args.out}')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
@@ -182,8 +223,13 @@ def main() -> None:
   c.add_argument('--frames', type=int, default=16)
   c.add_argument('--size', type=int, default=224)
   c.add_argument('--repeats', type=int, default=3)
+  f = sub.add_parser('figure')
+  f.add_argument('--workdir', required=True)
+  f.add_argument('--out', default='docs/img/videomae_moving_digits.png')
+  f.add_argument('--clips', type=int, default=2)
+  f.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
-  probe(args) if args.command == 'probe' else cost(args)
+  {'probe': probe, 'cost': cost, 'figure': figure}[args.command](args)
 
 
 if __name__ == '__main__':

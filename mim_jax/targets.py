@@ -30,6 +30,14 @@ def patchify_video(clips: jax.Array, tubelet: int, patch_size: int) -> jax.Array
   return x.reshape(b, (t // tubelet) * (h // p) * (w // p), tubelet * p * p * c)
 
 
+def unpatchify_video(tokens: jax.Array, tubelet: int, patch_size: int, clip_shape: tuple[int, ...]) -> jax.Array:
+  """Inverse of :func:`patchify_video`: ``[B, N, t*p*p*C]`` -> ``[B, T, H, W, C]`` (``clip_shape`` = (T, H, W, C))."""
+  t, h, w, c = clip_shape
+  p = patch_size
+  x = tokens.reshape(tokens.shape[0], t // tubelet, h // p, w // p, tubelet, p, p, c)
+  return jnp.transpose(x, (0, 1, 4, 2, 5, 3, 6, 7)).reshape(tokens.shape[0], t, h, w, c)
+
+
 def normalize_tubelets(patches: jax.Array, channels: int, eps: float = 1e-6) -> jax.Array:
   """VideoMAE's target: each tubelet normalized per channel over its pixels (mean, unbiased std, ``+ eps`` on the
   std, not under the root as MAE's); ``patches`` ``[..., t*p*p*C]`` with the channel fastest."""

@@ -35,7 +35,7 @@ from mim_jax.masking.video import VideoGrid
 from mim_jax.methods.base import Method, config_block, register
 from mim_jax.models.decoders import VideoMAEDecoder
 from mim_jax.models.vit import ViTEncoder
-from mim_jax.targets import normalize_tubelets, patchify_video
+from mim_jax.targets import normalize_tubelets, patchify_video, unpatchify_video
 
 DECODER_MASKS = ('none', 'running_cell')
 LOSS_ON = ('masked', 'decoded')
@@ -149,3 +149,32 @@ class VideoMAE(Method):
     info, ids_decode = self.draw_masks(rng, clips.shape[0])
     loss = self.forward(params, clips, info, ids_decode)['loss']
     return loss, ({'loss': loss}, extras)
+
+  def reconstruct_clip(self, params, clips: jax.Array, rng) -> dict[str, jax.Array]:
+    """For figures: the encoder's visible tubelets (``visible`` [B, T, H, W, C], masked ones 0), the tubelets the
+    decoder reconstructs (``decoded``, others 0) and the reconstruction (``rec``: the visible pixels, the
+    predictions de-normalized with each tubelet's own per-channel statistics where the decoder reconstructs a
+    masked tubelet, 0 where nothing is known), all in the un-normalized [0, 1] pixel scale; and the loss."""
+    check_clips(clips, self.clip_shape)
+    info, ids_decode = self.draw_masks(rng, clips.shape[0])
+    out = self.forward(params, clips, info, ids_decode)
+    t, p, c = self.encoder.tubelet_size, self.encoder.patch_size, self.clip_shape[-1]
+    data = self.facts.data
+    pixels = clips.astype(jnp.float32) * jnp.asarray(data.std, jnp.float32) + jnp.asarray(data.mean, jnp.float32)
+    tubelets = patchify_video(pixels, t, p)  # [B, N, t*p*p*C]
+    x = tubelets.reshape(*tubelets.shape[:2], -1, c)
+    mean, std = x.mean(axis=-2, keepdims=True), jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1))
+    pred = out['pred'].astype(jnp.float32).reshape(*out['pred'].shape[:2], -1, c)
+    pred = pred * (jnp.take_along_axis(std, ids_decode[:, :, None, None], 1) + 1e-6) + \
+        jnp.take_along_axis(mean, ids_decode[:, :, None, None], 1)
+    b, n = info.mask.shape
+    visible = 1.0 - info.mask  # [B, N]
+    decoded = jnp.zeros((b, n)).at[jnp.arange(b)[:, None], ids_decode].set(1.0)
+    filled = jnp.zeros_like(tubelets).at[jnp.arange(b)[:, None], ids_decode].set(pred.reshape(b, -1, t * p * p * c))
+    rec = jnp.where(visible[..., None] > 0, tubelets, filled * (decoded * info.mask)[..., None])
+
+    def clip(tokens):
+      return unpatchify_video(tokens, t, p, self.clip_shape)
+
+    return {'clip': pixels, 'visible': clip(tubelets * visible[..., None]),
+            'decoded': clip(tubelets * decoded[..., None]), 'rec': clip(rec), 'loss': out['loss']}
