@@ -108,13 +108,13 @@ class CpuLayerNorm(nn.Module):
     return y.reshape(x.shape)
 
 
-def layer_norm(dtype: Dtype, name: str) -> nn.Module:
-  """LayerNorm (eps 1e-6, two-pass variance): the CPU kernel where it applies (one CPU device, float32), else
-  flax's. Same parameters either way."""
+def layer_norm(dtype: Dtype, name: str, epsilon: float = 1e-6) -> nn.Module:
+  """LayerNorm (eps 1e-6 unless given, two-pass variance): the CPU kernel where it applies (one CPU device,
+  float32), else flax's. Same parameters either way."""
   if layernorm_cpu.applies(dtype):
-    return CpuLayerNorm(epsilon=1e-6, name=name)
+    return CpuLayerNorm(epsilon=epsilon, name=name)
   # Statistics in float32 whatever the compute dtype: this is where bf16 training goes unstable.
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
                       scale_init=_param_init(ones, (EMBED,)), bias_init=_param_init(zeros, (EMBED,)),
                       name=name, use_fast_variance=False)
 
@@ -134,13 +134,16 @@ class RMSNorm(nn.Module):
     return y.astype(self.dtype) * scale.astype(self.dtype)
 
 
-NORMS = ('layernorm', 'rmsnorm')
+NORMS = ('layernorm', 'rmsnorm', 'layernorm_eps1e-5')
 
 
 def norm_layer(kind: str, dtype: Dtype, name: str) -> nn.Module:
-  """The block's normalization: 'layernorm' (:func:`layer_norm`, MAE's) or 'rmsnorm' (LLaMA's); eps 1e-6."""
+  """The block's normalization: 'layernorm' (:func:`layer_norm`, MAE's) or 'rmsnorm' (LLaMA's), eps 1e-6; or
+  'layernorm_eps1e-5' (torch's default eps: Point-MAE's blocks)."""
   if kind == 'layernorm':
     return layer_norm(dtype, name)
+  if kind == 'layernorm_eps1e-5':
+    return layer_norm(dtype, name, 1e-5)
   if kind == 'rmsnorm':
     return RMSNorm(1e-6, dtype, name=name)
   raise ValueError(f'norm must be one of {NORMS}, got {kind!r}.')

@@ -50,6 +50,7 @@ ADAPTERS = {
     'illama': 'mim_jax.interop.parity.illama',
     'spark': 'mim_jax.interop.parity.spark',
     'videomae': 'mim_jax.interop.parity.videomae',
+    'point_mae': 'mim_jax.interop.parity.point_mae',
     'timm_resnet': 'mim_jax.interop.parity.timm_convnets',
     'timm_convnext': 'mim_jax.interop.parity.timm_convnets',
 }
