@@ -39,3 +39,24 @@ def test_clouds_are_normalized_reproducible_and_every_class_differs():
 def test_the_picture_command_draws_every_class(tmp_path):
   out = tmp_path / 'shapes.png'
   assert shapes3d.main(['--show', str(out), '--points', '128']) == 0 and out.stat().st_size > 0
+
+
+def test_point_records_subsample_normalize_and_augment():
+  cloud = shapes3d.make_cloud(3, 512, np.random.default_rng(0)) * 2.0 + 0.5
+  make = shapes3d.PointRecord(128, train=False, points_key='points', label_key='label')
+  out = make({'points': cloud, 'label': 3})
+  assert out['points'].shape == (128, 3) and int(out['label']) == 3
+  np.testing.assert_allclose(out['points'].mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(out['points'], axis=1).max(), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(out['points'], make({'points': cloud, 'label': 3})['points'])  # eval: fixed
+  train = shapes3d.PointRecord(128, train=True, points_key='points', label_key='label')
+  a = train({'points': cloud, 'label': 3}, np.random.default_rng(1))['points']
+  b = train({'points': cloud, 'label': 3}, np.random.default_rng(2))['points']
+  assert not np.allclose(a, b)  # another subset, scale and shift
+  plain = shapes3d.PointRecord(128, True, 'points', 'label', augment=False)({'points': cloud, 'label': 3},
+                                                                             np.random.default_rng(1))['points']
+  np.testing.assert_allclose(np.linalg.norm(plain, axis=1).max(), 1.0, rtol=1e-5)
+  import pytest
+
+  with pytest.raises(ValueError, match='data.num_points=128 but the records hold 64'):
+    make({'points': cloud[:64], 'label': 3})

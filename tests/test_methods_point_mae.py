@@ -53,3 +53,27 @@ def test_bad_settings_get_one_line_errors():
   m = _method()
   with pytest.raises(ValueError, match=r'expected point clouds of shape \[batch, 128, 3\]'):
     m.loss_fn({}, {}, {'points': jnp.zeros((2, 64, 3))}, jax.random.key(0), 0)
+
+
+def test_recipes_build_and_validate():
+  from conftest import load_config
+  from mim_jax.config import validate
+
+  for arg in (None, 'tiny', 'paper'):
+    validate(load_config('configs/point_mae/shapes.py', arg))
+  paper = load_config('configs/point_mae/shapes.py', 'paper')
+  assert (paper.model.encoder.width, paper.model.encoder.depth, paper.point_mae.decoder_depth) == (384, 12, 4)
+  assert (paper.mask.ratio, paper.mask.count, paper.model.encoder.num_groups) == (0.6, 'masked', 64)
+
+
+@pytest.mark.slow
+def test_pretrain_on_the_procedural_shapes_end_to_end(tmp_path):
+  import json
+
+  from conftest import load_config
+  from mim_jax.train import loop
+
+  loop.train(load_config('configs/point_mae/shapes.py', 'tiny'), str(tmp_path))
+  losses = [json.loads(line).get('train/loss') for line in open(tmp_path / 'metrics.jsonl')]
+  losses = [v for v in losses if v is not None]
+  assert losses and np.isfinite(losses).all()

@@ -9,7 +9,9 @@ axis and a tilt of up to 15 degrees, Gaussian jitter (0.01) and Point-MAE's norm
 point at radius 1). Shapes are sampled exactly (area-weighted) where the surface has a closed form; the cone and
 pyramid sample their lateral surfaces and bases by area.
 
-Kept free of jax: grain worker processes import this module.
+The bundled dataset ``mim_shapes3d`` (``ensure``, built on first use like the digits) stores 2000 training and
+500 test clouds of 2048 points; :class:`PointRecord` makes the ``points`` batch field from a record. Kept free of
+jax: grain worker processes import this module.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
+import tensorflow_datasets as tfds
+
+from mim_jax.data.builders import LocalBuilder, build_once
 
 Sampler = Callable[[np.random.Generator, int], np.ndarray]
 
@@ -175,6 +180,68 @@ def make_split(num_per_class: int, num_points: int, seed: int) -> tuple[np.ndarr
   points = np.stack([make_cloud(int(y), num_points, np.random.default_rng([seed, 2, i]))
                      for i, y in enumerate(labels)])
   return points, labels.astype(np.int64)
+
+
+# The bundled dataset: clouds of STORED_POINTS points per shape (the pipeline subsamples to data.num_points),
+# TRAIN_PER_CLASS / TEST_PER_CLASS shapes per class, from different seeds.
+NAME = 'mim_shapes3d'
+VERSION = '1.0.0'
+STORED_POINTS = 2048
+SPLITS = {'train': (200, 0), 'test': (50, 1)}  # split -> (shapes per class, seed)
+
+
+class MimShapes3d(LocalBuilder):
+  """Procedural point clouds of 10 shape classes (see the module docstring)."""
+
+  VERSION = tfds.core.Version(VERSION)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description='Procedural point clouds of 10 shape classes (mim_jax.data.shapes3d).',
+        features=tfds.features.FeaturesDict({
+            'points': tfds.features.Tensor(shape=(STORED_POINTS, 3), dtype=np.float32),
+            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES))}),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(*spec) for split, spec in SPLITS.items()}
+
+  def _generate_examples(self, per_class, seed):
+    points, labels = make_split(per_class, STORED_POINTS, seed)
+    for i, (p, y) in enumerate(zip(points, labels)):
+      yield i, {'points': p, 'label': int(y)}
+
+
+def ensure(data_dir: str) -> str:
+  """Builds ``mim_shapes3d`` (``points`` float32 [2048, 3] and ``label``) under ``data_dir`` unless it is there;
+  returns its dataset directory."""
+  return build_once(data_dir, NAME, VERSION, lambda: MimShapes3d(data_dir=data_dir, file_format='array_record'))
+
+
+class PointRecord:
+  """record -> {'points' float32 [num_points, 3], 'label'}: ``num_points`` of the stored points, a random subset
+  when training (then Point-MAE's augmentation: per-axis scale U(2/3, 3/2) and shift U(-0.2, 0.2)), the first ones
+  (a fixed subset: the stored order is random) when evaluating."""
+
+  def __init__(self, num_points: int, train: bool, points_key: str, label_key: str | None, augment: bool = True):
+    self.num_points, self.train, self.augment = int(num_points), train, augment
+    self.points_key, self.label_key = points_key, label_key
+
+  def __call__(self, record, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    pts = np.asarray(record[self.points_key], np.float32)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+      raise ValueError(f'a point record needs {self.points_key!r} of shape [N, 3], got {pts.shape}.')
+    if len(pts) < self.num_points:
+      raise ValueError(f'data.num_points={self.num_points} but the records hold {len(pts)} points.')
+    if self.train and rng is not None:
+      pts = normalize(pts[rng.choice(len(pts), self.num_points, replace=False)])
+      if self.augment:
+        pts = pts * rng.uniform(2 / 3, 3 / 2, 3) + rng.uniform(-0.2, 0.2, 3)
+    else:
+      pts = normalize(pts[:self.num_points])
+    label = int(record[self.label_key]) if self.label_key is not None else -1
+    return {'points': pts.astype(np.float32), 'label': np.int32(label)}
 
 
 def show(out: str, num_points: int = 1024, seed: int = 0) -> str:

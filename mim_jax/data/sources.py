@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data import digits, fashion_mnist, stereo
+from mim_jax.data import digits, fashion_mnist, shapes3d, stereo
 
 ENV_DATA_DIR = 'MIM_JAX_DATA_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'mim_jax', 'tensorflow_datasets')
@@ -60,6 +60,8 @@ def find_dataset_dir(name: str, data_dir: str | None = None, src: str | None = N
     return fashion_mnist.ensure(root, src)
   if base == stereo.NAME and version in ('', stereo.VERSION):
     return stereo.ensure(root)
+  if base == shapes3d.NAME and version in ('', shapes3d.VERSION):
+    return shapes3d.ensure(root)
   ds_root = os.path.join(root, *base.split('/'))
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -129,6 +131,8 @@ def open_dataset(name: str, data_dir: str | None = None, image_key: str = 'image
     encoded = True
   elif isinstance(image_feature, tfds.features.Tensor) and np.dtype(image_feature.np_dtype) == np.uint8:
     encoded = False
+  elif isinstance(image_feature, tfds.features.Tensor) and image_key != 'image':
+    encoded = False  # a non-image record field (point clouds): read by a method's own record transform
   else:
     raise TypeError(f'feature {image_key!r} of {name!r} is {type(image_feature).__name__}; expected an Image '
                     'feature (encoded bytes) or a uint8 Tensor [H, W, C]')

@@ -122,6 +122,12 @@ class PointMAE(Method):
     del train
     return {'points': Field((self.num_points, 3), 'float32'), 'label': Field((), 'int32')}
 
+  def record_transform(self, data_cfg, source, train: bool):
+    from mim_jax.data.shapes3d import PointRecord
+
+    return PointRecord(self.num_points, train, source.image_key, source.label_key,
+                       bool(data_cfg.get('point_augment', True)))
+
   def encoder_inputs(self, batch):
     return batch['points']
 
