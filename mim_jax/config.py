@@ -7,7 +7,7 @@ reference (defaults in parentheses):
   seed (0)                  init, masks and data order all derive from it
   batch_size                global batch over all devices and hosts
   epochs / warmup_epochs    schedule length in passes over the train split...
-  total_steps / warmup_steps  ...or explicit step counts (> 0 / >= 0 take precedence)
+  total_steps / warmup_steps  ...or explicit step counts (> 0 / >= 0 take precedence; -1: from the epochs)
   stop_after_steps (-1)     stop early without changing the schedule (for tests / time-boxed runs)
   optimizer                 name ('adamw' | 'sgd' | 'lamb': timm's, as SparK uses it), base_lr (lr = base_lr * batch
                             / 256), b1, b2, eps, weight_decay (weight_decay_end: a cosine from one to the other),
@@ -161,8 +161,12 @@ def resolve_steps(config, steps_per_epoch: int) -> tuple[int, int]:
   ``epochs`` / ``warmup_epochs`` passes of ``steps_per_epoch`` optimizer steps. Pre-training and fine-tuning
   configs share these fields."""
   total = config.get('total_steps', -1)
+  if total is not None and total != -1 and total < 1:  # -1 (or None) means "from epochs"; 0 is a mistake
+    raise ValueError(f'config.total_steps={total}: a run needs at least one step (or -1 to count config.epochs).')
   total = total if total is not None and total > 0 else int(round(config.epochs * steps_per_epoch))
   warm = config.get('warmup_steps', -1)
+  if warm is not None and warm < -1:
+    raise ValueError(f'config.warmup_steps={warm}: use 0 or more steps (or -1 to count config.warmup_epochs).')
   warm = warm if warm is not None and warm >= 0 else int(round(config.warmup_epochs * steps_per_epoch))
   if total < 1:
     raise ValueError('the run has no steps: set config.total_steps > 0 or config.epochs > 0.')

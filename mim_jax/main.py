@@ -69,14 +69,16 @@ def main(argv):
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
   from mim_jax.train import distributed, preemption
-  from mim_jax.workdir import UnreadableCheckpointError
+  from mim_jax.train.loop import NonFiniteLossError
+  from mim_jax.workdir import UnreadableCheckpointError, WorkdirError, check_workdir
   try:
+    workdir = check_workdir(os.path.expanduser(_WORKDIR.value))
     distributed.maybe_initialize()  # before anything touches a device (see mim_jax/train/distributed.py)
-    run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)
+    run(_CONFIG.value, workdir, _MODE.value)
   except preemption.Preempted as e:  # checkpoint saved; 128 + signal tells the scheduler it was stopped
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(e.exit_code)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, NonFiniteLossError, WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     if isinstance(e, UnreadableCheckpointError):
       # tensorstore's reads still in flight print 'Event loop is closed' tracebacks (from native code) into
@@ -84,6 +86,11 @@ def main(argv):
       sys.stderr.flush()
       os._exit(2)
     sys.exit(2)
+
+
+def _one_line(error: BaseException) -> str:
+  """The error's message on one line."""
+  return ' '.join(str(error).split())
 
 
 def _innermost_message(error: BaseException) -> str:
@@ -95,9 +102,24 @@ def _innermost_message(error: BaseException) -> str:
 
 
 def parse_flags(argv):
-  """absl's parser, with a mistyped ``--config.KEY=VALUE`` as a one-line error instead of a traceback."""
+  """absl's parser, with one-line errors instead of a traceback or the flags' usage dump: a mistyped
+  ``--config.KEY=VALUE``, a bad ``FILE.py:ARG`` or value, a config file that does not exist."""
+  given = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
   try:
-    return app.parse_flags_with_usage(argv)
+    remaining = flags.FLAGS(argv)
+    _CONFIG.value.keys  # noqa: B018 - ml_collections reports a config file it could not load only when it is read
+    return remaining
+  except flags.Error as e:  # a flag's value was refused (e.g. get_config's error for a bad ':ARG')
+    # ml_collections wraps get_config's error in the text of its traceback: keep the last line, the error itself.
+    last = str(e).strip().splitlines()[-1].strip()
+    print(f'error: --config={given}: {last}' if 'Traceback' in str(e) else f'error: {_one_line(e)}',
+          file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # the --config file cannot be loaded
+    path = (given or '').split(':', 1)[0]
+    reason = f'{path} does not exist' if path and not os.path.exists(path) else _one_line(e)
+    print(f'error: cannot load the --config file: {reason}.', file=sys.stderr)
+    sys.exit(2)
   except (AttributeError, KeyError) as e:  # ml_collections' config_flags: the override names no config key
     overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
     detail = _innermost_message(e).replace('\n', ' ')

@@ -181,3 +181,26 @@ def unreadable_message(directory: str, step: int, all_steps, error: BaseExceptio
   return (f'checkpoint {path} could not be read into this run\'s train state: {detail}. If the config changed '
           f'since it was written (model, optimizer, method), use a new --workdir; if its files are damaged '
           f'(a truncated copy, a full disk), {way_out}.')
+
+
+class WorkdirError(ValueError):
+  """A ``--workdir`` that cannot hold a run (the message names the path and the fix)."""
+
+
+def check_workdir(path: str) -> str:
+  """``path`` if a run can write there (a directory, or a place one can be made), else a :class:`WorkdirError`
+  saying why: empty, a file, under a file, or not writable. Remote paths (``gs://...``) are left to the storage."""
+  if not path or not path.strip():
+    raise WorkdirError('--workdir is empty: pass the directory the run writes its checkpoints and results to.')
+  if '://' in path:
+    return path
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f'--workdir {path} is a file, not a directory: pass a directory (new or a run\'s).')
+  parent = path
+  while not os.path.exists(parent):  # the nearest existing ancestor decides whether the folders can be made
+    parent = os.path.dirname(os.path.abspath(parent))
+  if not os.path.isdir(parent):
+    raise WorkdirError(f'--workdir {path} lies under {parent}, which is a file: pass a directory path.')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise WorkdirError(f'--workdir {path}: {parent} is not writable by this user; pick a writable location.')
+  return path

@@ -76,6 +76,36 @@ def test_cli_rejects_unknown_config_key(tmp_path):
   assert 'base_lrr' in proc.stderr
 
 
+def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
+  # Issue 27, items 5, 10, 11: each a one-line error with exit status 2, no traceback, no files written.
+  afile = tmp_path / 'a_file'
+  afile.write_text('x')
+  cases = [
+      (['--config=configs/mae/digits.py:tinyy', f'--workdir={tmp_path / "w1"}'], "unknown argument 'tinyy'"),
+      (['--config=configs/mae/nope.py', f'--workdir={tmp_path / "w2"}'], 'configs/mae/nope.py does not exist'),
+      (['--config=configs/mae/digits.py:tiny', '--config.total_steps=0', f'--workdir={tmp_path / "w3"}'],
+       'config.total_steps=0: a run needs at least one step'),
+      (['--config=configs/mae/digits.py:tiny', f'--workdir={afile}'], 'is a file, not a directory'),
+      (['--config=configs/mae/digits.py:tiny', f'--workdir={afile / "sub"}'], 'which is a file'),
+      (['--config=configs/mae/digits.py:tiny', '--workdir='], '--workdir is empty'),
+  ]
+  for args, message in cases:
+    proc = _cli(*args)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
+    assert 'Traceback' not in proc.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
+
+
+def test_cli_non_finite_loss_is_one_line(tmp_path):
+  # Issue 27, item 9: nonfinite='stop' ends with the advice on one line (exit 2), not a traceback.
+  proc = _cli('--config=configs/mae/digits.py:tiny', '--config.optimizer.base_lr=1e10', '--mode=train',
+              f'--workdir={tmp_path}')
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith('error: non-finite loss or gradient') and 'Lower optimizer.base_lr' in lines[0]
+
+
 def test_cli_rejects_bad_config_value(tmp_path):
   proc = _cli('--config=configs/mae/digits.py:tiny', f'--workdir={tmp_path}', '--config.compute_dtype=float8')
   assert proc.returncode == 2
