@@ -183,6 +183,11 @@ def test_nonfinite_loss_stops_without_a_poisoned_checkpoint_or_is_skipped(tmp_pa
   step, params = _final_params(tmp_path / 'stop')
   assert step == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   assert lines['SKIP'] == 'SKIP 6 1 True', proc.stdout  # 6 steps, one update skipped, parameters finite
+  assert 'warning: 1 of 6 steps had a non-finite loss or gradient and were skipped' in proc.stdout + proc.stderr
+  def refuse(token):
+    raise ValueError(f'non-standard JSON constant {token}')
+  for line in (tmp_path / 'skip' / 'metrics.jsonl').read_text().splitlines():  # strict JSON: no NaN / Infinity
+    json.loads(line, parse_constant=refuse)
 
 
 def test_damaged_checkpoint_is_a_clear_error_whose_advice_works(tmp_path, compile_cache):

@@ -264,7 +264,13 @@ def run(job: TrainJob, workdir: str, make_hooks: Optional[MakeHooks] = None) -> 
           log(f'Stopped by {signal.Signals(guard.signum).name}: checkpoint of step {done} saved in '
               f'{checkpointer.directory}; the same command resumes from it.')
           raise preemption.Preempted(done, guard.signum)
-    _check_finite(int(jax.device_get(state.nonfinite_steps)), job.nonfinite, stop_at)
+    skipped = int(jax.device_get(state.nonfinite_steps))
+    _check_finite(skipped, job.nonfinite, stop_at)
+    if skipped and stop_at > start:
+      share = skipped / max(1, int(stop_at))
+      advice = '; much of the run did not train: lower optimizer.base_lr' if share > 0.1 else ''
+      log(f"{job.log_prefix}warning: {skipped} of {stop_at} steps had a non-finite loss or gradient and were "
+          f"skipped (nonfinite='skip'){advice}.")
     if start < stop_at:
       checkpointer.save(stop_at, state_lib.without_external(state, external), iterator)
     checkpointer.wait()

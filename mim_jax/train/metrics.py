@@ -33,8 +33,11 @@ class MetricWriter:
     if not self.enabled:
       return
     row = {'step': int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    # Strict JSON: a non-finite value (a skipped step's loss) is written as null, which every reader accepts
+    # (Python's json would write Infinity / NaN, which strict parsers reject). One write call per row.
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
     with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+      f.write(json.dumps(clean, allow_nan=False) + '\n')
     for k, v in row.items():
       if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))
@@ -55,10 +58,11 @@ def read_metrics(path: str) -> list[dict]:
       continue
     try:
       rows.append(json.loads(line))
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
       if i == len(lines) - 1:
         break
-      raise
+      raise ValueError(f'{path}, line {i + 1}: not a JSON row ({e.msg}); the file is damaged: remove that line '
+                       'to read the rest.') from None
   return rows
 
 
