@@ -210,7 +210,9 @@ def run(job: TrainJob, workdir: str, make_hooks: Optional[MakeHooks] = None) -> 
     distributed.barrier('state')
     if resumed_from is not None:
       state = checkpointer.restore(resumed_from, saved_abstract, iterator)
-      log(f'{job.log_prefix}Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)}).')
+      log(f'{job.log_prefix}Resumed from {checkpointer.directory}/{resumed_from} (step {int(state.step)})'
+          + (f': the run is complete ({total_steps} steps); nothing left to train.' if resumed_from >= total_steps
+             else '.'))
     else:
       state, _ = state_lib.create_sharded_state(init_fn, init_rng, mesh, rules)
       if job.init_params is not None:
