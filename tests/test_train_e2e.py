@@ -106,6 +106,18 @@ def test_cli_non_finite_loss_is_one_line(tmp_path):
   assert lines[0].startswith('error: non-finite loss or gradient') and 'Lower optimizer.base_lr' in lines[0]
 
 
+@pytest.mark.slow
+def test_a_failed_resume_leaves_the_workdir_as_it_was(tmp_path):
+  # Issue 27, item 1: a resume whose checkpoint does not fit the config fails before anything is rewritten.
+  assert _cli('--config=configs/mae/digits.py:tiny', '--mode=train', f'--workdir={tmp_path}').returncode == 0
+  before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+  proc = _cli('--config=configs/mae/digits.py:tiny', '--config.model.encoder.width=64', '--config.total_steps=8',
+              '--mode=train', f'--workdir={tmp_path}')
+  assert proc.returncode == 2 and 'could not be read into this run' in proc.stderr
+  after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+  assert after == before
+
+
 def test_cli_rejects_bad_config_value(tmp_path):
   proc = _cli('--config=configs/mae/digits.py:tiny', f'--workdir={tmp_path}', '--config.compute_dtype=float8')
   assert proc.returncode == 2

@@ -99,6 +99,10 @@ class TrainJob:
   init_params: Optional[Callable[[Any, Any], Any]] = None
   init_extras: Optional[Callable[[Any, Any], Any]] = None  # the same for extras (pre-trained BatchNorm statistics)
   description: Sequence[str] = ()  # lines logged when the run starts
+  # Called once the state is initialized or restored, before the first step: what a run records about itself
+  # (pre-training's config.json) is written only then, so a run that fails its checks (a resume whose checkpoint
+  # does not fit the config) leaves the workdir as it found it.
+  on_start: Optional[Callable[[], None]] = None
   train_indices: Optional[np.ndarray] = None  # only these examples of the train split (a few-label fine-tune)
 
 
@@ -159,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_hooks: Optional[
   hooks to run (``mim_jax.main`` passes the config's online monitors)."""
   distributed.maybe_initialize()
   job = pretrain_job(config, workdir)
-  workdir_lib.write_config(config, workdir)
+  job.on_start = lambda: workdir_lib.write_config(config, workdir)
   return run(job, workdir, make_hooks)
 
 
@@ -200,10 +204,10 @@ def run(job: TrainJob, workdir: str, make_hooks: Optional[MakeHooks] = None) -> 
     resumed_from = checkpointer.latest_step()
     start = resumed_from or 0
     stop_at = min(total_steps, job.stop_after_steps) if job.stop_after_steps > 0 else total_steps
-    compiled, batch_spec = None, None
+    compiled, batch_spec, report = None, None, None
     if start < stop_at:  # compile before allocating the state: a step that cannot fit fails here, in seconds
       batch_spec = aot.batch_spec(fields, job.batch_size, mesh, job.data_cfg.get('return_index', False))
-      compiled = _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh, workdir)
+      compiled, report = _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh)
 
     per_host = job.batch_size // jax.process_count()
     iterator = _train_iterator(job, per_host)
@@ -221,6 +225,9 @@ def run(job: TrainJob, workdir: str, make_hooks: Optional[MakeHooks] = None) -> 
         state = state.replace(extras=job.init_extras(state.extras, shardings.extras))
     if external:  # reloaded from their source after every init and every restore, never from a checkpoint
       state = state_lib.with_external(state, objective.load_external(), external, abstract.extras, shardings.extras)
+    _write_compile_report(report, workdir)
+    if job.on_start is not None:
+      job.on_start()
 
     _describe(job, state, mesh)
     writer = metrics_lib.MetricWriter(workdir)
@@ -314,20 +321,23 @@ def _same_avals(batch, spec) -> bool:
   return all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(batch), jax.tree.leaves(spec)))
 
 
-def _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh, workdir: str):
-  """Compiles the step once, logs per-device memory and FLOPs, writes compile_report.json, fails early when
-  the step cannot fit in device memory."""
+def _compile_and_report(step_fn, abstract, batch_spec, base_rng, mesh):
+  """Compiles the step once, logs per-device memory and FLOPs, fails early when the step cannot fit in device
+  memory; returns the compiled step and the report (written to compile_report.json once the run has started)."""
   t = time.perf_counter()
   compiled, report = aot.compile_train_step(step_fn, abstract, batch_spec, base_rng, mesh)
   log(f'Compiled the train step in {time.perf_counter() - t:.1f}s.')
   for line in report.lines():
     log(line)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'compile_report.json'), 'w') as f:
-      json.dump(report.as_dict(), f, indent=2, sort_keys=True)
   if aot.fit_check_enabled():
     aot.check_fits(report)
-  return compiled
+  return compiled, report
+
+
+def _write_compile_report(report, workdir: str) -> None:
+  if report is not None and jax.process_index() == 0:
+    workdir_lib.write_text_atomic(os.path.join(workdir, 'compile_report.json'),
+                                  json.dumps(report.as_dict(), indent=2, sort_keys=True))
 
 
 def average_train_rows(rows: list[dict]) -> dict[str, float]:
