@@ -251,7 +251,8 @@ def pretrained_encoder_params(pre: pretrained_lib.Pretrained, expected) -> dict:
 
 def without_fresh(pre: pretrained_lib.Pretrained, tree) -> dict:
   """``tree`` (the fine-tune encoder's params or statistics) without the entries that start fresh."""
-  fresh = set(pre.method.finetune_fresh()) if pre.source != 'random' else set()
+  method = getattr(pre, 'method', None)
+  fresh = set(method.finetune_fresh()) if method is not None and getattr(pre, 'source', None) != 'random' else set()
   return {k: v for k, v in dict(tree).items() if k not in fresh}
 
 
