@@ -83,6 +83,7 @@ def test_selection_logits_score_same_image_or_other_image_candidates():
   np.testing.assert_allclose(float(loss), -np.log(np.exp(5) / (np.exp(5) + 3)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_learns_to_select_and_updates_the_running_statistics():
   m = _method()
   images, params, extras, _, _ = _setup(m, batch=8)

@@ -97,6 +97,7 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
 
 
+@pytest.mark.slow
 def test_cli_non_finite_loss_is_one_line(tmp_path):
   # Issue 27, item 9: nonfinite='stop' ends with the advice on one line (exit 2), not a traceback.
   proc = _cli('--config=configs/mae/digits.py:tiny', '--config.optimizer.base_lr=1e10', '--mode=train',
