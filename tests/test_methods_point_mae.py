@@ -28,6 +28,7 @@ def test_chamfer_l2_is_the_sum_of_the_two_mean_squared_nearest_distances():
   assert float(chamfer_l2(jnp.asarray(b), jnp.asarray(b))) == 0.0
 
 
+@pytest.mark.slow  # kept out of the default run for its time (the default suite stays near 15 min)
 def test_masking_counts_features_and_training_step():
   m = _method()
   assert m.masker.num_masked == 9 and m.masker.len_keep == 7  # int(0.6 * 16) masked, the official count

@@ -129,6 +129,7 @@ def test_pretrain_on_moving_digits_end_to_end(tmp_path):
   assert losses and all(np.isfinite(losses)) and (tmp_path / 'checkpoints').exists()
 
 
+@pytest.mark.slow  # kept out of the default run for its time (the default suite stays near 15 min)
 def test_multi_view_testing_averages_the_views_softmax():
   from mim_jax.data import mixup
   from mim_jax.eval.finetune import ClipInput, FinetuneObjective

@@ -74,6 +74,7 @@ def test_xla_attention_equals_einsum_in_float32():
     assert float(jnp.max(jnp.abs(gx - ge))) <= 1e-4 * float(jnp.max(jnp.abs(ge))), (gx, ge)
 
 
+@pytest.mark.slow  # kept out of the default run for its time (the default suite stays near 15 min)
 def test_bfloat16_policy_tracks_float32_for_a_few_steps():
   batches = _batches(_config(), 4)
   loss32, state32 = _train(_config(), batches)
