@@ -342,7 +342,8 @@ def convnet_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-# configs/selfie/digits.py's ResNet (mim_jax.recipes.SELFIE_DIGITS_RESNET), for the random-init arm.
+# A ResNet-18 layout at a quarter of the width, one block per stage, the small stem: configs/selfie/digits.py
+# pre-trains it (mim_jax.recipes) and the fine-tune builds it for the random-init arm.
 SELFIE_DIGITS_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                             stem='small', stem_width=16)
 

@@ -66,11 +66,6 @@ def show(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, r
          frames: int = 8) -> str:
   """Draws ``rows x cols`` sample masks of generator ``name`` into ``out`` (a video generator: ``rows`` clips of
   ``frames`` frames); returns the title line."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
   if getattr(get(name), 'video', False):
     return show_video(name, out, grid, settings, seed, rows, frames)
   gen = build(name, grid, **settings)
@@ -82,10 +77,22 @@ def show(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, r
   shown = ', '.join(f'{k}={v}' for k, v in sorted(settings.items()))
   title = (f'{name}({shown})  grid {grid.height}x{grid.width}, {grid.num_tokens - gen.len_keep} masked '
            f'({ratio:.3f}), neighbour agreement {agree:.3f} (iid {ops.random_agreement(ratio):.3f})')
-  cell, head = 1.3, 0.35  # inches per sample, inches for the title
+  _draw(mask.reshape(rows, cols, grid.height, grid.width), title, out, cell=1.3)
+  return title
+
+
+def _draw(masks: np.ndarray, title: str, out: str, cell: float) -> None:
+  """``masks`` ``[rows, cols, h, w]`` (1 = masked, drawn dark) as a grid of panels under ``title``."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  rows, cols = masks.shape[:2]
+  head = 0.35  # inches for the title
   fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows + head), squeeze=False)
-  for i, ax in enumerate(axes.flat):
-    ax.imshow(1.0 - mask[i], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
+  for (r, c), ax in np.ndenumerate(np.asarray(axes, dtype=object)):
+    ax.imshow(1.0 - masks[r, c], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(title, fontsize=6, y=1.0 - 0.1 * head / (cell * rows + head))
@@ -93,16 +100,10 @@ def show(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, r
                       hspace=0.08)
   fig.savefig(out, dpi=80)
   plt.close(fig)
-  return title
 
 
 def show_video(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: int, rows: int, frames: int) -> str:
   """``rows`` sample clips of a video mask generator, one frame per column (masked tokens dark)."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
   vgrid = VideoGrid(frames, grid.height, grid.width)
   gen = build(name, vgrid, **settings)
   info = jax.jit(gen, static_argnums=1)(jax.random.key(seed), rows)
@@ -110,17 +111,7 @@ def show_video(name: str, out: str, grid: Grid, settings: dict[str, Any], seed: 
   shown = ', '.join(f'{k}={v}' for k, v in sorted(settings.items()))
   title = (f'{name}({shown})  grid {frames}x{grid.height}x{grid.width} (frames x h x w), '
            f'{vgrid.num_tokens - gen.len_keep} of {vgrid.num_tokens} masked; rows: clips, columns: frames')
-  cell, head = 1.0, 0.35
-  fig, axes = plt.subplots(rows, frames, figsize=(cell * frames, cell * rows + head), squeeze=False)
-  for (r, t), ax in np.ndenumerate(np.asarray(axes, dtype=object)):
-    ax.imshow(1.0 - mask[r, t], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.suptitle(title, fontsize=6, y=1.0 - 0.1 * head / (cell * rows + head))
-  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1.0 - head / (cell * rows + head), wspace=0.08,
-                      hspace=0.08)
-  fig.savefig(out, dpi=80)
-  plt.close(fig)
+  _draw(mask, title, out, cell=1.0)
   return title
 
 
