@@ -20,7 +20,6 @@ import ml_collections
 from mim_jax.config import base_config
 from mim_jax.data.pipeline import default_data_config
 from mim_jax.data.pairs import default_pair_config
-from mim_jax.eval.configs import SELFIE_DIGITS_RESNET
 from mim_jax.methods.cae import cae_defaults
 from mim_jax.methods.cropmae import cropmae_defaults
 from mim_jax.methods.dmae import dmae_defaults
@@ -742,6 +741,8 @@ def selfie(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
 
 # A ResNet-18 layout at a quarter of the width with one block per stage and the small stem: a 16 px digit gives
 # maps of 16, 8, 4, 2 px; the patch network (its first 3 stages) takes 4 px patches to 4, 2, 1 px.
+SELFIE_DIGITS_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
+                            stem='small', stem_width=16)
 SELFIE_TINY_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(8, 16, 16, 32),
                           stem='small', stem_width=8)
 

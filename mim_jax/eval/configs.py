@@ -342,10 +342,6 @@ def convnet_fashion_mnist(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-# A ResNet-18 layout at a quarter of the width, one block per stage, the small stem: configs/selfie/digits.py
-# pre-trains it (mim_jax.recipes) and the fine-tune builds it for the random-init arm.
-SELFIE_DIGITS_RESNET = dict(name='resnet', block='basic', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128),
-                            stem='small', stem_width=16)
 
 
 def selfie_finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -354,6 +350,8 @@ def selfie_finetune_digits(arg: str | None = None) -> ml_collections.ConfigDict:
   fresh) or from random init. Chosen up front for a ConvNet on 135 images, not tuned (accuracy is read on the
   test split): batch 32, 100 epochs (400 steps, 10 of warmup), AdamW peak lr 1e-3, wd 0.05, mild crops, no flip,
   label smoothing 0.1, no mixup / erasing / layer decay / drop path. ``arg``: None or 'tiny' (a few steps)."""
+  from mim_jax.recipes import SELFIE_DIGITS_RESNET  # the ResNet configs/selfie/digits.py pre-trains
+
   tokens = _parse(arg, ('tiny',), 'configs/selfie/finetune_digits.py')
   c = finetune('base')
   c.model.encoder = ml_collections.ConfigDict(SELFIE_DIGITS_RESNET)
