@@ -130,6 +130,18 @@ def test_merge_data_config_keeps_the_pretraining_fields_of_the_same_dataset():
     pretrained.merge_data_config(None, data_overrides())
 
 
+def test_clip_overrides_apply_field_by_field_to_a_video_workdir_only():
+  from mim_jax.eval.configs import data_overrides
+  video = load_config('configs/videomae/moving_digits.py', 'tiny').data
+  eval_data = data_overrides()
+  eval_data.clips.label = 'direction'
+  merged = pretrained.merge_data_config(video, eval_data)
+  assert merged.clips.label == 'direction' and merged.clips.sprite == video.clips.sprite
+  assert pretrained.merge_data_config(video, data_overrides()).clips.label == 'class'
+  with pytest.raises(ValueError, match='applies to video workdirs'):
+    pretrained.merge_data_config(load_config('configs/mae/digits.py', 'tiny').data, eval_data)
+
+
 def test_read_pretrain_config_restores_tuples_and_defaults(tmp_path):
   c = load_config('configs/mae/digits.py', 'tiny')
   stored = json.loads(c.to_json_best_effort())

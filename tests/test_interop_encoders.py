@@ -139,3 +139,28 @@ def test_a_vit_with_block_options_keeps_them_in_its_description(tmp_path):
   feats = mim_jax.features(path, images)
   np.testing.assert_allclose(feats['cls'], ref['cls'], atol=1e-5)
   np.testing.assert_allclose(feats['patch_tokens'], ref['patch_tokens'], atol=1e-5)
+
+
+def test_a_video_vit_exports_with_its_clip_length_and_reads_clips(tmp_path):
+  from mim_jax.models.vit import ViTEncoder
+
+  module = ViTEncoder(patch_size=4, width=32, depth=1, num_heads=2, class_token='none', pos_embed='sincos_1d',
+                      qkv_bias='qv', tubelet_size=2)
+  spec = ModelSpec.for_encoder(module, (4, 16, 16, 3))
+  assert spec.num_frames == 4 and spec.input_shape == (4, 16, 16, 3)
+  assert ModelSpec.from_json(spec.to_json()) == spec
+  assert 'num_frames' not in json.loads(ModelSpec.for_encoder(ViTEncoder(patch_size=4, width=32, depth=1,
+                                                                           num_heads=2), (16, 16, 3)).to_json())
+  path = interop.save(random_checkpoint(spec, seed=2), str(tmp_path / 'video.safetensors'), 'mim_jax')[0]
+  clips = np.random.default_rng(0).standard_normal((2, 4, 16, 16, 3)).astype(np.float32)
+  with jax.default_matmul_precision('highest'):
+    ref = module.apply({'params': interop.load(path, 'mim_jax').params['encoder']}, clips)
+  feats = mim_jax.features(path, clips)
+  assert feats['patch_tokens'].shape == (2, 2 * 4 * 4, 32) and 'cls' not in feats
+  np.testing.assert_allclose(feats['pooled'], ref['pooled'], atol=1e-5)
+  with pytest.raises(ValueError, match=r'video model: clips must be \[B, 4, 16, 16, 3\]'):
+    mim_jax.features(path, clips[:, :2])
+  with pytest.raises(ValueError, match='needs num_frames'):
+    dataclasses.replace(spec, num_frames=None)
+  with pytest.raises(ValueError, match='multiple of the tubelet size'):
+    dataclasses.replace(spec, num_frames=3)

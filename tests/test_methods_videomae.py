@@ -154,6 +154,14 @@ def test_multi_view_testing_averages_the_views_softmax():
     FinetuneObjective(objective.model, mixup.MixupConfig(), m.image_shape, erasing_prob=0.25, clips=clips)
 
 
+def ft_clip_shape(workdir) -> tuple[int, ...]:
+  from mim_jax import workdir as workdir_lib
+  from mim_jax.data import pipeline
+
+  config = workdir_lib.read_config(str(workdir))
+  return build(config, Facts(pipeline.dataset_info(config.data))).clip_shape
+
+
 @pytest.mark.slow
 def test_fine_tune_a_videomae_run_on_clips(tmp_path):
   from conftest import load_config
@@ -165,3 +173,9 @@ def test_fine_tune_a_videomae_run_on_clips(tmp_path):
   ft.init = str(tmp_path / 'pre')
   result = tasks.run(ft, str(tmp_path / 'ft'))
   assert result['method'] == 'videomae' and 0.0 <= result['finetune/top1'] <= 1.0
+  import mim_jax  # the fine-tuned classifier exports as a video model: it reads clips of the trained length
+  clips = np.zeros((2, *ft_clip_shape(tmp_path / 'pre')), np.float32)
+  assert mim_jax.features(str(tmp_path / 'ft'), clips)['pooled'].shape[0] == 2
+  knn = load_config('configs/eval/knn.py')  # the image evaluators read clips: pooled tokens, the direction label
+  knn.init, knn.feature, knn.data.clips.label = str(tmp_path / 'pre'), 'pooled', 'direction'
+  assert 0.0 <= tasks.run(knn, str(tmp_path / 'knn'))['knn/top1'] <= 1.0

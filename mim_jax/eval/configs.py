@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from mim_jax.data.clips import default_clip_config
 from mim_jax.data.pipeline import default_data_config
 from mim_jax.models.vit import ILLAMA_OPTIONS
 
@@ -45,6 +46,12 @@ def data_overrides(**values) -> ml_collections.ConfigDict:
   for key in defaults:
     kind = defaults.get_ref(key).get_type()
     c[key] = config_dict.placeholder(object if key == 'cache' else kind)  # cache: True / False / 'auto'
+  # Clip sampling for video workdirs (mim_jax.data.clips), field by field: e.g. --config.data.clips.label=direction
+  # probes the motion direction of the clips the model was pre-trained on.
+  c.clips = ml_collections.ConfigDict()
+  clip_defaults = default_clip_config()
+  for key in clip_defaults:
+    c.clips[key] = config_dict.placeholder(clip_defaults.get_ref(key).get_type())
   for key, value in values.items():
     if key not in c:
       raise KeyError(f'{key!r} is not a data-pipeline field; known: {sorted(c)}')

@@ -172,7 +172,7 @@ def build_model(config, pre: pretrained_lib.Pretrained, num_classes: int) -> Cla
   return Classifier(encoder, num_classes, global_pool, float(config.get('head_init_std', 2e-5)), fc_norm)
 
 
-def model_spec(model: Classifier, info, soft_mask_rate: float | None = None):
+def model_spec(model: Classifier, info, soft_mask_rate: float | None = None, input_shape=None):
   """The :class:`~mim_jax.weights.spec.ModelSpec` of a fine-tuned classifier: what ``mim_jax.features`` and
   ``python -m mim_jax.convert`` need to rebuild it from the fine-tuning workdir (any registered encoder)."""
   from mim_jax.weights.spec import ModelSpec
@@ -185,12 +185,13 @@ def model_spec(model: Classifier, info, soft_mask_rate: float | None = None):
   elif not model.global_pool:
     raise ValueError('a ConvNet classifier reads the pooled feature: fine-tune it with global_pool=True.')
   encoder = model.encoder.clone(drop_path=0.0, dtype=jnp.float32)
-  return ModelSpec.for_encoder(encoder, info.image_shape, **fields)
+  return ModelSpec.for_encoder(encoder, input_shape or info.image_shape, **fields)
 
 
-def write_model_spec(workdir: str, model: Classifier, info, soft_mask_rate: float | None = None) -> None:
+def write_model_spec(workdir: str, model: Classifier, info, soft_mask_rate: float | None = None,
+                     input_shape=None) -> None:
   """``<workdir>/model_spec.json`` (process 0, atomically): the fine-tuned model's description."""
-  text = model_spec(model, info, soft_mask_rate).to_json()
+  text = model_spec(model, info, soft_mask_rate, input_shape).to_json()
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_text_atomic(os.path.join(workdir, workdir_lib.MODEL_SPEC_FILE), text)
@@ -319,7 +320,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   total, warmup = config_lib.resolve_steps(config, steps_per_epoch)
   soft_mask = soft_mask_from_config(config, model.encoder, steps_per_epoch, total)
   objective = FinetuneObjective(model, mix, info.image_shape, config.get('random_erasing', 0.0), soft_mask, clips)
-  write_model_spec(workdir, model, info, None if soft_mask is None else soft_mask(total))
+  write_model_spec(workdir, model, info, None if soft_mask is None else soft_mask(total),
+                   None if clips is None else pre.method.clip_shape)
   opt = config.optimizer
   peak = optim.scaled_lr(opt.base_lr, config.batch_size)
   schedule = optim.warmup_cosine(peak, total, warmup, opt.get('min_lr', 0.0))

@@ -64,6 +64,7 @@ def merge_data_config(base: ml_collections.ConfigDict | dict | None, overrides) 
   """The pre-training data config (or a dataset's defaults) with the eval config's non-None fields on top."""
   overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}
   base = dict(base or {})
+  clip_overrides = {k: v for k, v in dict(overrides.pop('clips', None) or {}).items() if v is not None}
   name = overrides.get('name', base.get('name'))
   if name is None:
     raise ValueError('no dataset to evaluate on: set config.init to a pre-training workdir or config.data.name '
@@ -72,6 +73,11 @@ def merge_data_config(base: ml_collections.ConfigDict | dict | None, overrides) 
   if base.get('name') == name:  # same dataset: keep what pre-training used (image size, splits, stats, ...)
     data.update(base)
   data.update(overrides)
+  if clip_overrides:  # field by field on top of the pre-training run's clip sampling
+    if not data.get('clips'):
+      raise ValueError(f'config.data.clips ({sorted(clip_overrides)}) applies to video workdirs; {name!r} was not '
+                       'read as clips in pre-training: drop the data.clips overrides.')
+    data['clips'] = {**dict(data['clips']), **clip_overrides}
   return ml_collections.ConfigDict(workdir_lib.json_tuples(data))
 
 

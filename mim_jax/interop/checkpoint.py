@@ -76,7 +76,8 @@ def from_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   if isinstance(enc_module, ViTEncoder):
     fields.update(decoder=decoder_spec,
                   norm_pix_loss=bool(config.get('norm_pix_loss', True)) if config.method == 'mae' else None)
-  spec = ModelSpec.for_encoder(enc_module, info.image_shape, **fields)  # run settings (mask token) not recorded
+  # A video method's encoder takes clips (its spec records the clip length); run settings (mask token) not recorded.
+  spec = ModelSpec.for_encoder(enc_module, getattr(method, 'clip_shape', None) or info.image_shape, **fields)
   if getattr(enc_module, 'use_mask_token', False):
     tree['encoder'] = {k: v for k, v in tree['encoder'].items() if k != 'mask_token'}
     notes.append("the encoder's mask token (SimMIM-style) is not part of the exported feature extractor.")

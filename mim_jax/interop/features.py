@@ -4,6 +4,7 @@ users, with no masking.
   feats = mim_jax.features('vit_b_mae.safetensors', images)        # images: NHWC float32, already normalized
   feats = mim_jax.features(workdir, uint8_images, normalize='checkpoint')
   feats['cls'] [B, D], feats['patch_tokens'] [B, N, D] (raster order), feats['pooled'] [B, D]
+  feats = mim_jax.features('videomae.safetensors', clips)         # a video ViT: clips [B, T, H, W, C]
 
 Any encoder a mim_jax checkpoint describes works: ViTs with block options (iLLaMA, CAE, CroCo; 'cls' is the class
 token wherever the encoder keeps it, absent without one) and ConvNets (ResNet / ConvNeXt: no 'cls'; 'patch_tokens'
@@ -45,12 +46,19 @@ def _normalization(normalize, spec) -> tuple[np.ndarray, np.ndarray]:
 def prepare_images(images, spec, normalize=None) -> np.ndarray:
   """NHWC float32 model inputs; uint8 images are scaled to 0-1 and normalized with ``normalize``."""
   images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[None]
   h, w = spec.image_size
-  if images.ndim != 4 or images.shape[-1] != spec.channels:
-    raise ValueError(f'images must be NHWC with {spec.channels} channel(s), got shape {images.shape} '
-                     '(transpose NCHW arrays with x.transpose(0, 2, 3, 1)).')
+  if spec.num_frames:  # a video ViT: clips [B, T, H, W, C] of exactly the trained length and size
+    if images.ndim == 4:
+      images = images[None]
+    if images.shape[1:] != spec.input_shape:
+      raise ValueError(f'this checkpoint is a video model: clips must be [B, {", ".join(map(str, spec.input_shape))}]'
+                       f' (frames, height, width, channels), got shape {images.shape}.')
+  else:
+    if images.ndim == 3:
+      images = images[None]
+    if images.ndim != 4 or images.shape[-1] != spec.channels:
+      raise ValueError(f'images must be NHWC with {spec.channels} channel(s), got shape {images.shape} '
+                       '(transpose NCHW arrays with x.transpose(0, 2, 3, 1)).')
   if spec.is_vit and spec.pos_embed == 'learned' and tuple(images.shape[1:3]) != (h, w):
     raise ValueError(f'this checkpoint has a learned position table for {h}x{w} images, got '
                      f'{images.shape[1]}x{images.shape[2]}: resize the checkpoint first '

@@ -38,7 +38,7 @@ VIT_POS_EMBEDS = ('sincos', 'learned', 'sincos_rows_first', 'sincos_1d', 'none')
 _VIT_SPEC_FIELDS = ('patch_size', 'width', 'depth', 'num_heads', 'mlp_ratio', 'final_norm', 'pos_embed')
 # What ModelSpec records only for ViTs (left out of a ConvNet's metadata).
 _VIT_ONLY = ('patch_size', 'depth', 'num_heads', 'mlp_ratio', 'pos_embed', 'final_norm', 'global_pool', 'decoder',
-             'norm_pix_loss', 'soft_mask_rate')
+             'norm_pix_loss', 'soft_mask_rate', 'num_frames')
 
 
 def _frozen(value):
@@ -101,6 +101,9 @@ class ModelSpec:
   # A ViT with iLLaMA's soft causal mask (causal_mask='soft'): the rate it was last trained / evaluated at
   # (1 = full attention, 0 = causal; None = 0, the end of iLLaMA's schedule).
   soft_mask_rate: float | None = None
+  # A video ViT (encoder option tubelet_size > 0, VideoMAE): the clip length it was trained on. Inputs are then
+  # [B, num_frames, H, W, C] clips; None: images.
+  num_frames: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'encoder_options', freeze_options(self.encoder_options))
@@ -108,7 +111,7 @@ class ModelSpec:
       raise ValueError('a ModelSpec needs image_size and width.')
     object.__setattr__(self, 'image_size', (int(self.image_size[0]), int(self.image_size[1])))
     if not self.is_vit:
-      set_vit = [k for k in ('patch_size', 'depth', 'num_heads', 'decoder', 'soft_mask_rate')
+      set_vit = [k for k in ('patch_size', 'depth', 'num_heads', 'decoder', 'soft_mask_rate', 'num_frames')
                  if getattr(self, k) is not None]
       if set_vit:
         raise ValueError(f'{set_vit} describe ViTs; a {self.encoder!r} encoder keeps its architecture in '
@@ -126,17 +129,27 @@ class ModelSpec:
       raise ValueError(f'image size {h}x{w} is not a multiple of the patch size {self.patch_size}.')
     if self.width % self.num_heads:
       raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}.')
+    tubelet = int(self.options.get('tubelet_size', 0) or 0)
+    if bool(tubelet) != (self.num_frames is not None):
+      raise ValueError(f'a video ViT (tubelet_size {tubelet}) needs num_frames, an image ViT none; got num_frames='
+                       f'{self.num_frames}.')
+    if tubelet and (int(self.num_frames) < 1 or int(self.num_frames) % tubelet):
+      raise ValueError(f'num_frames {self.num_frames} is not a positive multiple of the tubelet size {tubelet}.')
 
   @classmethod
-  def for_encoder(cls, module, image_shape: tuple[int, int, int], **fields) -> ModelSpec:
+  def for_encoder(cls, module, image_shape: tuple[int, ...], **fields) -> ModelSpec:
     """The spec of an encoder module (any registered encoder; run settings such as dtype or drop path are not
-    recorded) for images ``(H, W, C)``; ``fields``: the rest (``fc_norm``, ``num_classes``, ``pixel_mean``, ...)."""
+    recorded) for images ``(H, W, C)`` or, for a video ViT, clips ``(T, H, W, C)``; ``fields``: the rest
+    (``fc_norm``, ``num_classes``, ``pixel_mean``, ...)."""
     import jax
     import jax.numpy as jnp
 
     from mim_jax.models.encoders import ENCODERS
     from mim_jax.models.vit import ViTEncoder
 
+    if len(image_shape) == 4:  # a clip
+      fields['num_frames'] = int(image_shape[0])
+      image_shape = image_shape[1:]
     h, w, c = (int(v) for v in image_shape)
     if isinstance(module, ViTEncoder):
       return cls(patch_size=module.patch_size, width=module.width, depth=module.depth, num_heads=module.num_heads,
@@ -150,6 +163,12 @@ class ModelSpec:
     out = jax.eval_shape(lambda x: module.init_with_output(jax.random.key(0), x)[0], images)
     return cls(encoder=names[0], width=int(out['pooled'].shape[-1]), image_size=(h, w), channels=c,
                encoder_options=module_options(module, only_changed=False), **fields)
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    """One example's shape: ``(H, W, C)``, or ``(T, H, W, C)`` for a video ViT."""
+    frames = (self.num_frames,) if self.num_frames else ()
+    return (*frames, *self.image_size, self.channels)
 
   @property
   def is_vit(self) -> bool:
@@ -225,6 +244,8 @@ class ModelSpec:
     if not self.is_vit:
       for key in _VIT_ONLY:
         out.pop(key)
+    elif self.num_frames is None:  # image models' metadata reads as it did before video models existed
+      out.pop('num_frames')
     return out
 
   @classmethod
@@ -306,8 +327,7 @@ def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
   from mim_jax.models.decoders import MAEDecoder
 
-  h, w = spec.image_size
-  images = jax.ShapeDtypeStruct((1, h, w, spec.channels), jnp.float32)
+  images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
   variables = nn.meta.unbox(jax.eval_shape(spec.build_encoder().init, jax.random.key(0), images))
   shapes = {f'encoder/{k}': tuple(v.shape) for k, v in flatten(variables['params']).items()}
   shapes.update({f'encoder_batch_stats/{k}': tuple(v.shape)
