@@ -136,14 +136,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad field and what would fix it. (The method checks its own fields when it is
   built, and the train state its loss-scale settings.)"""
   from mim_jax import masking
+  from mim_jax.masking.radial import RADIAL
 
   for key, choices in _CHOICES.items():
     value = config.get(key)
     if value not in choices:
       raise ValueError(f'config.{key}={value!r} is not one of {choices}.')
   _validate_remat(config.get('remat', 'none'))
-  if config.mask.name not in masking.names():
-    raise ValueError(f'config.mask.name={config.mask.name!r} is unknown; available: {masking.names()}.')
+  if config.mask.name not in (*masking.names(), RADIAL):
+    raise ValueError(f'config.mask.name={config.mask.name!r} is unknown; available: {masking.names()} (and '
+                     f"'{RADIAL}', which radial_mae draws from its voxels).")
   if not isinstance(config.batch_size, int) or config.batch_size < 1:
     raise ValueError(f'config.batch_size must be a positive int, got {config.batch_size!r}.')
   if config.optimizer.base_lr <= 0:
