@@ -29,6 +29,7 @@ from mim_jax.models.vit import ILLAMA_OPTIONS
 from mim_jax.methods.mrmae import mrmae_defaults
 from mim_jax.methods.selfie import selfie_defaults
 from mim_jax.methods.point_mae import point_mae_defaults
+from mim_jax.methods.multimae import multimae_defaults
 from mim_jax.methods.radial_mae import radial_mae_defaults
 from mim_jax.methods.videomae import videomae_defaults
 from mim_jax.data.clips import default_clip_config
@@ -992,6 +993,63 @@ def radial_mae_lidar(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.encoder.update(widths=(4, 8, 8, 8), out_width=8, blocks=(1, 1, 1, 1))
     c.radial_mae.decoder_widths = (4, 4)
     c.batch_size, c.total_steps, c.warmup_steps = 4, 4, 1
+    c.checkpoint.every_steps, c.log_every = 2, 2
+    c.eval.linear_probe.epochs = 2
+    c.eval.max_train_examples, c.eval.max_eval_examples = 32, 16
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MultiMAE: RGB, depth and semantics
+
+
+def multimae(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """MultiMAE: a Dirichlet token budget across the modalities, one cross-attention output adapter per output
+  (``fields`` go into ``config.multimae``; :func:`mim_jax.methods.multimae.multimae_defaults`)."""
+  c.mask = dict(name='random', ratio=0.75)  # unused: the Dirichlet budget lives in config.multimae
+  return _method(c, 'multimae', multimae_defaults(), fields)
+
+
+def scenes_data() -> ml_collections.ConfigDict:
+  """The bundled procedural 2.5-D scenes (mim_jax.data.scenes25d): 64 px RGB, depth and semantics."""
+  c = default_data_config('mim_scenes25d')
+  c.image_size = 64
+  c.eval_split = 'test'
+  c.hflip = True  # the official hflip 0.5, on all modalities together
+  c.mean, c.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as the official RGB transform
+  return c
+
+
+def multimae_scenes(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MultiMAE on the procedural 2.5-D scenes: RGB + depth + semantics (5 classes at stride 4), 64 px, patch 8 (64
+  tokens per modality, 192 in all), 32 visible (the official 98 of 588 is the same sixth), Dirichlet alpha 1; a
+  ViT 128 wide x 4 blocks (CPU-sized; ':paper' has ViT-B and the official decoder: 256 wide, 2 blocks, 8 heads),
+  decoders 128 wide x 2 blocks; AdamW (0.9, 0.95), wd 0.05, the official blr 1e-4 (lr = blr x batch / 256) scaled
+  up 10x for the short run, batch 64, 1500 steps. ``arg``: 'tiny' (a few steps, for tests), 'paper'."""
+  parts = split_arg(arg)
+  check_parts(parts, {'tiny', 'paper'}, 'configs/multimae/scenes.py')
+  c = base_config()
+  c.data = scenes_data()
+  c.model.encoder = dict(name='multivit', modalities=('rgb', 'depth', 'semseg'), patch_size=8, width=128, depth=4,
+                         num_heads=4, semseg_classes=5, semseg_stride=4)
+  c.model.decoder = None
+  c.batch_size = 64
+  c.total_steps, c.warmup_steps = 1500, 75
+  c.optimizer = ml_collections.ConfigDict(dict(name='adamw', base_lr=1e-3, b1=0.9, b2=0.95, eps=1e-8,
+                                               weight_decay=0.05, min_lr=0.0))
+  c.eval.feature = 'pooled'
+  c.eval.max_train_examples = 2000
+  c.checkpoint.every_steps = 500
+  c.log_every = 50
+  multimae(c, num_visible=32, decoder_width=128, decoder_depth=2, decoder_heads=4)
+  if 'paper' in parts:
+    c.model.encoder.update(width=768, depth=12, num_heads=12)
+    c.multimae.update(decoder_width=256, decoder_depth=2, decoder_heads=8)
+    c.optimizer.base_lr = 1e-4
+  if 'tiny' in parts:
+    c.model.encoder.update(width=32, depth=1, num_heads=2)
+    c.multimae.update(decoder_width=16, decoder_depth=1, decoder_heads=2)
+    c.batch_size, c.total_steps, c.warmup_steps = 8, 4, 1
     c.checkpoint.every_steps, c.log_every = 2, 2
     c.eval.linear_probe.epochs = 2
     c.eval.max_train_examples, c.eval.max_eval_examples = 32, 16

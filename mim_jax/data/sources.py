@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mim_jax.data import digits, fashion_mnist, lidar, shapes3d, stereo
+from mim_jax.data import digits, fashion_mnist, lidar, scenes25d, shapes3d, stereo
 
 ENV_DATA_DIR = 'MIM_JAX_DATA_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'mim_jax', 'tensorflow_datasets')
@@ -64,6 +64,8 @@ def find_dataset_dir(name: str, data_dir: str | None = None, src: str | None = N
     return shapes3d.ensure(root)
   if base == lidar.NAME and version in ('', lidar.VERSION):
     return lidar.ensure(root)
+  if base == scenes25d.NAME and version in ('', scenes25d.VERSION):
+    return scenes25d.ensure(root)
   ds_root = os.path.join(root, *base.split('/'))
   if not os.path.isdir(root):
     raise FileNotFoundError(

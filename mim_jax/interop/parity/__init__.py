@@ -51,6 +51,7 @@ ADAPTERS = {
     'spark': 'mim_jax.interop.parity.spark',
     'videomae': 'mim_jax.interop.parity.videomae',
     'point_mae': 'mim_jax.interop.parity.point_mae',
+    'multimae': 'mim_jax.interop.parity.multimae',
     'timm_resnet': 'mim_jax.interop.parity.timm_convnets',
     'timm_convnext': 'mim_jax.interop.parity.timm_convnets',
 }
