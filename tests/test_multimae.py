@@ -120,7 +120,17 @@ def test_pretrain_on_the_scenes_end_to_end(tmp_path):
   from conftest import load_config
   from mim_jax.train import loop
 
-  loop.train(load_config('configs/multimae/scenes.py', 'tiny'), str(tmp_path))
-  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  import mim_jax
+  from mim_jax import convert
+
+  loop.train(load_config('configs/multimae/scenes.py', 'tiny'), str(tmp_path / 'run'))
+  rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert [r for r in rows if 'train/loss_depth' in r] and all(np.isfinite(r['train/loss']) for r in rows
                                                                if 'train/loss' in r)
+  # export: the RGB path only, and the file's features are the workdir's
+  dst = str(tmp_path / 'rgb.safetensors')
+  assert convert.main(['--from', 'mim_jax', '--to', 'mim_jax', str(tmp_path / 'run'), dst]) == 0
+  images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3)).astype(np.uint8)
+  a = mim_jax.features(dst, images, normalize='checkpoint')
+  b = mim_jax.features(str(tmp_path / 'run'), images, normalize='checkpoint')
+  np.testing.assert_allclose(a['pooled'], b['pooled'], atol=1e-6)

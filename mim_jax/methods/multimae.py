@@ -139,6 +139,14 @@ class MultiMAE(Method):
     self.outputs = tuple(outputs)
     self.model = MultiMAEModel(e, adapters)
 
+  # -- the encoder as probes, fine-tuning and export see it: RGB alone --
+
+  def encoder_params(self, params):
+    """The RGB path of the encoder (its RGB adapter, global token and blocks): what the frozen features, the
+    fine-tune encoder and an exported checkpoint hold; the depth and semantic adapters serve pre-training only."""
+    others = {f'{m}_adapter' for m in self.encoder.modalities if m != 'rgb'}
+    return {k: v for k, v in params['encoder'].items() if k not in others}
+
   # -- the batch --
 
   def batch_fields(self, train: bool = True) -> dict[str, Field]:
