@@ -70,11 +70,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
   from mim_jax.train import distributed, preemption
   from mim_jax.train.loop import NonFiniteLossError
-  from mim_jax.workdir import UnreadableCheckpointError, WorkdirError, check_workdir
+  from mim_jax.workdir import UnreadableCheckpointError, WorkdirError, check_workdir, run_lock
   try:
     workdir = check_workdir(os.path.expanduser(_WORKDIR.value))
     distributed.maybe_initialize()  # before anything touches a device (see mim_jax/train/distributed.py)
-    run(_CONFIG.value, workdir, _MODE.value)
+    import jax
+
+    with run_lock(workdir, primary=jax.process_index() == 0):  # one run per workdir
+      run(_CONFIG.value, workdir, _MODE.value)
   except preemption.Preempted as e:  # checkpoint saved; 128 + signal tells the scheduler it was stopped
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(e.exit_code)

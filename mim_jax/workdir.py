@@ -5,6 +5,8 @@ parameters of its orbax checkpoints.
   <workdir>/summary.json         flat evaluation results, merged by every stage that writes one
   <workdir>/checkpoints/<step>/  orbax: ``state`` (the train state) and ``data`` (the grain iterator positions)
 
+A run owns its workdir while it runs (:func:`run_lock`: an OS lock on the directory, nothing written).
+
 Training (``mim_jax.train``), evaluation (``mim_jax.eval``), export (``mim_jax.interop``) and teachers read
 workdirs through this module. It sits below all of them: it knows the checkpoint layout, not the method or the
 optimizer, so reading a run's parameters needs neither (orbax restores the ``params`` subtree alone).
@@ -12,6 +14,8 @@ optimizer, so reading a run's parameters needs neither (orbax restores the ``par
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from typing import Any
@@ -204,3 +208,46 @@ def check_workdir(path: str) -> str:
   if not os.access(parent, os.W_OK | os.X_OK):
     raise WorkdirError(f'--workdir {path}: {parent} is not writable by this user; pick a writable location.')
   return path
+
+
+@contextlib.contextmanager
+def run_lock(path: str, primary: bool = True):
+  """Owns the workdir ``path`` for one run: an exclusive ``flock`` on the directory itself, held until the run
+  ends. Nothing is written for it (a failed command leaves the workdir as it found it; a directory made for the run
+  and left empty is removed again), and the OS drops the lock when its process dies, so a killed run leaves nothing
+  stuck. A second run on the same workdir gets a :class:`WorkdirError`. Where no lock can be taken (``gs://``
+  paths, filesystems without locks) it says so once and goes on. Only the ``primary`` process (process 0 of a
+  multi-host run) locks."""
+  import fcntl
+
+  if not primary:
+    yield
+    return
+  if '://' in path:
+    print(f'note: --workdir {path} is remote storage, which has no locks: make sure no other run writes to it.',
+          flush=True)
+    yield
+    return
+  made = not os.path.exists(path)
+  os.makedirs(path, exist_ok=True)
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      locked = True
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise WorkdirError(f'--workdir {path} is in use by another run (it holds the workdir\'s lock); wait for it '
+                           'to finish, or pass another --workdir.') from None
+      print(f'note: cannot lock --workdir {path} ({os.strerror(e.errno)} on this filesystem): make sure no other '
+            'run writes to it.', flush=True)
+      locked = False
+    try:
+      yield
+    finally:
+      if locked:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+  finally:
+    os.close(fd)
+    if made and os.path.isdir(path) and not os.listdir(path):
+      os.rmdir(path)  # made for a run that wrote nothing: leave no trace

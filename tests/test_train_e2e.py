@@ -125,3 +125,27 @@ def test_cli_rejects_bad_config_value(tmp_path):
   assert "config.compute_dtype='float8'" in proc.stderr
   proc = _cli('--config=configs/mae/digits.py:tiny', f'--workdir={tmp_path}', '--config.mask.name=blob')
   assert proc.returncode == 2 and 'config.mask.name' in proc.stderr
+
+
+def test_a_workdir_is_owned_by_one_run_and_a_killed_run_leaves_no_lock(tmp_path):
+  # Issue 27, item 2: a second run on a busy workdir stops at once with one line; the lock dies with its holder.
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time\nfrom mim_jax.workdir import run_lock\n'
+       f'with run_lock({str(tmp_path)!r}):\n  print("locked", flush=True)\n  time.sleep(600)'],
+      cwd=REPO, env={**os.environ, 'PYTHONPATH': str(REPO)}, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    proc = _cli('--config=configs/mae/digits.py:tiny', '--mode=train', f'--workdir={tmp_path}')
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and 'is in use by another run' in lines[0], proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # the refused run wrote nothing
+  finally:
+    holder.kill()  # kill -9: no clean-up runs
+    holder.wait()
+  from mim_jax.workdir import run_lock
+  with run_lock(str(tmp_path)):  # free again
+    pass
+  fresh = tmp_path / 'new'
+  with run_lock(str(fresh)):
+    assert fresh.is_dir()
+  assert not fresh.exists()  # made for a run that wrote nothing: removed again
