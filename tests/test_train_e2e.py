@@ -88,6 +88,8 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
       (['--config=configs/mae/digits.py:tiny', f'--workdir={afile}'], 'is a file, not a directory'),
       (['--config=configs/mae/digits.py:tiny', f'--workdir={afile / "sub"}'], 'which is a file'),
       (['--config=configs/mae/digits.py:tiny', '--workdir='], '--workdir is empty'),
+      (['--config=configs/mae/digits.py:tiny', '--config.mask.ratio=0.0', f'--workdir={tmp_path / "w4"}'],
+       'hides no token'),  # item 6: a loss on hidden tokens would be 0 at every step
   ]
   for args, message in cases:
     proc = _cli(*args)

@@ -70,6 +70,10 @@ class TubeMask:
   def len_keep(self) -> int:
     return self.grid.frames * (self.grid.frame_tokens - self.masked_per_frame)
 
+  @property
+  def num_masked(self) -> int:
+    return self.grid.frames * self.masked_per_frame
+
   def spatial_mask(self, rng: jax.Array, batch_size: int) -> jax.Array:
     """``[B, h * w]`` bool, True = masked: exactly ``masked_per_frame`` per row, uniform."""
     noise = jax.random.uniform(rng, (batch_size, self.grid.frame_tokens))

@@ -260,6 +260,15 @@ def config_block(config: ml_collections.ConfigDict, name: str,
   return defaults
 
 
+def require_hidden_tokens(masker, method: str, config) -> None:
+  """A one-line error for a mask that hides nothing when ``method``'s loss lives on the hidden tokens: every step
+  would have loss and gradients 0, and the run would train nothing while looking fine."""
+  if int(getattr(masker, 'num_masked', 1)) < 1:
+    raise ValueError(f"config.mask (name {config.mask.name!r}, ratio {config.mask.get('ratio')}) hides no token, "
+                     f"and {method}'s loss is on the hidden ones: it would be 0 at every step and nothing would "
+                     'train. Set config.mask.ratio in (0, 1).')
+
+
 def check_images(images: jax.Array, image_shape: tuple[int, int, int]) -> None:
   """Clear error for a batch whose image shape is not what the model was built for."""
   if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from mim_jax import masking
 from mim_jax.losses import masked_mean, mse_per_token
-from mim_jax.methods.base import Method, check_images, register
+from mim_jax.methods.base import Method, check_images, register, require_hidden_tokens
 from mim_jax.models.decoders import MAEDecoder
 from mim_jax.models.vit import ViTEncoder, cls_first_tokens
 from mim_jax.targets import pixel_target, reconstruction_images
@@ -51,6 +51,8 @@ class MAE(Method):
     self.loss_on = config.get('loss_on', 'masked')
     if self.loss_on not in LOSS_ON:
       raise ValueError(f'config.loss_on={self.loss_on!r} is not one of {LOSS_ON}.')
+    if self.loss_on == 'masked':
+      require_hidden_tokens(self.masker, self.name, config)
 
   def init(self, rng, batch):
     images = self.images(batch)

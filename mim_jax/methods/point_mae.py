@@ -28,7 +28,7 @@ import ml_collections
 
 from mim_jax import masking
 from mim_jax.data.batch import Field
-from mim_jax.methods.base import Method, config_block, register
+from mim_jax.methods.base import Method, config_block, register, require_hidden_tokens
 from mim_jax.models.encoders import build_encoder
 from mim_jax.models.point_transformer import CentreEmbedding, PointTransformerEncoder, point_blocks
 from mim_jax.models.vit import _param_init, layer_norm
@@ -117,6 +117,7 @@ class PointMAE(Method):
     self.model = PointMAEModel(self.encoder, self.decoder)
     mask_cfg = {k: v for k, v in dict(config.mask).items() if k != 'name'}
     self.masker = masking.build(config.mask.name, masking.Grid(1, e.num_groups), **mask_cfg)
+    require_hidden_tokens(self.masker, self.name, config)
 
   def batch_fields(self, train: bool = True) -> dict[str, Field]:
     del train

@@ -24,7 +24,7 @@ import jax
 
 from mim_jax import masking
 from mim_jax.losses import l1_per_token, masked_mean
-from mim_jax.methods.base import Method, check_images, register
+from mim_jax.methods.base import Method, check_images, register, require_hidden_tokens
 from mim_jax.models.decoders import LinearPixelHead
 from mim_jax.models.vit import ViTEncoder
 from mim_jax.targets import pixel_target, reconstruction_images
@@ -66,6 +66,7 @@ class SimMIM(Method):
     self.decoder = LinearPixelHead(out_dim=p * p * c, dtype=self.module_settings()['dtype'])
     self.model = SimMIMModel(self.encoder, self.decoder)
     self.masker = build_mask_generator(config.mask, self.grid_hw, p)
+    require_hidden_tokens(self.masker, self.name, config)
     self.norm_pix = bool(config.get('norm_pix_loss', False))
 
   def init(self, rng, batch):

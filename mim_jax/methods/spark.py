@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import masking
-from mim_jax.methods.base import Method, check_images, config_block, register
+from mim_jax.methods.base import Method, check_images, config_block, register, require_hidden_tokens
 from mim_jax.models.convnets import (CONV, BatchNorm, ConvNeXtEncoder, ResNetEncoder, active_at, conv,
                                      kaiming_fan_out, remask, trunc_normal)
 from mim_jax.models.encoders import build_encoder
@@ -218,6 +218,7 @@ class SparK(Method):
       # SparK's count: round(N * (1 - ratio)) visible (MAE truncates instead).
       mask_cfg = {**mask_cfg, 'num_visible': max(1, round(n * (1 - float(mask_cfg.get('ratio', 0.6)))))}
     self.masker = masking.build(config.mask.name, masking.Grid(*self.grid_hw), **mask_cfg)
+    require_hidden_tokens(self.masker, self.name, config)
 
   # -- the objective --
 

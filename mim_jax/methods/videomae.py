@@ -32,7 +32,7 @@ from mim_jax import masking
 from mim_jax.data import clips as clips_lib
 from mim_jax.data.batch import Field
 from mim_jax.masking.video import VideoGrid
-from mim_jax.methods.base import Method, config_block, register
+from mim_jax.methods.base import Method, config_block, register, require_hidden_tokens
 from mim_jax.models.decoders import VideoMAEDecoder
 from mim_jax.models.vit import ViTEncoder
 from mim_jax.targets import normalize_tubelets, patchify_video, unpatchify_video
@@ -90,6 +90,7 @@ class VideoMAE(Method):
                                    num_tokens=self.grid.num_tokens, **self.module_settings())
     self.model = VideoMAEModel(self.encoder, self.decoder)
     self.masker = masking.build(config.mask.name, self.grid, **{k: v for k, v in config.mask.items() if k != 'name'})
+    require_hidden_tokens(self.masker, self.name, config)
     self.decoder_masker = None
     if self.cfg.decoder_mask == 'running_cell':
       self.decoder_masker = masking.build('running_cell', self.grid, ratio=float(self.cfg.decoder_mask_ratio))
