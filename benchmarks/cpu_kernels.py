@@ -1,7 +1,7 @@
 """The pieces of a ViT train step, timed alone in JAX (XLA:CPU) and PyTorch: where the step's time goes and why.
 
-    python benchmarks/kernels.py                    # the shapes of MAE ViT-Tiny/4@32 b128 and ViT-B/16@224 b8
-    python benchmarks/kernels.py --only attention --threads 2
+    python benchmarks/cpu_kernels.py                    # the shapes of MAE ViT-Tiny/4@32 b128 and ViT-B/16@224 b8
+    python benchmarks/cpu_kernels.py --only attention --threads 2
 
 Each piece runs forward + backward (what a train step does) on random float32 data; the median of 7 rounds of
 10 calls. JAX pieces are jitted; PyTorch runs eagerly with `torch.set_num_threads` = the same number of cores.
