@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Callable
 
 import tensorflow_datasets as tfds
@@ -53,8 +55,18 @@ def build_once(data_dir: str, name: str, version: str, make_builder: Callable[[]
     return path
   with file_lock(data_dir, name):
     if not done():  # another process may have built it while we waited for the lock
+      # tfds words every build as a download ("Downloading and preparing ... downloaded and prepared") and draws
+      # progress bars into logs: nothing is downloaded here, so say what happens in one line each way instead.
+      print(f'building the bundled dataset {name} under {data_dir} (once; nothing is downloaded) ...', flush=True)
+      start = time.time()
       builder = make_builder()
-      with tempfile.TemporaryDirectory(prefix=f'{name}_dl_') as download_dir:
-        builder.download_and_prepare(download_dir=download_dir, download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+      tfds.display_progress_bar(False)
+      try:
+        with tempfile.TemporaryDirectory(prefix=f'{name}_dl_') as download_dir, \
+            contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare(download_dir=download_dir, download_config=tfds.download.DownloadConfig(
+              try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+      finally:
+        tfds.display_progress_bar(True)
+      print(f'built {name} in {time.time() - start:.0f} s: {path}', flush=True)
   return path

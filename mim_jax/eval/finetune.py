@@ -350,7 +350,8 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   mesh_cfg = dict(config.get('mesh', None) or {})
   ck = config.checkpoint
-  description = (f'fine-tune {pre.source} ({pre.config.method}, step {pre.step}) on {info.name}: {num_classes} '
+  origin = 'random init' if pre.step is None else f'{pre.config.method}, step {pre.step}'
+  description = (f'fine-tune {pre.source} ({origin}) on {info.name}: {num_classes} '
                  f'classes, {total} steps ({total / steps_per_epoch:.1f} epochs of {steps_per_epoch} steps), '
                  f'{warmup} warmup, lr = base_lr {opt.base_lr:g} x batch {config.batch_size} / 256 = {peak:.3e}, '
                  f'layer decay {opt.get("layer_decay", 1.0)}, drop path {config.get("drop_path", 0.0)}, random '

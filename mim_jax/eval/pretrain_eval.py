@@ -196,9 +196,8 @@ def run_figures(workdir: str, step: int, results: dict) -> dict[str, str]:
   if any(k.startswith('monitor/') and k.endswith('top1') for row in rows for k in row):
     figures.append(('figures/probe_accuracy', 'probe_accuracy.png', plots.plot_probe_curve,
                     {'keys': ('monitor/*top1', 'eval/linear_probe/top1', 'eval/knn/top1')}))
-  else:  # the final probes alone are one point each: nothing to see against the step
-    log('probe_accuracy.png not drawn: no accuracy monitors in this run (add config.monitors.knn, see '
-        'mim_jax/eval/monitors.py).')
+  # Without accuracy monitors the final probes are one point each: nothing to draw against the step, and nothing
+  # to say about it (the default runs have none; config.monitors.knn adds them, see mim_jax/eval/monitors.py).
   for key, name, draw, kwargs in figures:
     try:
       draw(metrics_path, os.path.join(workdir, name), **kwargs)

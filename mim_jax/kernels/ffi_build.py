@@ -77,6 +77,8 @@ class CpuKernelLibrary:
     os.close(fd)
     try:
       cmd = [compiler, *FLAGS, f'-I{jax.ffi.include_dir()}', self.source, '-o', tmp]
+      print(f'building the C++ kernel {os.path.basename(self.source)} for this machine (once, ~10-30 s; cached in '
+            f'{os.path.dirname(path)})', flush=True)
       proc = subprocess.run(cmd, capture_output=True, text=True)
       if proc.returncode != 0:
         raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
