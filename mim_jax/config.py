@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = -1
   c.warmup_steps = -1
   c.stop_after_steps = -1
+  # A resume refuses a config whose schedule differs from the run's config.json (batch size, step counts, the
+  # optimizer): it would not continue the same run. True accepts the new values (mim_jax.train.loop).
+  c.accept_schedule_change = False
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw', base_lr=1.5e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, min_lr=0.0))

@@ -193,7 +193,7 @@ def test_nonfinite_loss_stops_without_a_poisoned_checkpoint_or_is_skipped(tmp_pa
 def test_damaged_checkpoint_is_a_clear_error_whose_advice_works(tmp_path, compile_cache):
   """The newest checkpoint's array files are truncated (a bad copy, a full disk): resuming names it, says how
   to fall back to the previous one, and following that advice resumes from it."""
-  _cli(tmp_path, compile_cache, '--config.total_steps=4')
+  _cli(tmp_path, compile_cache, '--config.total_steps=6', '--config.stop_after_steps=4')  # the same schedule
   damaged = tmp_path / 'checkpoints' / '4'
   data_files = [f for f in (damaged / 'state').rglob('*') if f.is_file() and f.parent.name == 'd']
   assert data_files

@@ -114,7 +114,7 @@ def test_a_failed_resume_leaves_the_workdir_as_it_was(tmp_path):
   # Issue 27, item 1: a resume whose checkpoint does not fit the config fails before anything is rewritten.
   assert _cli('--config=configs/mae/digits.py:tiny', '--mode=train', f'--workdir={tmp_path}').returncode == 0
   before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
-  proc = _cli('--config=configs/mae/digits.py:tiny', '--config.model.encoder.width=64', '--config.total_steps=8',
+  proc = _cli('--config=configs/mae/digits.py:tiny', '--config.model.encoder.width=64',
               '--mode=train', f'--workdir={tmp_path}')
   assert proc.returncode == 2 and 'could not be read into this run' in proc.stderr
   after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
@@ -151,3 +151,21 @@ def test_a_workdir_is_owned_by_one_run_and_a_killed_run_leaves_no_lock(tmp_path)
   with run_lock(str(fresh)):
     assert fresh.is_dir()
   assert not fresh.exists()  # made for a run that wrote nothing: removed again
+
+
+@pytest.mark.slow
+def test_a_resume_names_config_changes_and_refuses_a_new_schedule(tmp_path):
+  # Issue 27, item 7: batch size / steps / optimizer changes break an exact resume: refused unless accepted.
+  base = ['--config=configs/mae/digits.py:tiny', '--mode=train', f'--workdir={tmp_path}']
+  assert _cli(*base, '--config.stop_after_steps=2').returncode == 0
+  before = (tmp_path / 'config.json').read_bytes()
+  proc = _cli(*base, '--config.optimizer.base_lr=0.01', '--config.batch_size=8')
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert 'batch_size (16 -> 8)' in lines[0] and 'optimizer.base_lr' in lines[0]
+  assert 'accept_schedule_change=True' in lines[0]
+  assert (tmp_path / 'config.json').read_bytes() == before
+  proc = _cli(*base, '--config.log_every=1')  # not a schedule change: said, and the run goes on
+  assert proc.returncode == 0 and 'with config changes: log_every' in proc.stdout + proc.stderr
+  proc = _cli(*base, '--config.total_steps=8', '--config.accept_schedule_change=True')
+  assert proc.returncode == 0 and 'total_steps' in proc.stdout + proc.stderr

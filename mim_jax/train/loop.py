@@ -162,9 +162,49 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_hooks: Optional[
   """Pre-trains ``config`` in ``workdir`` (resuming from its latest checkpoint). ``make_hooks(context)`` gives the
   hooks to run (``mim_jax.main`` passes the config's online monitors)."""
   distributed.maybe_initialize()
+  check_resume_config(config, workdir)
   job = pretrain_job(config, workdir)
   job.on_start = lambda: workdir_lib.write_config(config, workdir)
   return run(job, workdir, make_hooks)
+
+
+# Fields whose change moves the learning-rate schedule or the optimizer under a resumed run (issue 27, item 7).
+SCHEDULE_FIELDS = ('batch_size', 'total_steps', 'warmup_steps', 'epochs', 'warmup_epochs', 'optimizer.')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Before resuming a run, say which config fields differ from its ``config.json``; refuse (one line) those that
+  change its schedule, unless ``config.accept_schedule_change``."""
+  import json
+
+  if not os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
+    return
+  if workdir_lib.latest_step(workdir_lib.checkpoint_dir(config, workdir)) is None:
+    return
+  before = _flat(json.loads(workdir_lib.read_config(workdir).to_json_best_effort()))
+  now = _flat(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in set(before) | set(now)
+                   if before.get(k) != now.get(k) and k != 'accept_schedule_change')
+  if not changed:
+    return
+  shown = lambda k: f'{k} ({before.get(k)!r} -> {now.get(k)!r})'  # noqa: E731
+  schedule = [k for k in changed if k in SCHEDULE_FIELDS or k.startswith('optimizer.')]
+  if schedule and not config.get('accept_schedule_change', False):
+    raise ValueError(f'--workdir {workdir} holds a run whose schedule differs from this config: '
+                     f'{", ".join(shown(k) for k in schedule)}; a resume would not continue that run. Use the '
+                     'run\'s values, another --workdir, or --config.accept_schedule_change=True to go on with '
+                     'the new ones.')
+  log(f'Resuming {workdir} with config changes: {", ".join(shown(k) for k in changed)}.')
 
 
 # ----------------------------------------------------------------------------------------------------------
