@@ -80,7 +80,11 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
   # Issue 27, items 5, 10, 11: each a one-line error with exit status 2, no traceback, no files written.
   afile = tmp_path / 'a_file'
   afile.write_text('x')
+  junk = tmp_path / 'junk.safetensors'  # item 12: a file that is not what its name says
+  junk.write_text('not a safetensors file')
   cases = [
+      (['--config=configs/eval/knn.py:digits', f'--config.init={junk}', f'--workdir={tmp_path / "w5"}'],
+       'is not a readable .safetensors weights file'),
       (['--config=configs/mae/digits.py:tinyy', f'--workdir={tmp_path / "w1"}'], "unknown argument 'tinyy'"),
       (['--config=configs/mae/nope.py', f'--workdir={tmp_path / "w2"}'], 'configs/mae/nope.py does not exist'),
       (['--config=configs/mae/digits.py:tiny', '--config.total_steps=0', f'--workdir={tmp_path / "w3"}'],
@@ -96,7 +100,7 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
     assert 'Traceback' not in proc.stderr
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'junk.safetensors']
 
 
 @pytest.mark.slow

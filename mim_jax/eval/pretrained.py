@@ -102,14 +102,11 @@ def load_checkpoint_file(path: str, encoder=None) -> dict:
   """``{'encoder': ...[, 'decoder': ...][, 'encoder_batch_stats': ...]}`` host arrays from an ``.npz`` /
   ``.safetensors`` file: mim_jax names (``encoder/...``), or the official names of the configured ``encoder``'s
   family: timm's ResNet / ConvNeXt, iLLaMA's, else the MAE reference's (timm's ViT)."""
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-    arrays = load_file(path)
-  elif path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-  else:
+  if not path.endswith(('.safetensors', '.npz')):
     raise ValueError(f'unsupported checkpoint file {path!r}; expected one of {CHECKPOINT_SUFFIXES} or a workdir.')
+  from mim_jax.weights.tensors import read_tensors
+
+  arrays, _ = read_tensors(path)
   if any(k.startswith('param/') for k in arrays):  # the parity fixtures' layout: only the params
     arrays = {k[len('param/'):]: v for k, v in arrays.items() if k.startswith('param/')}
   if any(k.startswith('encoder/') for k in arrays):

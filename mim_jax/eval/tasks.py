@@ -35,8 +35,17 @@ def run(config, workdir: str) -> dict:
   if task not in tasks:
     raise ValueError(f'config.task={task!r} is not an evaluation task; choose one of {sorted(tasks)} '
                      "(or 'pretrain').")
+  config_path = os.path.join(workdir, f'{task}_config.json')
+  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
   workdir_lib.write_config(config, workdir, f'{task}_config.json')
-  values = tasks[task](config, workdir)
+  try:
+    values = tasks[task](config, workdir)
+  except BaseException:
+    # A task that fails before writing anything (a bad init, a bad setting) leaves the workdir as it found it.
+    if os.path.basename(config_path) not in before and set(os.listdir(workdir)) == before | {
+        os.path.basename(config_path)}:
+      os.remove(config_path)
+    raise
   provenance = {f'{task}/config_hash': config_hash(config), f'{task}/checkpoint_step': values.get('checkpoint_step'),
                 f'{task}/init': values.get('init')}
   summary = {**values, **provenance}

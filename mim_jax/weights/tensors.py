@@ -52,21 +52,29 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """``(tensors, metadata)`` from a .safetensors / .pth / .pt / .bin / .npz file; metadata is {} when none."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'no such checkpoint file: {path!r}')
-  if path.endswith('.safetensors'):
-    from safetensors import safe_open
-
-    with safe_open(path, framework='np') as f:
-      metadata = dict(f.metadata() or {})
-      tensors = {k: f.get_tensor(k) for k in f.keys()}
-  elif path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as z:
-      tensors, metadata = {k: z[k] for k in z.files}, {}
-  elif path.endswith(TORCH_SUFFIXES):
-    torch = _require_torch(path)
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    tensors, metadata = {k: _to_numpy(v) for k, v in _unwrap(state, path).items() if hasattr(v, 'shape')}, {}
-  else:
+  if not path.endswith(('.safetensors', '.npz', *TORCH_SUFFIXES)):
     raise ValueError(f'cannot tell the file type of {path!r}: use a .safetensors, .pth/.pt/.bin or .npz file.')
+  if path.endswith(TORCH_SUFFIXES):
+    torch = _require_torch(path)
+  try:
+    if path.endswith('.safetensors'):
+      from safetensors import safe_open
+
+      with safe_open(path, framework='np') as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    elif path.endswith('.npz'):
+      with np.load(path, allow_pickle=False) as z:
+        tensors, metadata = {k: z[k] for k in z.files}, {}
+    else:
+      state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # the libraries' own errors (a damaged header, not a zip, not a pickle) as one line
+    reason = ' '.join(str(e).split())[:200] or type(e).__name__
+    raise ValueError(f'{path} is not a readable {os.path.splitext(path)[1]} weights file ({reason}): it may be '
+                     'damaged or another format; check the path, or export it again (python -m mim_jax.convert).'
+                     ) from None
+  if path.endswith(TORCH_SUFFIXES):
+    tensors, metadata = {k: _to_numpy(v) for k, v in _unwrap(state, path).items() if hasattr(v, 'shape')}, {}
   return {k: (v.astype(np.float32) if v.dtype.kind == 'f' else v) for k, v in tensors.items()}, metadata
 
 
