@@ -58,7 +58,9 @@ def _write_class_tree(root, photos, per_class=8, classes=('cat', 'dog', 'fish'))
     f.write(b'\0\0')
   with open(os.path.join(root, 'stray.jpg'), 'wb') as f:
     f.write(data)
+  os.symlink('/nonexistent/target.jpg', os.path.join(cat, 'dangling.jpg'))  # issue 27, item 14
   expect.update({
+    'cat/dangling.jpg': 'broken link',
     'cat/truncated.jpg': 'truncated', 'cat/garbage.jpg': 'not an image', 'cat/notes.txt': 'not an image',
     'cat/empty.jpg': 'empty', 'cat/.DS_Store': 'hidden', 'stray.jpg': 'outside any class folder',
   })
@@ -192,3 +194,16 @@ def test_train_val_layout_and_cli(tmp_path, photos, capsys):
   assert prepare.main(['--src', str(tmp_path / 'missing'), '--out', out]) == 2
   assert 'is not a directory' in capsys.readouterr().err
   assert prepare.main(['--src', str(tmp_path / 'src'), '--out', out, '--name', 'Bad Name']) == 2
+
+
+def test_a_folder_without_a_readable_image_is_one_error_and_leaves_no_dataset(tmp_path):
+  # Issue 27, item 14: not tfds's AssertionError, and no empty dataset folder among the data dir's datasets.
+  src = tmp_path / 'src' / 'a'
+  src.mkdir(parents=True)
+  (src / '1.jpg').write_bytes(b'not a jpeg')
+  os.symlink('/nonexistent.jpg', src / '2.jpg')
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match='no readable image') as e:
+    prepare.prepare(str(tmp_path / 'src'), str(out), name='allbad', workers=0, progress=False)
+  assert 'nothing was written' in str(e.value) and '\n' not in str(e.value)
+  assert not (out / 'allbad').exists()

@@ -94,6 +94,8 @@ def _walk_files(root: str, rel_base: str, skipped: list[tuple[str, str]]) -> lis
       rel = os.path.normpath(os.path.join(rel_base, os.path.relpath(os.path.join(dirpath, f), root)))
       if _is_hidden(f):
         skipped.append((rel, 'hidden or system file'))
+      elif not os.path.exists(os.path.join(dirpath, f)):
+        skipped.append((rel, 'broken link: its target does not exist'))
       else:
         out.append(rel)
   return sorted(out)
@@ -456,11 +458,25 @@ def prepare(src: str, out: str, name: str | None = None, val_fraction: float = 0
                                   metadata, progress)
       builder = builder_cls(data_dir=out, file_format='array_record')
       _add_stats_after_generation(builder, report, options)
-      builder.download_and_prepare(
-        download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
-      )
+      name_dir_existed = os.path.isdir(os.path.join(out, name))
+      try:
+        with contextlib.redirect_stdout(io.StringIO()):  # tfds's "Downloading and preparing": nothing is downloaded
+          builder.download_and_prepare(
+            download_dir=download_dir,
+            download_config=tfds.download.DownloadConfig(
+              try_download_gcs=False, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
+          )
+      except AssertionError as e:  # tfds: a split without a single readable image
+        if 'No examples were yielded' not in str(e):
+          raise
+        # Leave no half-built dataset behind (it would show up among the data dir's datasets).
+        shutil.rmtree(ds_dir, ignore_errors=True)
+        if not name_dir_existed:
+          shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+        why = sorted(report.skipped, key=lambda r: r['file'])[:3]
+        shown = '; '.join(f"{r['file']}: {r['reason']}" for r in why)
+        raise ValueError(f'no readable image in {src} for a split ({len(report.skipped)} file(s) skipped, e.g. '
+                         f'{shown}); nothing was written.') from None
     elapsed = time.time() - t0
     report.skipped.extend({'file': rel, 'split': '-', 'reason': why} for rel, why in scanned.skipped)
     summary = {
