@@ -178,6 +178,8 @@ def unreadable_message(directory: str, step: int, all_steps, error: BaseExceptio
   while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
     root = root.__cause__ or root.__context__
   detail = (str(root).strip().splitlines() or [type(root).__name__])[0][:400]
+  # orbax's own advice (strict=False, enable_padding_and_truncation) would restore a different model silently
+  detail = detail.split(' Truncating/padding is disabled')[0].rstrip('.')
   earlier = [s for s in all_steps if s < step]
   path = os.path.join(directory, str(step))
   way_out = (f'move it away to resume from step {earlier[-1]} (mv {path} {path}.unreadable)' if earlier else

@@ -121,6 +121,9 @@ def test_a_failed_resume_leaves_the_workdir_as_it_was(tmp_path):
   proc = _cli('--config=configs/mae/digits.py:tiny', '--config.model.encoder.width=64',
               '--mode=train', f'--workdir={tmp_path}')
   assert proc.returncode == 2 and 'could not be read into this run' in proc.stderr
+  # item 13: the changed field is named; the storage library's advice (restore a different model) is not passed on
+  assert 'model.encoder.width (32 -> 64)' in proc.stderr and 'strict=False' not in proc.stderr
+  assert 'enable_padding_and_truncation' not in proc.stderr
   after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
   assert after == before
 

@@ -162,10 +162,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_hooks: Optional[
   """Pre-trains ``config`` in ``workdir`` (resuming from its latest checkpoint). ``make_hooks(context)`` gives the
   hooks to run (``mim_jax.main`` passes the config's online monitors)."""
   distributed.maybe_initialize()
-  check_resume_config(config, workdir)
+  changed = check_resume_config(config, workdir)
   job = pretrain_job(config, workdir)
   job.on_start = lambda: workdir_lib.write_config(config, workdir)
-  return run(job, workdir, make_hooks)
+  try:
+    return run(job, workdir, make_hooks)
+  except workdir_lib.UnreadableCheckpointError as e:
+    if not changed:
+      raise
+    # The checkpoint was written under another config: name the fields, not the storage library's advice.
+    raise workdir_lib.UnreadableCheckpointError(
+        f'the checkpoints in {job.checkpoint_dir} were written by a run whose config differs from this one in '
+        f'{", ".join(changed)}, and its train state does not fit this config ({e}). Use the run\'s values, or '
+        'another --workdir.') from None
 
 
 # Fields whose change moves the learning-rate schedule or the optimizer under a resumed run (issue 27, item 7).
@@ -182,21 +191,21 @@ def _flat(tree: dict, prefix: str = '') -> dict:
   return out
 
 
-def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Before resuming a run, say which config fields differ from its ``config.json``; refuse (one line) those that
-  change its schedule, unless ``config.accept_schedule_change``."""
+  change its schedule, unless ``config.accept_schedule_change``. Returns the changes, as ``field (old -> new)``."""
   import json
 
   if not os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
-    return
+    return []
   if workdir_lib.latest_step(workdir_lib.checkpoint_dir(config, workdir)) is None:
-    return
+    return []
   before = _flat(json.loads(workdir_lib.read_config(workdir).to_json_best_effort()))
   now = _flat(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in set(before) | set(now)
                    if before.get(k) != now.get(k) and k != 'accept_schedule_change')
   if not changed:
-    return
+    return []
   shown = lambda k: f'{k} ({before.get(k)!r} -> {now.get(k)!r})'  # noqa: E731
   schedule = [k for k in changed if k in SCHEDULE_FIELDS or k.startswith('optimizer.')]
   if schedule and not config.get('accept_schedule_change', False):
@@ -205,6 +214,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
                      'run\'s values, another --workdir, or --config.accept_schedule_change=True to go on with '
                      'the new ones.')
   log(f'Resuming {workdir} with config changes: {", ".join(shown(k) for k in changed)}.')
+  return [shown(k) for k in changed]
 
 
 # ----------------------------------------------------------------------------------------------------------
