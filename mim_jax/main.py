@@ -81,14 +81,34 @@ def main(argv):
   except preemption.Preempted as e:  # checkpoint saved; 128 + signal tells the scheduler it was stopped
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(e.exit_code)
-  except (ValueError, FileNotFoundError, NonFiniteLossError, WorkdirError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    if isinstance(e, UnreadableCheckpointError):
+  except Exception as e:
+    full = out_of_space(e)
+    if full is None and not isinstance(e, (ValueError, FileNotFoundError, NonFiniteLossError, WorkdirError)):
+      raise
+    print(f'error: {full or e}', file=sys.stderr)
+    if isinstance(e, UnreadableCheckpointError) or full:
       # tensorstore's reads still in flight print 'Event loop is closed' tracebacks (from native code) into
       # orbax's closed loop until the interpreter is gone; nothing is left to save, so leave at once.
       sys.stderr.flush()
       os._exit(2)
     sys.exit(2)
+
+
+def out_of_space(error: BaseException) -> str | None:
+  """The one-line report of a full disk anywhere in ``error``'s chain (orbax and tensorstore wrap the OSError in
+  their own types), else None."""
+  import errno
+
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or 'No space left on device' in str(error):
+      where = getattr(error, 'filename', None)
+      place = f' writing {where}' if where else ''
+      return (f'out of disk space{place}: free space there or move --workdir to a larger disk, then re-run the '
+              'command (it resumes from the last complete checkpoint; an unfinished one is not used).')
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _one_line(error: BaseException) -> str:

@@ -36,8 +36,18 @@ class MetricWriter:
     # Strict JSON: a non-finite value (a skipped step's loss) is written as null, which every reader accepts
     # (Python's json would write Infinity / NaN, which strict parsers reject). One write call per row.
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(clean, allow_nan=False) + '\n')
+    line = (json.dumps(clean, allow_nan=False) + '\n').encode()
+    with open(self.path, 'ab') as f:
+      start = f.tell()
+      try:
+        f.write(line)
+        f.flush()
+      except OSError:  # a full disk: leave no torn row behind (readers would stop at it), then report
+        try:
+          f.truncate(start)
+        except OSError:
+          pass
+        raise
     for k, v in row.items():
       if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))
