@@ -172,6 +172,14 @@ def read_state_parts(workdir: str, parts: tuple[str, ...], step: int | None = No
   return tuple(restored['state'].get(p, {}) for p in parts), int(step)
 
 
+def way_back(directory: str, step: int, all_steps) -> str:
+  """How to go on without checkpoint ``step``: move it away, to resume from the one before (or from scratch)."""
+  earlier = [s for s in all_steps if s < step]
+  path = os.path.join(directory, str(step))
+  return (f'move it away to resume from step {earlier[-1]} (mv {path} {path}.unreadable)' if earlier else
+          f'move it away to start from scratch (mv {path} {path}.unreadable)')
+
+
 def unreadable_message(directory: str, step: int, all_steps, error: BaseException) -> str:
   """One line naming the checkpoint, the root cause and the way back to the previous checkpoint."""
   root = error
@@ -180,10 +188,8 @@ def unreadable_message(directory: str, step: int, all_steps, error: BaseExceptio
   detail = (str(root).strip().splitlines() or [type(root).__name__])[0][:400]
   # orbax's own advice (strict=False, enable_padding_and_truncation) would restore a different model silently
   detail = detail.split(' Truncating/padding is disabled')[0].rstrip('.')
-  earlier = [s for s in all_steps if s < step]
+  way_out = way_back(directory, step, all_steps)
   path = os.path.join(directory, str(step))
-  way_out = (f'move it away to resume from step {earlier[-1]} (mv {path} {path}.unreadable)' if earlier else
-             f'move it away to start from scratch (mv {path} {path}.unreadable)')
   return (f'checkpoint {path} could not be read into this run\'s train state: {detail}. If the config changed '
           f'since it was written (model, optimizer, method), use a new --workdir; if its files are damaged '
           f'(a truncated copy, a full disk), {way_out}.')

@@ -8,13 +8,19 @@ the grain data-iterator state, so a resumed run sees exactly the batches it woul
   written once), process 0 writes the metadata, and each process writes its own data-iterator position.
 * Resharding: ``restore`` reads into the shardings of the abstract state it is given, so a run resumed on a
   different device count (or mesh) is resharded on the fly.
+* Checksums: once a step is finished, process 0 writes ``<step>/mim_jax_checksums.json`` (CRC-32 and size of every
+  file of the step); ``restore`` verifies them first, so flipped bytes (a bad disk, a damaged copy) are reported
+  with the step and the way back instead of being read as weights. Local filesystems only (on ``gs://`` the
+  storage keeps its own checksums).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import zlib
 from typing import Any, Optional
 
 import jax
@@ -31,6 +37,7 @@ from mim_jax.workdir import UnreadableCheckpointError
 # ("replica-parallel" saving), which would compile a slicing program per array and device on first save.
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 
+CHECKSUM_FILE = 'mim_jax_checksums.json'
 _GRAIN_STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
 
 
@@ -53,6 +60,26 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
       (int, scalar), (float, scalar), (bytes, scalar), (np.number, scalar),
       (np.ndarray, type_handlers.NumpyHandler()), (jax.Array, array_handler), (str, type_handlers.StringHandler()))
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def _crc32(path: str) -> str:
+  crc = 0
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 22):
+      crc = zlib.crc32(chunk, crc)
+  return f'{crc:08x}'
+
+
+def file_checksums(step_dir: str) -> dict[str, list]:
+  """``{relative path: [crc32, size]}`` of every file under a finished step directory (the manifest aside)."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel != CHECKSUM_FILE:
+        out[rel] = [_crc32(path), os.path.getsize(path)]
+  return dict(sorted(out.items()))
 
 
 class Checkpointer:
@@ -82,7 +109,40 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0 and step != self.latest_step()
 
+  def seal_finished(self) -> None:
+    """Writes the checksum manifest of every finished step that has none (process 0, local filesystems)."""
+    if jax.process_index() != 0 or '://' in self.directory:
+      return
+    for step in self.all_steps():
+      step_dir = os.path.join(self.directory, str(step))
+      manifest = os.path.join(step_dir, CHECKSUM_FILE)
+      if os.path.isdir(step_dir) and not os.path.exists(manifest):
+        workdir_lib.write_text_atomic(manifest, json.dumps(file_checksums(step_dir)))
+
+  def verify(self, step: int) -> None:
+    """An :class:`UnreadableCheckpointError` naming the damaged files when a step's files no longer match the
+    checksums written after it was saved (no manifest: nothing to check)."""
+    step_dir = os.path.join(self.directory, str(step))
+    manifest = os.path.join(step_dir, CHECKSUM_FILE)
+    if '://' in self.directory or not os.path.exists(manifest):
+      return
+    with open(manifest) as f:
+      expected = json.load(f)
+    bad = []
+    for rel, (crc, size) in expected.items():
+      path = os.path.join(step_dir, rel)
+      if not os.path.exists(path):
+        bad.append(f'{rel} (missing)')
+      elif os.path.getsize(path) != size or _crc32(path) != crc:
+        bad.append(rel)
+    if bad:
+      shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+      raise UnreadableCheckpointError(
+          f'checkpoint {step_dir} is damaged: {shown} no longer match the checksums written when it was saved; '
+          f'{workdir_lib.way_back(self.directory, step, self.all_steps())}.')
+
   def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = True) -> bool:
+    self.seal_finished()
     items = {'state': ocp.args.PyTreeSave(state)}
     if data_iterator is not None:
       items['data'] = _grain().CheckpointSave(data_iterator)
@@ -92,6 +152,7 @@ class Checkpointer:
     """Restores the state into the shardings of ``abstract_state`` (a pytree of ShapeDtypeStruct with
     ``.sharding``), so a run restored on a different device count is resharded; restores the data
     iterator in place when given."""
+    self.verify(step)
     with_data = data_iterator is not None and 'data' in self.item_names(step)
     if with_data:
       self._check_data_processes(step)
@@ -152,9 +213,11 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self.seal_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    self.seal_finished()
     self.manager.close()
 
 

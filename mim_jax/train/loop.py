@@ -202,8 +202,8 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> list
     return []
   before = _flat(json.loads(workdir_lib.read_config(workdir).to_json_best_effort()))
   now = _flat(json.loads(config.to_json_best_effort()))
-  changed = sorted(k for k in set(before) | set(now)
-                   if before.get(k) != now.get(k) and k != 'accept_schedule_change')
+  per_invocation = ('accept_schedule_change', 'stop_after_steps')  # settings of this command, not of the run
+  changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in per_invocation)
   if not changed:
     return []
   shown = lambda k: f'{k} ({before.get(k)!r} -> {now.get(k)!r})'  # noqa: E731
