@@ -328,7 +328,8 @@ def _make_builder(name: str, version: str, class_names: list[str] | None, scanne
     if progress:
       from tqdm import tqdm
 
-      results = tqdm(results, total=len(tasks), desc=f'{name} {split}', unit='img', dynamic_ncols=True)
+      results = tqdm(results, total=len(tasks), desc=f'{name} {split}', unit='img', dynamic_ncols=True,
+                     disable=not sys.stderr.isatty())  # no carriage returns in a redirected log
     for rel, res in results:
       if not res['ok']:
         report.skipped.append({'file': rel, 'split': split, 'reason': res['reason']})

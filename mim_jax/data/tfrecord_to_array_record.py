@@ -145,7 +145,7 @@ def convert(src: str, out: str, workers: int = 8, overwrite: bool = False, verif
     if progress:
       from tqdm import tqdm
 
-      results = tqdm(results, total=len(tasks), desc='shards', unit='shard')
+      results = tqdm(results, total=len(tasks), desc='shards', unit='shard', disable=not sys.stderr.isatty())
     for split_name, count in results:
       sizes[split_name] = sizes.get(split_name, 0) + count
   finally:

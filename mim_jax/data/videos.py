@@ -129,7 +129,7 @@ def prepare_videos(src: str, out: str, name: str | None = None, short_side: int 
     if progress:
       from tqdm import tqdm
 
-      rows = tqdm(items, desc=f'{name} {split}', unit='video', dynamic_ncols=True)
+      rows = tqdm(items, desc=f'{name} {split}', unit='video', dynamic_ncols=True, disable=not sys.stderr.isatty())
     for i, (rel, label) in enumerate(rows):
       try:
         example = encode_record(os.path.join(src, rel), short_side, every, max_frames, quality)

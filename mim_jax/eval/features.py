@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import jax
@@ -39,7 +40,8 @@ def extract_features(
   batch_size = max(1, min(int(batch_size), n))
   fn = jax.jit(feature_fn) if jit else feature_fn
   num_batches = -(-n // batch_size)
-  show = num_batches >= 20 if progress is None else progress
+  # Auto: only on a terminal (a bar's carriage returns would litter a redirected log).
+  show = (num_batches >= 20 and sys.stderr.isatty()) if progress is None else progress
   outputs, pending = [], None
   with tqdm(total=n, desc=desc, unit='img', disable=not show, leave=False) as bar:
     for start in range(0, n, batch_size):

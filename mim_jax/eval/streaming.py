@@ -17,6 +17,7 @@ the method (``method.feature``), never the encoder's token layout.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,7 +67,8 @@ def eval_batches(data_cfg, split: str, global_batch: int, mesh, max_examples: in
                                record_transform=eval_transform, indices=subset.indices)
   num_batches = -(-n // global_batch)
   local = np.arange(per_host)
-  show = progress and num_batches >= 20  # a bar only where there is something to wait for
+  # a bar only where there is something to wait for, on a terminal (carriage returns would litter a log)
+  show = progress and num_batches >= 20 and sys.stderr.isatty()
   for k in tqdm(range(num_batches), desc=desc or split, disable=not show, leave=False):
     batch = next(it)
     # Host `me` holds elements me, me + P, me + 2P, ... of the endless stream; element i is example i mod n.
