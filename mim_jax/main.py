@@ -141,7 +141,7 @@ def parse_flags(argv):
   except OSError as e:  # the --config file cannot be loaded
     path = (given or '').split(':', 1)[0]
     reason = f'{path} does not exist' if path and not os.path.exists(path) else _one_line(e)
-    print(f'error: cannot load the --config file: {reason}.', file=sys.stderr)
+    print(f"error: cannot load the --config file: {reason.rstrip('.')}.", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError) as e:  # ml_collections' config_flags: the override names no config key
     overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]

@@ -278,7 +278,7 @@ class Attention(nn.Module):
     if impl in ('auto', 'cpu_fused'):
       reason = attention_cpu.unsupported_reason(q.shape, q.dtype)
       if reason and impl == 'cpu_fused':
-        raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason}. "
+        raise ValueError(f"attention_impl='cpu_fused' cannot run here: {reason.rstrip('.')}. "
                          f"Use attention_impl='auto', which falls back to 'einsum' where the kernel does not apply.")
       impl = 'einsum' if reason else 'cpu_fused'  # 'auto': the fused CPU kernel where it applies
     if impl == 'cpu_fused' and query_ids is None and rope is None:  # straight from the [B, N, 3, H, D] output
