@@ -105,13 +105,18 @@ def test_recipes_build_and_validate():
   from mim_jax.config import validate
 
   for path, arg in (('configs/videomae/moving_digits.py', None), ('configs/videomae/moving_digits.py', 'tiny'),
-                    ('configs/videomae/k400.py', None), ('configs/videomae/k400.py', 'cpu')):
+                    ('configs/videomae/k400.py', None), ('configs/videomae/k400.py', 'cpu'),
+                    ('configs/videomae/k400.py', 'large')):
     validate(load_config(path, arg))
   v1 = load_config('configs/videomae/moving_digits.py', 'v1,direction')
   assert v1.videomae.decoder_mask == 'none' and v1.data.clips.label == 'direction'
   k400 = load_config('configs/videomae/k400.py')
   assert (k400.data.num_frames, k400.mask.ratio, k400.videomae.decoder_mask_ratio, k400.model.decoder.depth) == (
       16, 0.9, 0.5, 4)
+  assert k400.data.clips.kind == 'stored' and k400.data.clips.stride == 4  # sampling rate 4 on converted videos
+  large = load_config('configs/videomae/k400.py', 'large')  # scripts/pretrain/vit_l_hybrid_pt.sh
+  assert (large.model.encoder.variant, large.model.decoder.width, large.model.decoder.num_heads, large.epochs) == (
+      'large/16', 512, 8, 300.0)
   with pytest.raises(ValueError, match='unknown argument'):
     load_config('configs/videomae/k400.py', 'v3')
 
