@@ -74,9 +74,7 @@ def main(argv):
   try:
     workdir = check_workdir(os.path.expanduser(_WORKDIR.value))
     distributed.maybe_initialize()  # before anything touches a device (see mim_jax/train/distributed.py)
-    import jax
-
-    with run_lock(workdir, primary=jax.process_index() == 0):  # one run per workdir
+    with run_lock(workdir):  # one run per workdir
       run(_CONFIG.value, workdir, _MODE.value)
   except preemption.Preempted as e:  # checkpoint saved; 128 + signal tells the scheduler it was stopped
     print(f'preempted: {e}', file=sys.stderr)

@@ -32,6 +32,71 @@ class UnreadableCheckpointError(ValueError):
   """A checkpoint exists but cannot be restored (damaged files, or a train state it does not match)."""
 
 
+class DamagedCheckpointError(UnreadableCheckpointError):
+  """A checkpoint's files no longer match the checksums written when it was saved."""
+
+
+CHECKSUM_FILE = 'mim_jax_checksums.json'
+
+
+def _crc32(path: str) -> str:
+  import zlib
+
+  crc = 0
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 22):
+      crc = zlib.crc32(chunk, crc)
+  return f'{crc:08x}'
+
+
+def file_checksums(step_dir: str) -> dict[str, list]:
+  """``{relative path: [crc32, size]}`` of every file of a finished step directory (the manifest and unfinished
+  ``*.tmp`` files aside)."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel != CHECKSUM_FILE and not name.endswith('.tmp'):
+        out[rel] = [_crc32(path), os.path.getsize(path)]
+  return dict(sorted(out.items()))
+
+
+def seal_step(directory: str, step: int) -> None:
+  """Writes ``<directory>/<step>/mim_jax_checksums.json`` unless it is there (local filesystems only)."""
+  step_dir = os.path.join(directory, str(step))
+  manifest = os.path.join(step_dir, CHECKSUM_FILE)
+  if '://' not in directory and os.path.isdir(step_dir) and not os.path.exists(manifest):
+    write_text_atomic(manifest, json.dumps(file_checksums(step_dir)))
+
+
+def verify_step(directory: str, step: int, all_steps) -> None:
+  """A :class:`DamagedCheckpointError` naming the damaged files when a step no longer matches the checksums written
+  after it was saved (no manifest, or remote storage: nothing to check)."""
+  step_dir = os.path.join(directory, str(step))
+  manifest = os.path.join(step_dir, CHECKSUM_FILE)
+  if '://' in directory or not os.path.exists(manifest):
+    return
+  try:
+    with open(manifest) as f:
+      expected = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DamagedCheckpointError(f'checkpoint {step_dir}: its checksum file {manifest} cannot be read ({e}); '
+                                 f'{way_back(directory, step, all_steps)}.') from None
+  bad = []
+  for rel, (crc, size) in expected.items():
+    path = os.path.join(step_dir, rel)
+    if not os.path.exists(path):
+      bad.append(f'{rel} (missing)')
+    elif os.path.getsize(path) != size or _crc32(path) != crc:
+      bad.append(rel)
+  if bad:
+    shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+    raise DamagedCheckpointError(
+        f'checkpoint {step_dir} is damaged: {shown} no longer match the checksums written when it was saved; '
+        f'{way_back(directory, step, all_steps)}.')
+
+
 def checkpoint_dir(config, workdir: str) -> str:
   """``config.checkpoint.directory`` (e.g. gs://... shared by all hosts of a pod), else ``<workdir>/checkpoints``."""
   block = config.get('checkpoint', None) or {}
@@ -157,6 +222,7 @@ def read_state_parts(workdir: str, parts: tuple[str, ...], step: int | None = No
       raise FileNotFoundError(f'no checkpoint under {directory}; train first.')
     if step not in manager.all_steps():
       raise FileNotFoundError(f'no checkpoint of step {step} under {directory}; there are {manager.all_steps()}.')
+    verify_step(directory, step, manager.all_steps())
     try:
       saved = manager.item_metadata(step)['state']
       saved = getattr(saved, 'tree', saved)
@@ -219,43 +285,47 @@ def check_workdir(path: str) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(path: str, primary: bool = True):
+def run_lock(path: str):
   """Owns the workdir ``path`` for one run: an exclusive ``flock`` on the directory itself, held until the run
   ends. Nothing is written for it (a failed command leaves the workdir as it found it; a directory made for the run
   and left empty is removed again), and the OS drops the lock when its process dies, so a killed run leaves nothing
   stuck. A second run on the same workdir gets a :class:`WorkdirError`. Where no lock can be taken (``gs://``
-  paths, filesystems without locks) it says so once and goes on. Only the ``primary`` process (process 0 of a
-  multi-host run) locks."""
+  paths, filesystems without locks) it says so once and goes on. In a multi-process run process 0 takes the lock
+  and every process learns the outcome, so all of them stop with the same line when it is refused."""
   import fcntl
 
-  if not primary:
-    yield
-    return
-  if '://' in path:
+  from jax.experimental import multihost_utils
+
+  primary = jax.process_index() == 0
+  fd, locked, made, status = None, False, False, 0  # status: 0 go on, 1 in use
+  if primary and '://' in path:
     print(f'note: --workdir {path} is remote storage, which has no locks: make sure no other run writes to it.',
           flush=True)
-    yield
-    return
-  made = not os.path.exists(path)
-  os.makedirs(path, exist_ok=True)
-  fd = os.open(path, os.O_RDONLY)
-  try:
+  elif primary:
+    made = not os.path.exists(path)
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       locked = True
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise WorkdirError(f'--workdir {path} is in use by another run (it holds the workdir\'s lock); wait for it '
-                           'to finish, or pass another --workdir.') from None
-      print(f'note: cannot lock --workdir {path} ({os.strerror(e.errno)} on this filesystem): make sure no other '
-            'run writes to it.', flush=True)
-      locked = False
-    try:
-      yield
-    finally:
+        status = 1
+      else:
+        print(f'note: cannot lock --workdir {path} ({os.strerror(e.errno)} on this filesystem): make sure no other '
+              'run writes to it.', flush=True)
+  if jax.process_count() > 1:
+    status = int(multihost_utils.broadcast_one_to_all(np.int32(status)))
+  try:
+    if status == 1:
+      raise WorkdirError(f'--workdir {path} is in use by another run (it holds the workdir\'s lock); wait for it to '
+                         'finish, or pass another --workdir.')
+    yield
+  finally:
+    if fd is not None:
       if locked:
         fcntl.flock(fd, fcntl.LOCK_UN)
-  finally:
-    os.close(fd)
-    if made and os.path.isdir(path) and not os.listdir(path):
-      os.rmdir(path)  # made for a run that wrote nothing: leave no trace
+      os.close(fd)
+    # made for this run, which wrote nothing: leave no trace (only the lock's holder may: another run may hold it)
+    if made and locked and os.path.isdir(path) and not os.listdir(path):
+      os.rmdir(path)

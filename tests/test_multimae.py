@@ -104,6 +104,8 @@ def test_the_depth_standardization_is_the_truncated_one():
 def test_bad_settings_get_one_line_errors():
   with pytest.raises(ValueError, match='num_visible must be in'):
     _method(num_visible=100)
+  with pytest.raises(ValueError, match='nothing to predict'):
+    _method(num_visible=48)  # all 48 tokens visible
   with pytest.raises(ValueError, match='outputs must be among'):
     _method(outputs=('rgb', 'normals'))
   from mim_jax.models.encoders import build_encoder
@@ -134,3 +136,17 @@ def test_pretrain_on_the_scenes_end_to_end(tmp_path):
   a = mim_jax.features(dst, images, normalize='checkpoint')
   b = mim_jax.features(str(tmp_path / 'run'), images, normalize='checkpoint')
   np.testing.assert_allclose(a['pooled'], b['pooled'], atol=1e-6)
+
+
+@pytest.mark.slow  # compile time
+def test_an_output_the_encoder_does_not_read_is_predicted_whole():
+  c = ml_collections.ConfigDict({
+      'method': 'multimae',
+      'model': {'encoder': {'name': 'multivit', 'modalities': ('rgb', 'depth'), 'patch_size': 8, 'width': 32,
+                            'depth': 1, 'num_heads': 2, 'semseg_classes': 5, 'semseg_stride': 4}},
+      'multimae': {'num_visible': 8, 'decoder_width': 16, 'decoder_depth': 1, 'decoder_heads': 2}})
+  m = build(c, Facts.for_images((32, 32, 3)))
+  batch = _batch()
+  params, _ = jax.jit(m.init)(jax.random.key(0), batch)
+  loss, (metrics, _) = jax.jit(m.loss_fn)(params, {}, batch, jax.random.key(1), 0)
+  assert np.isfinite(float(loss)) and float(metrics['loss_semseg']) > 0

@@ -187,9 +187,14 @@ def test_bad_settings_get_one_line_errors():
     _method(mode='polar')
   with pytest.raises(ValueError, match='does not take'):
     _method(num_visible=3)
+  with pytest.raises(ValueError, match='keeps no sector'):
+    _method(sector_deg=90.0, ratio=0.8)  # int(0.2 x 4) = 0 sectors kept
   from mim_jax.models.encoders import build_encoder
   with pytest.raises(ValueError, match="dims must be 3"):
     build_encoder({'name': 'voxel_cnn', 'dims': 4})
+  encoder = build_encoder({'name': 'voxel_cnn', 'dims': 3})
+  with pytest.raises(ValueError, match='multiples of 8'):  # 3-D strides halve Z three times
+    jax.eval_shape(lambda x: encoder.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 12, 16, 16), jnp.float32))
   m = _method()
   with pytest.raises(ValueError, match='expected voxel grids of shape'):
     m.voxels({'voxels': jnp.zeros((2, 8, 32, 32))})  # the configured grid is 8 x 16 x 16

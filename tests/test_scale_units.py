@@ -110,3 +110,21 @@ def test_second_ctrl_c_interrupts_at_once():
     assert guard.should_stop(1)
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_checksums_skip_unfinished_files_and_a_bad_manifest_is_one_line(tmp_path):
+  import pytest as _pytest
+
+  from mim_jax import workdir as workdir_lib
+
+  step = tmp_path / '4'
+  (step / 'state').mkdir(parents=True)
+  (step / 'state' / 'a').write_bytes(b'x' * 100)
+  (step / 'mim_jax_checksums.json.tmp').write_text('half written')  # a seal cut short by a full disk
+  workdir_lib.seal_step(str(tmp_path), 4)
+  manifest = step / workdir_lib.CHECKSUM_FILE
+  assert list(__import__('json').loads(manifest.read_text())) == ['state/a']
+  workdir_lib.verify_step(str(tmp_path), 4, [2, 4])  # intact
+  manifest.write_text('{not json')
+  with _pytest.raises(workdir_lib.DamagedCheckpointError, match='checksum file .* cannot be read'):
+    workdir_lib.verify_step(str(tmp_path), 4, [2, 4])

@@ -115,15 +115,16 @@ class MultiMAE(Method):
     h, w, _ = self.image_shape
     if h % e.patch_size or w % e.patch_size:
       raise ValueError(f'image size {h}x{w} is not a multiple of the patch size {e.patch_size}.')
-    if SEMSEG in e.modalities and e.patch_size % e.semseg_stride:
+    if SEMSEG in (*e.modalities, *self.cfg.outputs) and e.patch_size % e.semseg_stride:
       raise ValueError(f'the patch size {e.patch_size} must be a multiple of the semantic maps\' stride '
                        f'{e.semseg_stride}.')
     self.grid = (h // e.patch_size, w // e.patch_size)
     self.tokens_per_task = tuple(self.grid[0] * self.grid[1] for _ in e.modalities)
     total = sum(self.tokens_per_task)
-    if not 0 < int(self.cfg.num_visible) <= total:
-      raise ValueError(f'config.multimae.num_visible must be in [1, {total}] (the tokens of {len(e.modalities)} '
-                       f'modalities), got {self.cfg.num_visible}.')
+    if not 0 < int(self.cfg.num_visible) < total:
+      raise ValueError(f'config.multimae.num_visible must be in [1, {total - 1}] (of the {total} tokens of '
+                       f'{len(e.modalities)} modalities; all of them visible would leave nothing to predict), got '
+                       f'{self.cfg.num_visible}.')
     outputs = [*self.cfg.outputs] + (['norm_rgb'] if self.cfg.extra_norm_pix_loss else [])
     bad = [o for o in outputs if o not in (*DENSE_MODALITIES, SEMSEG, 'norm_rgb')]
     if bad:
@@ -161,12 +162,16 @@ class MultiMAE(Method):
 
     return SceneRecord(train, self.encoder.semseg_stride, bool(data_cfg.get('hflip', True)))
 
-  def model_inputs(self, batch) -> dict[str, jax.Array]:
-    """The modalities as the encoder reads them (depth standardized when configured)."""
+  def modalities(self, batch) -> dict[str, jax.Array]:
+    """Every modality of the batch as the model reads and predicts it (depth standardized when configured)."""
     depth = batch['depth']
     if self.cfg.standardize_depth:
       depth = standardize_depth(depth)
-    values = {'rgb': self.images(batch), 'depth': depth, SEMSEG: batch['semseg']}
+    return {'rgb': self.images(batch), 'depth': depth, SEMSEG: batch['semseg']}
+
+  def model_inputs(self, batch) -> dict[str, jax.Array]:
+    """The modalities the encoder reads."""
+    values = self.modalities(batch)
     return {m: values[m] for m in self.encoder.modalities}
 
   def draw_mask(self, rng, batch_size: int) -> MaskInfo:
@@ -202,11 +207,12 @@ class MultiMAE(Method):
     return out
 
   def forward(self, params, batch, info: MaskInfo, dropout_rng=None, train: bool = True) -> dict[str, Any]:
-    inputs = self.model_inputs(batch)
+    values = self.modalities(batch)
+    inputs = {m: values[m] for m in self.encoder.modalities}
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     preds = self.model.apply({'params': params}, inputs, info.ids_keep, info.ids_restore, self.tokens_per_task,
                              self.grid, not train, rngs=rngs)
-    losses = self.losses(preds, inputs, info.mask)
+    losses = self.losses(preds, values, info.mask)  # an output the encoder does not read is predicted whole
     return {'preds': preds, 'losses': losses, 'loss': sum(losses.values()), 'inputs': inputs}
 
   def loss_fn(self, params, extras, batch, rng, step):

@@ -118,6 +118,11 @@ class RadialMAE(Method):
     if not 0.0 < self.mask_ratio < 1.0:
       raise ValueError(f'config.mask.ratio must be in (0, 1), got {self.mask_ratio}: 0 hides nothing, so there is '
                        'nothing to generate.')
+    sectors = int(np.ceil(360.0 / self.sector_deg))
+    if self.mask_mode == 'sensor' and int((1.0 - self.mask_ratio) * sectors) < 1:
+      raise ValueError(f'config.mask keeps no sector: int((1 - {self.mask_ratio}) x {sectors} sectors of '
+                       f'{self.sector_deg} degrees) = 0, so the encoder would see nothing. Use narrower sectors or a '
+                       'lower ratio.')
     from mim_jax.data import lidar
 
     self.grid = tuple(int(v) for v in config.data.get('voxel_grid', lidar.GRID))

@@ -125,7 +125,9 @@ class BatchNorm(nn.Module):
         var = jnp.square(xf - mean).mean(axes)  # two passes, biased: what normalizes (torch too)
       else:
         m = mask.astype(jnp.float32)
-        n = jnp.sum(m) * (x.size // (c * m.size))  # active positions (the mask broadcasts over channels)
+        # active positions (the mask broadcasts over channels); at least 1, so that a sample set with no active
+        # position (everything masked) normalizes by zeros instead of dividing by zero
+        n = jnp.maximum(jnp.sum(m) * (x.size // (c * m.size)), 1.0)
         mean = jnp.sum(xf * m, axes) / n
         var = jnp.sum(jnp.square((xf - mean) * m), axes) / n
       if not self.is_initializing():

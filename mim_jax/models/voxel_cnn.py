@@ -125,9 +125,9 @@ class VoxelEncoder(nn.Module):
     if x.ndim != 5:
       raise ValueError(f'voxel grids must be [batch, Z, Y, X] or [batch, Z, Y, X, C], got shape {grid.shape}.')
     z, y, w = x.shape[1:4]
-    if z % 4 or y % 8 or w % 8:
-      raise ValueError(f'a {z}x{y}x{w} voxel grid does not fit voxel_cnn\'s strides: Z must be a multiple of 4 and '
-                       'Y, X of 8.')
+    if (self.dims == 3 and z % 8) or y % 8 or w % 8:
+      raise ValueError(f'a {z}x{y}x{w} voxel grid does not fit voxel_cnn\'s strides: Y and X (and Z for dims=3) '
+                       'must be multiples of 8.')
     if active is None:
       active = jnp.any(x != 0, axis=-1)
     x = x.astype(self.dtype) * active[..., None].astype(self.dtype)

@@ -17,10 +17,9 @@ the grain data-iterator state, so a resumed run sees exactly the batches it woul
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import zlib
+import threading
 from typing import Any, Optional
 
 import jax
@@ -37,7 +36,6 @@ from mim_jax.workdir import UnreadableCheckpointError
 # ("replica-parallel" saving), which would compile a slicing program per array and device on first save.
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 
-CHECKSUM_FILE = 'mim_jax_checksums.json'
 _GRAIN_STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
 
 
@@ -62,26 +60,6 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-def _crc32(path: str) -> str:
-  crc = 0
-  with open(path, 'rb') as f:
-    while chunk := f.read(1 << 22):
-      crc = zlib.crc32(chunk, crc)
-  return f'{crc:08x}'
-
-
-def file_checksums(step_dir: str) -> dict[str, list]:
-  """``{relative path: [crc32, size]}`` of every file under a finished step directory (the manifest aside)."""
-  out = {}
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      path = os.path.join(root, name)
-      rel = os.path.relpath(path, step_dir)
-      if rel != CHECKSUM_FILE:
-        out[rel] = [_crc32(path), os.path.getsize(path)]
-  return dict(sorted(out.items()))
-
-
 class Checkpointer:
   """Thin wrapper so the trainer reads as: ``latest_step()``, ``should_save()``, ``restore()``, ``save()``,
   ``close()``."""
@@ -99,6 +77,7 @@ class Checkpointer:
         create=not read_only, cleanup_tmp_directories=not read_only)
     handlers = {'state': _state_handler(), 'data': _grain().CheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._sealer = None  # the thread writing checksum manifests (mim_jax.workdir.seal_step)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -109,37 +88,32 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0 and step != self.latest_step()
 
-  def seal_finished(self) -> None:
-    """Writes the checksum manifest of every finished step that has none (process 0, local filesystems)."""
+  def seal_finished(self, wait: bool = False) -> None:
+    """Writes the checksum manifest of every finished step that has none (process 0, local filesystems), in a
+    background thread so that a save never waits for it; ``wait``: in the caller, after the pending one."""
     if jax.process_index() != 0 or '://' in self.directory:
       return
-    for step in self.all_steps():
-      step_dir = os.path.join(self.directory, str(step))
-      manifest = os.path.join(step_dir, CHECKSUM_FILE)
-      if os.path.isdir(step_dir) and not os.path.exists(manifest):
-        workdir_lib.write_text_atomic(manifest, json.dumps(file_checksums(step_dir)))
+    if self._sealer is not None:
+      if not wait and self._sealer.is_alive():
+        return  # the running one picks up finished steps on its next call
+      self._sealer.join()
+      self._sealer = None
+    steps = self.all_steps()
+
+    def seal():
+      for s in steps:
+        try:
+          workdir_lib.seal_step(self.directory, s)
+        except OSError:  # the step went away meanwhile (max_to_keep): nothing left to seal
+          pass
+    if wait:
+      seal()
+    else:
+      self._sealer = threading.Thread(target=seal, name='mim_jax-checksums', daemon=True)
+      self._sealer.start()
 
   def verify(self, step: int) -> None:
-    """An :class:`UnreadableCheckpointError` naming the damaged files when a step's files no longer match the
-    checksums written after it was saved (no manifest: nothing to check)."""
-    step_dir = os.path.join(self.directory, str(step))
-    manifest = os.path.join(step_dir, CHECKSUM_FILE)
-    if '://' in self.directory or not os.path.exists(manifest):
-      return
-    with open(manifest) as f:
-      expected = json.load(f)
-    bad = []
-    for rel, (crc, size) in expected.items():
-      path = os.path.join(step_dir, rel)
-      if not os.path.exists(path):
-        bad.append(f'{rel} (missing)')
-      elif os.path.getsize(path) != size or _crc32(path) != crc:
-        bad.append(rel)
-    if bad:
-      shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
-      raise UnreadableCheckpointError(
-          f'checkpoint {step_dir} is damaged: {shown} no longer match the checksums written when it was saved; '
-          f'{workdir_lib.way_back(self.directory, step, self.all_steps())}.')
+    workdir_lib.verify_step(self.directory, step, self.all_steps())
 
   def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = True) -> bool:
     self.seal_finished()
@@ -213,11 +187,11 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
-    self.seal_finished()
+    self.seal_finished(wait=True)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
-    self.seal_finished()
+    self.seal_finished(wait=True)
     self.manager.close()
 
 

@@ -168,7 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_hooks: Optional[
   try:
     return run(job, workdir, make_hooks)
   except workdir_lib.UnreadableCheckpointError as e:
-    if not changed:
+    if not changed or isinstance(e, workdir_lib.DamagedCheckpointError):  # damage is not a config matter
       raise
     # The checkpoint was written under another config: name the fields, not the storage library's advice.
     raise workdir_lib.UnreadableCheckpointError(

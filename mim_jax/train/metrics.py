@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -37,17 +38,23 @@ class MetricWriter:
     # (Python's json would write Infinity / NaN, which strict parsers reject). One write call per row.
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
     line = (json.dumps(clean, allow_nan=False) + '\n').encode()
-    with open(self.path, 'ab') as f:
-      start = f.tell()
+    # Unbuffered: a failed write (a full disk) is cut back with ftruncate, which a buffered file cannot do (its
+    # truncate flushes first and fails the same way), so no torn row stays for readers to stop at.
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      start = os.fstat(fd).st_size
       try:
-        f.write(line)
-        f.flush()
-      except OSError:  # a full disk: leave no torn row behind (readers would stop at it), then report
+        written = os.write(fd, line)
+        if written != len(line):
+          raise OSError(errno.ENOSPC, 'No space left on device', self.path)
+      except OSError:
         try:
-          f.truncate(start)
+          os.ftruncate(fd, start)
         except OSError:
           pass
         raise
+    finally:
+      os.close(fd)
     for k, v in row.items():
       if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))

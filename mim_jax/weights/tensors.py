@@ -70,6 +70,9 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
       state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # the libraries' own errors (a damaged header, not a zip, not a pickle) as one line
     reason = ' '.join(str(e).split())[:200] or type(e).__name__
+    if 'bfloat16' in reason:
+      raise ValueError(f'{path} holds bfloat16 tensors, which numpy cannot read: save it in float32 (in torch: '
+                       '{k: v.float() for k, v in state.items()}) and read that.') from None
     raise ValueError(f'{path} is not a readable {os.path.splitext(path)[1]} weights file ({reason}): it may be '
                      'damaged or another format; check the path, or export it again (python -m mim_jax.convert).'
                      ) from None
