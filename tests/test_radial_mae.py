@@ -125,7 +125,8 @@ def _method(dims=2, **mask):
   return build(c, Facts.for_images((8, 8, 1)))
 
 
-@pytest.mark.parametrize('dims', [2, pytest.param(3, marks=pytest.mark.slow)])  # compiling 3-D convs: ~25 s
+@pytest.mark.slow  # compiling the convolutions: ~20-25 s each
+@pytest.mark.parametrize('dims', [2, 3])
 def test_the_encoder_is_sparse_what_the_hidden_voxels_hold_never_reaches_it(dims):
   """Sparse semantics on a dense grid: features at the active sites depend only on the active voxels, so
   changing anything outside the kept set changes nothing the decoder reads."""

@@ -213,6 +213,7 @@ def test_damaged_checkpoint_is_a_clear_error_whose_advice_works(tmp_path, compil
                                            if p.name.isdigit()) == [2, 4, 6]
 
 
+@pytest.mark.slow  # the truncated-files test above runs by default and goes through the same checksum check
 def test_flipped_bytes_in_a_checkpoint_are_caught_by_its_checksums(tmp_path, compile_cache):
   """Issue 27, item 4: a byte flipped inside a finished checkpoint's array data (the file keeps its size, so the
   storage library would read it as weights) is caught by the checksums written after the save: the error names
