@@ -68,6 +68,7 @@ def main(argv):
   perf.tune_host_allocator()  # before JAX starts its threads (see mim_jax/perf.py: no per-step page faults)
   if not _VERBOSE.value:
     logging.set_verbosity(logging.WARNING)  # orbax/grain log every save at INFO; keep the progress lines readable
+  logging.get_absl_logger().addFilter(_drop_out_of_space_traces)
   from mim_jax.train import distributed, preemption
   from mim_jax.train.loop import NonFiniteLossError
   from mim_jax.workdir import UnreadableCheckpointError, WorkdirError, check_workdir, run_lock
@@ -90,6 +91,13 @@ def main(argv):
       sys.stderr.flush()
       os._exit(2)
     sys.exit(2)
+
+
+def _drop_out_of_space_traces(record) -> bool:
+  """orbax logs a full disk from its save threads with a traceback before the error reaches the trainer, which
+  then reports it in one line (``out_of_space``): drop those log records, keep every other one."""
+  exc = record.exc_info[1] if record.exc_info else None
+  return exc is None or out_of_space(exc) is None
 
 
 def out_of_space(error: BaseException) -> str | None:

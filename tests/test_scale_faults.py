@@ -235,3 +235,41 @@ def test_flipped_bytes_in_a_checkpoint_are_caught_by_its_checksums(tmp_path, com
   os.rename(move[0], move[1])
   out = _cli(tmp_path, compile_cache, '--config.total_steps=6')
   assert 'Resumed from' in out and (tmp_path / 'checkpoints' / '6' / 'mim_jax_checksums.json').exists()
+
+
+FULL_DISK_AT_SAVE = r'''
+import errno, os, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def disk_full(self):
+  if self.get_final().name == os.environ['FULL_AT_STEP']:
+    raise OSError(errno.ENOSPC, 'No space left on device', str(self.get()))
+  return await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = disk_full
+sys.argv = ['mim_jax.main'] + sys.argv[1:]
+runpy.run_module('mim_jax.main', run_name='__main__')
+'''
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_one_line_and_the_resume_matches(tmp_path, compile_cache):
+  """Issue 27, item 3, end to end: the disk fills while step 4 is being committed. The run ends with one line that
+  names the file and the way out, keeps step 2, and the same command then finishes bitwise equal to a run that was
+  never interrupted."""
+  _cli(tmp_path / 'reference', compile_cache)
+  workdir = tmp_path / 'full'
+  proc = subprocess.run([sys.executable, '-c', FULL_DISK_AT_SAVE, *ARGS, f'--workdir={workdir}'], cwd=REPO,
+                        env=_env(compile_cache, FULL_AT_STEP='4'), capture_output=True, text=True, timeout=600)
+  lines = [x for x in proc.stderr.splitlines() if x.startswith('error:')]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stdout[-3000:] + proc.stderr[-6000:]
+  assert lines[0].startswith('error: out of disk space writing') and 'move --workdir' in lines[0], lines[0]
+  assert 'Traceback' not in proc.stderr  # orbax's own traces of it are dropped: the one line says it all
+  assert '2' in os.listdir(workdir / 'checkpoints')
+  rows = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert all(json.loads(r) for r in rows)  # every row whole
+  out = _cli(workdir, compile_cache)  # free space, the same command
+  assert 'Resumed from' in out
+  step, resumed = _final_params(workdir)
+  ref_step, reference = _final_params(tmp_path / 'reference')
+  assert step == ref_step == 8
+  _assert_same(resumed, reference)
