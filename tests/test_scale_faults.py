@@ -273,3 +273,32 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_resume_matches(tmp_path, 
   ref_step, reference = _final_params(tmp_path / 'reference')
   assert step == ref_step == 8
   _assert_same(resumed, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kill_after', [3, 5])  # between saves (every 2 steps): work since the last one is lost
+def test_sigkill_between_saves_resumes_bitwise(tmp_path, compile_cache, kill_after):
+  """Issue 27: kill -9 at a step that is not a save, then the same command: it resumes from the last checkpoint and
+  ends bitwise equal to an uninterrupted run."""
+  _cli(tmp_path / 'reference', compile_cache)
+  workdir = tmp_path / 'killed'
+  proc = subprocess.Popen([sys.executable, '-m', 'mim_jax.main', *ARGS, f'--workdir={workdir}'], cwd=REPO,
+                          env=_env(compile_cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics, deadline = workdir / 'metrics.jsonl', time.time() + 600
+  while proc.poll() is None and time.time() < deadline:
+    rows = metrics.read_text().splitlines() if metrics.exists() else []
+    if any(json.loads(r).get('step', 0) >= kill_after for r in rows if r.strip()):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+  ckpt = workdir / 'checkpoints'
+  done = sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if ckpt.exists() else []
+  out = _cli(workdir, compile_cache)
+  if done:  # a save still committing in the background when the kill came does not count (and is not used)
+    assert f'Resumed from {ckpt}/{done[-1]} ' in out, out
+  step, resumed = _final_params(workdir)
+  ref_step, reference = _final_params(tmp_path / 'reference')
+  assert step == ref_step == 8
+  _assert_same(resumed, reference)
