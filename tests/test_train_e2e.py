@@ -99,7 +99,7 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     proc = _cli(*args)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
-    assert 'Traceback' not in proc.stderr
+    assert 'Traceback' not in proc.stderr and '..' not in lines[0]  # item 15: no doubled full stop
   assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'junk.safetensors']
 
 
