@@ -348,8 +348,14 @@ def _describe(job: TrainJob, state, mesh) -> None:
   params = f'{param_count(state.params) / 1e6:.2f}M params'
   if isinstance(objective, methods.Method):
     params = f'encoder {param_count(objective.encoder_params(state.params)) / 1e6:.2f}M params, total ' + params
-  log(f'{job.log_prefix}{objective.name}: {params} | data {info.name} {info.num_train} train images '
-      f'{info.image_shape} | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices'
+  # What one example is: the image shape, or the method's own fields (clips, clouds, voxel grids, modalities)
+  fields = objective.batch_fields(True)
+  if 'image' in fields and len([f for f in fields.values() if f.shape]) == 1:
+    example = f'images {info.image_shape}'
+  else:
+    example = 'examples of ' + ', '.join(f'{k} {f.shape}' for k, f in fields.items() if f.shape)
+  log(f'{job.log_prefix}{objective.name}: {params} | data {info.name} {info.num_train} train {example} '
+      f'| mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices'
       + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''))
   for line in job.description:
     log(job.log_prefix + line)
