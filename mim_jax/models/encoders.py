@@ -41,6 +41,20 @@ def encoder_names() -> list[str]:
   return ENCODERS.names()
 
 
+def module_fields(cls, cfg, what: str, **runtime: Any) -> dict[str, Any]:
+  """The keyword arguments of a dataclass encoder module from a ``config.model.encoder`` block (None fields
+  dropped, lists as tuples) and the run's settings; unknown settings are a one-line error naming ``what``."""
+  import dataclasses
+
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg or {}).items() if v is not None}
+  fields.update(runtime)
+  known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'unknown encoder setting(s) {unknown} for {what}; known: {sorted(known)}.')
+  return fields
+
+
 def build_encoder(cfg, **runtime: Any):
   """The encoder named by ``cfg.name`` (default 'vit') built from the rest of ``cfg`` and ``runtime`` settings."""
   fields = dict(cfg or {})

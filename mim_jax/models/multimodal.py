@@ -19,7 +19,6 @@ cross-attention output adapter.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax.models.encoders import register_encoder
+from mim_jax.models.encoders import module_fields, register_encoder
 from mim_jax.models.vit import Block, _param_init, gelu_exact, layer_norm, sincos_2d_table
 
 trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
@@ -103,12 +102,7 @@ class MultiViTEncoder(nn.Module):
   @classmethod
   def from_config(cls, cfg, *, dtype=jnp.float32, attention_impl: str = 'auto', remat: Any = None, **overrides):
     del remat
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg or {}).items() if v is not None}
-    fields.update(dtype=dtype, attention_impl=attention_impl, **overrides)
-    known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f'unknown encoder setting(s) {unknown} for multivit; known: {sorted(known)}.')
+    fields = module_fields(cls, cfg, 'multivit', dtype=dtype, attention_impl=attention_impl, **overrides)
     bad = [m for m in fields.get('modalities', cls.modalities) if m not in (*DENSE_MODALITIES, SEMSEG)]
     if bad:
       raise ValueError(f'multivit modalities must be among {[*DENSE_MODALITIES, SEMSEG]}, got {bad}.')

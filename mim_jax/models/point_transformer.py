@@ -18,7 +18,6 @@ Official code: Pang-Yatian/Point-MAE ``models/Point_MAE.py`` (``Group``, ``Encod
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.models.convnets import BatchNorm
-from mim_jax.models.encoders import register_encoder
+from mim_jax.models.encoders import module_fields, register_encoder
 from mim_jax.models.point_groups import group_points
 from mim_jax.models.vit import EMBED, MLP, Block, _param_init, dense, gelu_exact, layer_norm, token_dense
 
@@ -104,13 +103,8 @@ class PointTransformerEncoder(nn.Module):
   @classmethod
   def from_config(cls, cfg, *, dtype=jnp.float32, attention_impl: str = 'auto', remat: Any = None, **overrides):
     del remat
-    fields = {k: v for k, v in dict(cfg or {}).items() if v is not None}
-    fields.update(dtype=dtype, attention_impl=attention_impl, **overrides)
-    known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f'unknown encoder setting(s) {unknown} for the point transformer; known: {sorted(known)}.')
-    return cls(**fields)
+    return cls(**module_fields(cls, cfg, 'the point transformer', dtype=dtype, attention_impl=attention_impl,
+                               **overrides))
 
   @property
   def num_layers(self) -> int:

@@ -27,7 +27,6 @@ conv): ~30x less compute than ``dims=3`` on an 8-cell-high grid.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -35,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from mim_jax.models.convnets import BatchNorm
-from mim_jax.models.encoders import register_encoder
+from mim_jax.models.encoders import module_fields, register_encoder
 
 
 def dilate_active(active: jax.Array, kernel: tuple[int, ...], strides: tuple[int, ...],
@@ -85,12 +84,7 @@ class VoxelEncoder(nn.Module):
   def from_config(cls, cfg, *, dtype=jnp.float32, attention_impl: str | None = None, remat: Any = None,
                   **overrides):
     del attention_impl, remat
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg or {}).items() if v is not None}
-    fields.update(dtype=dtype, **overrides)
-    known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f'unknown encoder setting(s) {unknown} for voxel_cnn; known: {sorted(known)}.')
+    fields = module_fields(cls, cfg, 'voxel_cnn', dtype=dtype, **overrides)
     if len(fields.get('widths', cls.widths)) != 4 or len(fields.get('blocks', cls.blocks)) != 4:
       raise ValueError('voxel_cnn has 4 stages: widths and blocks take 4 values each.')
     if fields.get('dims', cls.dims) not in (2, 3):
