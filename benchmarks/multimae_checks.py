@@ -1,6 +1,6 @@
 """MultiMAE's falsifiable checks on the procedural 2.5-D scenes (mim_jax.data.scenes25d), over seeds:
 
-  python benchmarks/multimae_checks.py [--root workdirs/multimae] [--seeds 0,1] [--steps 1500] [--report-only]
+  python benchmarks/multimae_checks.py [--root workdirs/multimae] [--seeds 0,1] [--steps 1200] [--report-only]
 
 Per seed s it pre-trains (a run whose summary.json exists is kept, so a sweep resumes):
   multimae_seed{s}  configs/multimae/scenes.py (RGB + depth + semantics in, all three out)
