@@ -1,6 +1,7 @@
-"""MultiMAE's falsifiable checks on the procedural 2.5-D scenes (mim_jax.data.scenes25d), over seeds:
+"""MultiMAE's falsifiable checks on the procedural 2.5-D scenes (mim_jax.data.scenes25d), over seeds, and a figure:
 
-  python benchmarks/multimae_checks.py [--root workdirs/multimae] [--seeds 0,1] [--steps 1200] [--report-only]
+  python benchmarks/multimae_checks.py checks [--root workdirs/multimae] [--seeds 0,1] [--steps 1200] [--report-only]
+  python benchmarks/multimae_checks.py figure --workdir workdirs/multimae/multimae_seed0 [--out FILE.png]
 
 Per seed s it pre-trains (a run whose summary.json exists is kept, so a sweep resumes):
   multimae_seed{s}  configs/multimae/scenes.py (RGB + depth + semantics in, all three out)
@@ -16,6 +17,10 @@ then, on the 200 held-out scenes:
 Checks (methods-round2.md §6.3, as issue #25 words them): depth RMSE <= 0.6x the per-image-mean baseline; semantic
 accuracy >= majority + 30 points; the linear probes: MultiMAE's mIoU >= the RGB MAE's + 2 and its RMSE <= 0.95x.
 Prints markdown tables (mean ± sample std over seeds) and writes ROOT/multimae_checks.json.
+
+The figure shows held-out scenes predicted from RGB alone (check 1): RGB, the true depth, the predicted depth (on
+the true depth's colour scale), the per-image-mean baseline's error next to the prediction's, the true and the
+predicted semantic maps.
 """
 
 from __future__ import annotations
@@ -73,21 +78,12 @@ def _batches(arrays, size=50):
 
 
 def cross_modal(workdir: str) -> dict[str, float]:
-  import jax
-
   pre, train, test = _load(workdir)
-  method = pre.method
-  predict = jax.jit(method.predict_from_rgb)
   sq_err, sq_base, pixels, correct, total = 0.0, 0.0, 0, 0, 0
   majority = np.bincount(train['semseg'].reshape(-1)).argmax()
   for batch in _batches(test):
-    out = predict(pre.params, batch)
+    out, pred = _depth_from_rgb(pre, batch)
     depth = np.asarray(batch['depth'], np.float64)
-    flat = np.sort(depth.reshape(len(depth), -1), axis=1)
-    n = flat.shape[1]
-    mid = flat[:, int(0.1 * n):int(0.9 * n)]
-    mean, std = mid.mean(1), np.sqrt(mid.var(1, ddof=1) + 1e-6)
-    pred = np.asarray(out['preds']['depth'], np.float64) * std[:, None, None, None] + mean[:, None, None, None]
     sq_err += float(np.square(pred - depth).sum())
     sq_base += float(np.square(depth - depth.reshape(len(depth), -1).mean(1)[:, None, None, None]).sum())
     pixels += depth.size
@@ -138,13 +134,20 @@ def transfer(workdir: str) -> dict[str, float]:
   return {'probe_depth_rmse': rmse, 'probe_semseg_miou': float(np.mean(ious))}
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--root', default='workdirs/multimae')
-  p.add_argument('--seeds', default='0,1')
-  p.add_argument('--steps', type=int, default=None)
-  p.add_argument('--report-only', action='store_true')
-  args = p.parse_args()
+def _depth_from_rgb(pre, batch) -> tuple[dict, np.ndarray]:
+  """Predictions from RGB alone, with the depth de-standardized by each scene's truncated statistics."""
+  import jax
+
+  out = jax.jit(pre.method.predict_from_rgb)(pre.params, batch)
+  depth = np.asarray(batch['depth'], np.float64)
+  flat = np.sort(depth.reshape(len(depth), -1), axis=1)
+  n = flat.shape[1]
+  mid = flat[:, int(0.1 * n):int(0.9 * n)]
+  mean, std = mid.mean(1), np.sqrt(mid.var(1, ddof=1) + 1e-6)
+  return out, np.asarray(out['preds']['depth'], np.float64) * std[:, None, None, None] + mean[:, None, None, None]
+
+
+def checks(args) -> None:
   root = os.path.abspath(args.root)
   os.makedirs(root, exist_ok=True)
   seeds = [int(s) for s in args.seeds.split(',')]
@@ -166,16 +169,73 @@ def main() -> None:
   g = lambda k: stats[k][0]  # noqa: E731
   ours_miou, mae_miou = g('multimae/probe_semseg_miou'), g('rgb_mae/probe_semseg_miou')
   ours_rmse, mae_rmse = g('multimae/probe_depth_rmse'), g('rgb_mae/probe_depth_rmse')
-  checks = {
+  results = {
       'depth from RGB: RMSE <= 0.6x per-image mean': g('multimae/depth_rmse') <= 0.6 * g('multimae/mean_depth_rmse'),
       'semantics from RGB: accuracy >= majority + 30': g('multimae/semseg_acc') >= g('multimae/majority_acc') + 0.30,
       'linear semantic probe: mIoU >= RGB MAE + 2': ours_miou >= mae_miou + 0.02,
       'linear depth probe: RMSE <= 0.95x RGB MAE': ours_rmse <= 0.95 * mae_rmse,
   }
-  for name, ok in checks.items():
+  for name, ok in results.items():
     print(f'{"PASS" if ok else "FAIL"}  {name}')
   with open(os.path.join(root, 'multimae_checks.json'), 'w') as f:
-    json.dump({'seeds': seeds, 'values': values, 'mean_std': stats, 'checks': checks}, f, indent=1)
+    json.dump({'seeds': seeds, 'values': values, 'mean_std': stats, 'checks': results}, f, indent=1)
+
+
+def figure(args) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  pre, _, test = _load(args.workdir)
+  batch = {k: v[:args.scenes] for k, v in test.items()}
+  out, pred = _depth_from_rgb(pre, batch)
+  data = pre.config.data
+  rgb = np.clip(batch['image'] * np.asarray(data.std) + np.asarray(data.mean), 0, 1)
+  depth, pred = batch['depth'][..., 0], pred[..., 0]
+  base = np.broadcast_to(depth.mean(axis=(1, 2), keepdims=True), depth.shape)
+  labels, pred_labels = batch['semseg'], np.asarray(out['preds']['semseg']).argmax(-1)
+  cols = ('RGB (the only input)', 'depth', 'depth from RGB', '|error| per-image mean', '|error| from RGB',
+          'semantics', 'semantics from RGB')
+  fig, axes = plt.subplots(args.scenes, len(cols), figsize=(1.7 * len(cols), 1.8 * args.scenes), squeeze=False)
+  for i in range(args.scenes):
+    lo, hi = depth[i].min(), depth[i].max()
+    err_hi = np.abs(depth[i] - base[i]).max()
+    panels = ((rgb[i], {}), (depth[i], dict(cmap='magma_r', vmin=lo, vmax=hi)),
+              (pred[i], dict(cmap='magma_r', vmin=lo, vmax=hi)),
+              (np.abs(depth[i] - base[i]), dict(cmap='gray', vmin=0, vmax=err_hi)),
+              (np.abs(depth[i] - pred[i]), dict(cmap='gray', vmin=0, vmax=err_hi)),
+              (labels[i], dict(cmap='tab10', vmin=0, vmax=9, interpolation='nearest')),
+              (pred_labels[i], dict(cmap='tab10', vmin=0, vmax=9, interpolation='nearest')))
+    for j, (img, kw) in enumerate(panels):
+      ax = axes[i, j]
+      ax.imshow(img, **kw)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(cols[j], fontsize=7)
+    for j, guess in ((3, base[i]), (4, pred[i])):
+      axes[i, j].set_xlabel(f'RMSE {np.sqrt(np.mean(np.square(guess - depth[i]))):.2f}', fontsize=7)
+  fig.suptitle(f'MultiMAE, step {pre.step}: held-out scenes, every depth and semantic token hidden', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(args.out, dpi=100)
+  print(f'wrote {args.out}')
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sub = p.add_subparsers(dest='command', required=True)
+  a = sub.add_parser('checks', help='pre-train both arms per seed and run the checks')
+  a.add_argument('--root', default='workdirs/multimae')
+  a.add_argument('--seeds', default='0,1')
+  a.add_argument('--steps', type=int, default=None, help='total_steps (default: the config, 1200)')
+  a.add_argument('--report-only', action='store_true', help='only read the finished runs')
+  f = sub.add_parser('figure', help='depth and semantics predicted from RGB alone on held-out scenes')
+  f.add_argument('--workdir', required=True)
+  f.add_argument('--out', default='docs/img/multimae_rgb_to_depth.png')
+  f.add_argument('--scenes', type=int, default=4)
+  args = p.parse_args()
+  {'checks': checks, 'figure': figure}[args.command](args)
 
 
 if __name__ == '__main__':
