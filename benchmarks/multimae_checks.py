@@ -6,6 +6,8 @@
 Per seed s it pre-trains (a run whose summary.json exists is kept, so a sweep resumes):
   multimae_seed{s}  configs/multimae/scenes.py (RGB + depth + semantics in, all three out)
   rgb_mae_seed{s}   the same code and budget with RGB alone in and out (16 of 64 tokens visible: MAE's 75% mask)
+  supervised_seed{s}  a reference, not a check: the same code and budget with all of RGB in and depth and semantics
+                    out, i.e. trained on the answer of check 1 (how predictable depth is from RGB on these data)
 then, on the 200 held-out scenes:
   1. cross-modal prediction (MultiMAE's claim): RGB fully visible, every depth and semantic token hidden; depth
      RMSE (metres, the prediction de-standardized with the scene's own truncated statistics, as the target was
@@ -40,7 +42,11 @@ ARMS = {
     'multimae': [f'--config={CONFIG}'],
     'rgb_mae': [f'--config={CONFIG}', "--config.model.encoder.modalities=('rgb',)",
                 "--config.multimae.outputs=('rgb',)", '--config.multimae.num_visible=16'],
+    'supervised': [f'--config={CONFIG}', "--config.model.encoder.modalities=('rgb',)",
+                   "--config.multimae.outputs=('depth','semseg')", '--config.multimae.num_visible=64',
+                   '--config.multimae.extra_norm_pix_loss=False'],
 }
+TRANSFER_ARMS = ('multimae', 'rgb_mae')
 
 
 def pretrain(root: str, arm: str, seed: int, steps: int | None) -> str:
@@ -155,9 +161,9 @@ def checks(args) -> None:
   for s in seeds:
     dirs = {arm: (os.path.join(root, f'{arm}_seed{s}') if args.report_only else pretrain(root, arm, s, args.steps))
             for arm in ARMS}
-    row = {f'multimae/{k}': v for k, v in cross_modal(dirs['multimae']).items()}
-    for arm, d in dirs.items():
-      row.update({f'{arm}/{k}': v for k, v in transfer(d).items()})
+    row = {f'{arm}/{k}': v for arm in ('multimae', 'supervised') for k, v in cross_modal(dirs[arm]).items()}
+    for arm in TRANSFER_ARMS:
+      row.update({f'{arm}/{k}': v for k, v in transfer(dirs[arm]).items()})
     for k, v in row.items():
       values.setdefault(k, []).append(v)
     print(f'seed {s}: ' + ', '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)

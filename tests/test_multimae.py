@@ -54,10 +54,10 @@ def test_scenes_are_deterministic_with_exact_modalities():
   np.testing.assert_allclose(out['depth'][..., 0], depth, atol=6e-4)
 
 
-def _method(**multimae):
+def _method(modalities=('rgb', 'depth', 'semseg'), **multimae):
   c = ml_collections.ConfigDict({
       'method': 'multimae',
-      'model': {'encoder': {'name': 'multivit', 'modalities': ('rgb', 'depth', 'semseg'), 'patch_size': 8,
+      'model': {'encoder': {'name': 'multivit', 'modalities': modalities, 'patch_size': 8,
                             'width': 32, 'depth': 1, 'num_heads': 2, 'semseg_classes': 5, 'semseg_stride': 4}},
       'multimae': {'num_visible': 8, 'decoder_width': 16, 'decoder_depth': 1, 'decoder_heads': 2, **multimae}})
   return build(c, Facts.for_images((32, 32, 3)))
@@ -106,6 +106,19 @@ def test_bad_settings_get_one_line_errors():
     _method(num_visible=100)
   with pytest.raises(ValueError, match='nothing to predict'):
     _method(num_visible=48)  # all 48 tokens visible
+  with pytest.raises(ValueError, match=r'in \[1, 16\]'):
+    _method(modalities=('rgb',), outputs=('depth',), num_visible=17)
+
+
+def test_all_of_rgb_visible_when_only_other_modalities_are_predicted():
+  # RGB in, depth and semantics out: every RGB token may be visible (supervised cross-modal prediction).
+  m = _method(modalities=('rgb',), outputs=('depth', 'semseg'), num_visible=16, extra_norm_pix_loss=False)
+  batch = _batch()
+  params, _ = m.init(jax.random.PRNGKey(0), batch)
+  info = m.draw_mask(jax.random.PRNGKey(1), 2)
+  assert np.asarray(info.mask).sum() == 0 and info.ids_keep.shape == (2, 16)
+  out = m.forward(params, batch, info, train=False)
+  assert set(out['losses']) == {'depth', 'semseg'} and all(np.isfinite(float(v)) for v in out['losses'].values())
   with pytest.raises(ValueError, match='outputs must be among'):
     _method(outputs=('rgb', 'normals'))
   from mim_jax.models.encoders import build_encoder

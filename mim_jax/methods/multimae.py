@@ -121,11 +121,16 @@ class MultiMAE(Method):
     self.grid = (h // e.patch_size, w // e.patch_size)
     self.tokens_per_task = tuple(self.grid[0] * self.grid[1] for _ in e.modalities)
     total = sum(self.tokens_per_task)
-    if not 0 < int(self.cfg.num_visible) < total:
-      raise ValueError(f'config.multimae.num_visible must be in [1, {total - 1}] (of the {total} tokens of '
-                       f'{len(e.modalities)} modalities; all of them visible would leave nothing to predict), got '
-                       f'{self.cfg.num_visible}.')
     outputs = [*self.cfg.outputs] + (['norm_rgb'] if self.cfg.extra_norm_pix_loss else [])
+    # An output the encoder does not read is predicted whole, so every input token may then be visible (RGB in,
+    # depth out: supervised cross-modal prediction); otherwise some token must stay hidden.
+    unread = [o for o in outputs if o not in e.modalities and not (o == 'norm_rgb' and 'rgb' in e.modalities)]
+    most = total if unread else total - 1
+    if not 0 < int(self.cfg.num_visible) <= most:
+      why = ('' if unread else
+             '; all of them visible would leave nothing to predict unless an output is not an input')
+      raise ValueError(f'config.multimae.num_visible must be in [1, {most}] (of the {total} tokens of '
+                       f'{len(e.modalities)} modalities{why}), got {self.cfg.num_visible}.')
     bad = [o for o in outputs if o not in (*DENSE_MODALITIES, SEMSEG, 'norm_rgb')]
     if bad:
       raise ValueError(f'config.multimae.outputs must be among {[*DENSE_MODALITIES, SEMSEG]}, got {bad}.')
