@@ -161,7 +161,10 @@ def checks(args) -> None:
   for s in seeds:
     dirs = {arm: (os.path.join(root, f'{arm}_seed{s}') if args.report_only else pretrain(root, arm, s, args.steps))
             for arm in ARMS}
-    row = {f'{arm}/{k}': v for arm in ('multimae', 'supervised') for k, v in cross_modal(dirs[arm]).items()}
+    if args.report_only and not os.path.exists(os.path.join(dirs['supervised'], 'summary.json')):
+      print(f'seed {s}: no supervised reference run ({dirs.pop("supervised")})', flush=True)
+    row = {f'{arm}/{k}': v for arm in ('multimae', 'supervised') if arm in dirs
+           for k, v in cross_modal(dirs[arm]).items()}
     for arm in TRANSFER_ARMS:
       row.update({f'{arm}/{k}': v for k, v in transfer(dirs[arm]).items()})
     for k, v in row.items():
@@ -169,9 +172,9 @@ def checks(args) -> None:
     print(f'seed {s}: ' + ', '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
   stats = {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for k, v in values.items()}
   print(f'\nseeds {seeds}; 200 held-out scenes (mean ± std)\n')
-  print('| quantity | value |\n| --- | --- |')
+  print('| quantity | value | seeds |\n| --- | --- | --- |')
   for k, (m, sd) in stats.items():
-    print(f'| {k} | {m:.3f} ± {sd:.3f} |')
+    print(f'| {k} | {m:.3f} ± {sd:.3f} | {len(values[k])} |')
   g = lambda k: stats[k][0]  # noqa: E731
   ours_miou, mae_miou = g('multimae/probe_semseg_miou'), g('rgb_mae/probe_semseg_miou')
   ours_rmse, mae_rmse = g('multimae/probe_depth_rmse'), g('rgb_mae/probe_depth_rmse')
