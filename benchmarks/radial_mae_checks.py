@@ -1,6 +1,6 @@
 """R-MAE's falsifiable check on the procedural LiDAR sweeps (mim_jax.data.lidar), over seeds, and its figure:
 
-  python benchmarks/radial_mae_checks.py iou [--root workdirs/radial_mae] [--seeds 0,1] [--steps 1200]
+  python benchmarks/radial_mae_checks.py iou [--root workdirs/radial_mae] [--seeds 0,1] [--steps 3600]
   python benchmarks/radial_mae_checks.py figure --workdir workdirs/radial_mae/seed0 [--out FILE.png]
 
 ``iou`` pre-trains configs/radial_mae/lidar.py per seed s into ROOT/seed{s} (a run whose summary.json exists is
@@ -151,7 +151,7 @@ def main() -> None:
   a = sub.add_parser('iou')
   a.add_argument('--root', default='workdirs/radial_mae')
   a.add_argument('--seeds', default='0,1')
-  a.add_argument('--steps', type=int, default=None, help='total_steps (default: the config, 1200)')
+  a.add_argument('--steps', type=int, default=None, help='total_steps (default: the config, 3600)')
   a.add_argument('--mask-seed', type=int, default=0)
   a.add_argument('--report-only', action='store_true')
   f = sub.add_parser('figure')
