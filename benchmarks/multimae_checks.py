@@ -144,13 +144,11 @@ def _depth_from_rgb(pre, batch) -> tuple[dict, np.ndarray]:
   """Predictions from RGB alone, with the depth de-standardized by each scene's truncated statistics."""
   import jax
 
+  from mim_jax.methods.multimae import depth_statistics
+
   out = jax.jit(pre.method.predict_from_rgb)(pre.params, batch)
-  depth = np.asarray(batch['depth'], np.float64)
-  flat = np.sort(depth.reshape(len(depth), -1), axis=1)
-  n = flat.shape[1]
-  mid = flat[:, int(0.1 * n):int(0.9 * n)]
-  mean, std = mid.mean(1), np.sqrt(mid.var(1, ddof=1) + 1e-6)
-  return out, np.asarray(out['preds']['depth'], np.float64) * std[:, None, None, None] + mean[:, None, None, None]
+  mean, std = (np.asarray(x, np.float64) for x in depth_statistics(np.asarray(batch['depth'], np.float32)))
+  return out, np.asarray(out['preds']['depth'], np.float64) * std + mean
 
 
 def checks(args) -> None:

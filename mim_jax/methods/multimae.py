@@ -52,14 +52,20 @@ def multimae_defaults() -> ml_collections.ConfigDict:
   })
 
 
-def standardize_depth(depth: jax.Array) -> jax.Array:
-  """The official truncated standardization, per image (``depth`` ``[B, H, W, 1]``)."""
+def depth_statistics(depth: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per image (``depth`` ``[B, H, W, 1]``), broadcastable ``[B, 1, 1, 1]``: the mean and ``sqrt(var + 1e-6)`` of the
+  middle 80% of its values (unbiased variance), the official truncated statistics."""
   flat = jnp.sort(depth.reshape(depth.shape[0], -1), axis=1)
   n = flat.shape[1]
   mid = flat[:, int(0.1 * n):int(0.9 * n)]
-  mean = mid.mean(axis=1)
-  var = mid.var(axis=1, ddof=1)
-  return (depth - mean[:, None, None, None]) / jnp.sqrt(var[:, None, None, None] + 1e-6)
+  mean, var = mid.mean(axis=1), mid.var(axis=1, ddof=1)
+  return mean[:, None, None, None], jnp.sqrt(var[:, None, None, None] + 1e-6)
+
+
+def standardize_depth(depth: jax.Array) -> jax.Array:
+  """The official truncated standardization, per image (``depth`` ``[B, H, W, 1]``)."""
+  mean, std = depth_statistics(depth)
+  return (depth - mean) / std
 
 
 def _pixel_mask(token_mask: jax.Array, grid: tuple[int, int], shape: tuple[int, int]) -> jax.Array:
